@@ -1,0 +1,64 @@
+-- stocksync 002: delivery — per-store state, the request limiter, batch polling, the API log.
+-- Written by `stocksync setup`; the whole file runs in one transaction.
+
+-- Per-store dispatch state. A paused store gets no requests until the reason is cleared
+-- (credentials fixed: the pause is lifted when the stores row changes or by `retry-failed`).
+CREATE TABLE IF NOT EXISTS stock_sync.store_state (
+    store_id           uuid PRIMARY KEY,
+    paused_reason      text,
+    paused_at          timestamptz,
+    paused_credentials text,          -- sha256 of the credentials that were refused
+    not_before         timestamptz,   -- 429 Retry-After / 5xx backoff: no request before this
+    consecutive_failures integer NOT NULL DEFAULT 0,
+    last_request_at    timestamptz,
+    last_success_at    timestamptz,
+    last_error         text
+);
+
+-- Every request sent (or about to be sent), for the rate limit and the identical-body rule.
+-- Rows are written before the request goes out, so limits hold across crashes and instances.
+CREATE TABLE IF NOT EXISTS stock_sync.sent_requests (
+    id           bigserial PRIMARY KEY,
+    store_id     uuid NOT NULL,
+    endpoint     text NOT NULL,
+    sent_at      timestamptz NOT NULL DEFAULT now(),
+    body_sha256  text
+);
+CREATE INDEX IF NOT EXISTS sent_requests_window ON stock_sync.sent_requests (store_id, endpoint, sent_at);
+CREATE INDEX IF NOT EXISTS sent_requests_body ON stock_sync.sent_requests (store_id, body_sha256, sent_at);
+
+-- Accepted pushes whose per-item result is not known yet (Trendyol batchRequestId,
+-- Hepsiburada upload id). `items` maps request position to queue entry, product and quantity.
+CREATE TABLE IF NOT EXISTS stock_sync.batches (
+    id            bigserial PRIMARY KEY,
+    store_id      uuid NOT NULL,
+    provider      text NOT NULL,
+    batch_ref     text NOT NULL,
+    state         text NOT NULL DEFAULT 'polling' CHECK (state IN ('polling', 'done', 'expired')),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    next_poll_at  timestamptz NOT NULL DEFAULT now(),
+    polls         integer NOT NULL DEFAULT 0,
+    items         jsonb NOT NULL,
+    finished_at   timestamptz
+);
+CREATE INDEX IF NOT EXISTS batches_polling ON stock_sync.batches (next_poll_at) WHERE state = 'polling';
+
+-- Every marketplace request and response, after the seed's OrderApiLog. Credentials are never
+-- written; bodies are truncated.
+CREATE TABLE IF NOT EXISTS stock_sync.api_log (
+    id             bigserial PRIMARY KEY,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    provider       text NOT NULL,       -- TRENDYOL | HEPSIBURADA | STOCKSYNC
+    type           text NOT NULL,       -- UPDATE_STOCK | GET_BATCH_STATUS | DRY_RUN | STOCK_PROBLEM
+    store_id       uuid,
+    item_count     integer,
+    status_code    integer,
+    duration_ms    integer,
+    batch_id       text,
+    success        boolean NOT NULL,
+    request_body   text,
+    response_body  text,
+    error_message  text
+);
+CREATE INDEX IF NOT EXISTS api_log_recent ON stock_sync.api_log (created_at DESC);
+CREATE INDEX IF NOT EXISTS api_log_store ON stock_sync.api_log (store_id, created_at DESC);

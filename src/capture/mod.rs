@@ -1,0 +1,735 @@
+//! Capture: committed row changes of `product_stores` and `product_set_items` become durable
+//! queue entries, exactly once across crashes and restarts.
+//!
+//! # Exactly-once rules (each is tested in `tests/capture.rs`)
+//! 1. A WAL transaction is *captured* when its queue rows, its `capture_log` row and the new
+//!    checkpoint (its commit end LSN) are committed in one database transaction. Nothing
+//!    else counts. Many small WAL transactions share one such transaction (bounded by
+//!    `batch_max_transactions` and `batch_max_delay`); a large one is written in chunks
+//!    (`spill_threshold` seeds) inside the same open transaction, so memory stays bounded
+//!    and a crash mid-way leaves nothing behind.
+//! 2. The slot is confirmed (flush LSN) only up to a committed checkpoint, or — when no
+//!    transaction is in flight and nothing is uncommitted — up to a keepalive's WAL end
+//!    (every transaction committed before it has already been delivered).
+//! 3. On start, streaming begins at max(checkpoint, slot `confirmed_flush_lsn`), and any
+//!    transaction whose commit LSN is below the checkpoint (so its end is at or below it) is
+//!    dropped: it was captured before the crash.
+//! 4. The checkpoint never moves backwards (`GREATEST` in the upsert).
+//! 5. A queue entry names a pair to recompute, never a quantity; replays and the first-run
+//!    snapshot can only cause extra work, never wrong numbers.
+//!
+//! First run (no checkpoint for the slot): every listed pair is enqueued in the same
+//! transaction that writes the first checkpoint (the slot's `confirmed_flush_lsn`).
+//!
+//! Only the process holding the PostgreSQL advisory lock for the slot streams; others wait as
+//! hot standbys. Transient failures reconnect with capped exponential backoff and resume from
+//! the checkpoint; schema drift, a missing or lost slot and broken invariants stop capture
+//! with a [`CaptureError`] that says what to do.
+
+pub mod queue;
+pub mod seeds;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use tokio_postgres::{Client, Statement};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::db::{DbConfig, DbError};
+use crate::metrics::metrics;
+use crate::replication::stream::{
+    self, ReplicationStream, StreamError, StreamEvent, StreamSettings,
+};
+use crate::replication::wire::{WireError, SQLSTATE_OBJECT_IN_USE, SQLSTATE_UNDEFINED_OBJECT};
+use crate::replication::Lsn;
+use seeds::{Reason, SchemaError, SeedSet, WatchedTable};
+
+/// Advisory lock namespace for "who streams this slot" (`pg_try_advisory_lock(int, int)`).
+const LEADER_LOCK_NAMESPACE: i32 = 0x5354_4B53; // "STKS"
+
+const TRY_LEADER_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1, hashtext($2))";
+
+const SLOT_INFO_SQL: &str = r#"
+SELECT plugin, active, active_pid, confirmed_flush_lsn::text, wal_status
+FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()
+"#;
+
+#[derive(Debug, Clone)]
+pub struct CaptureSettings {
+    pub slot: String,
+    pub publication: String,
+    /// At most this many WAL transactions per queue transaction.
+    pub batch_max_transactions: usize,
+    /// A batch is committed at most this long after its first transaction arrived.
+    pub batch_max_delay: Duration,
+    /// Seeds buffered before they are written (inside the open transaction).
+    pub spill_threshold: usize,
+    /// Standby status update interval.
+    pub status_interval: Duration,
+    /// How often an idle keepalive position is also persisted as the checkpoint.
+    pub idle_checkpoint_interval: Duration,
+    /// Longest wait between reconnect attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for CaptureSettings {
+    fn default() -> Self {
+        CaptureSettings {
+            slot: "stock_sync".into(),
+            publication: "stock_sync".into(),
+            batch_max_transactions: 5000,
+            batch_max_delay: Duration::from_millis(5),
+            spill_threshold: 10_000,
+            status_interval: Duration::from_secs(10),
+            idle_checkpoint_interval: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("database error in capture: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Connect(#[from] DbError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(
+        "replication slot {slot:?} does not exist (it existed before, so changes may have been \
+         lost): run `stocksync setup` to recreate it, then `stocksync resync`"
+    )]
+    SlotMissing { slot: String },
+    #[error(
+        "replication slot {slot:?} is lost (the server removed WAL it still needed: {detail}); run \
+         `stocksync teardown`, `stocksync setup`, then `stocksync resync`"
+    )]
+    SlotLost { slot: String, detail: String },
+    #[error("replication slot {slot:?} uses plugin {plugin:?}, not pgoutput; drop it and run `stocksync setup`")]
+    WrongPlugin { slot: String, plugin: String },
+    #[error("capture invariant broken: {0}")]
+    Invariant(String),
+}
+
+impl CaptureError {
+    /// Errors a reconnect cannot fix.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            CaptureError::Schema(_)
+            | CaptureError::SlotMissing { .. }
+            | CaptureError::SlotLost { .. }
+            | CaptureError::WrongPlugin { .. }
+            | CaptureError::Invariant(_) => true,
+            CaptureError::Database(e) => {
+                // 23505 on capture_log: the same transaction captured twice.
+                e.code().map(|c| c.code() == "23505").unwrap_or(false)
+            }
+            _ => false,
+        }
+    }
+
+    /// The slot is gone or unusable: the process exits with a distinct code.
+    pub fn is_slot_loss(&self) -> bool {
+        matches!(
+            self,
+            CaptureError::SlotMissing { .. } | CaptureError::SlotLost { .. }
+        )
+    }
+}
+
+/// Health of capture for `/readyz` and `status`.
+#[derive(Debug, Default)]
+pub struct CaptureHealth {
+    pub streaming: AtomicBool,
+    pub standby: AtomicBool,
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// Runs capture until `shutdown` is cancelled (returns `Ok`) or a fatal error.
+pub async fn run(
+    db: DbConfig,
+    settings: CaptureSettings,
+    shutdown: CancellationToken,
+    health: Arc<CaptureHealth>,
+) -> Result<(), CaptureError> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let started = Instant::now();
+        let result = session(&db, &settings, &shutdown, &health).await;
+        health.streaming.store(false, Ordering::Release);
+        metrics().streaming.set(0);
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_fatal() => {
+                *health.last_error.lock().expect("health lock") = Some(e.to_string());
+                return Err(e);
+            }
+            Err(e) => {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(250);
+                }
+                warn!(error = %e, retry_in = ?backoff, "capture interrupted; reconnecting");
+                *health.last_error.lock().expect("health lock") = Some(e.to_string());
+                metrics().capture_reconnects.inc();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                }
+                backoff = (backoff * 2).min(settings.max_backoff);
+            }
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let factor = 0.8 + rand::random::<f64>() * 0.4;
+    d.mul_f64(factor)
+}
+
+struct SlotInfo {
+    plugin: String,
+    active_pid: Option<i32>,
+    confirmed_flush: Option<Lsn>,
+    wal_status: Option<String>,
+}
+
+async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, tokio_postgres::Error> {
+    let row = client.query_opt(SLOT_INFO_SQL, &[&slot]).await?;
+    Ok(row.map(|r| SlotInfo {
+        plugin: r.get(0),
+        active_pid: r.get::<_, Option<i32>>(2).filter(|_| r.get::<_, bool>(1)),
+        confirmed_flush: r.get::<_, Option<String>>(3).and_then(|t| t.parse().ok()),
+        wal_status: r.get(4),
+    }))
+}
+
+/// One connection's worth of capture: lock, prepare, stream until error or shutdown.
+async fn session(
+    db: &DbConfig,
+    settings: &CaptureSettings,
+    shutdown: &CancellationToken,
+    health: &CaptureHealth,
+) -> Result<(), CaptureError> {
+    let client = db.connect().await?;
+    // Leadership: the session-level advisory lock lives as long as this connection.
+    let mut waiting_logged = false;
+    loop {
+        let locked: bool = client
+            .query_one(
+                TRY_LEADER_LOCK_SQL,
+                &[&LEADER_LOCK_NAMESPACE, &settings.slot],
+            )
+            .await?
+            .get(0);
+        if locked {
+            break;
+        }
+        health.standby.store(true, Ordering::Release);
+        if !waiting_logged {
+            info!(slot = %settings.slot, "another stocksync instance streams this slot; standing by");
+            waiting_logged = true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    health.standby.store(false, Ordering::Release);
+
+    let slot = match slot_info(&client, &settings.slot).await? {
+        Some(slot) => slot,
+        None => {
+            return Err(CaptureError::SlotMissing {
+                slot: settings.slot.clone(),
+            })
+        }
+    };
+    if slot.plugin != "pgoutput" {
+        return Err(CaptureError::WrongPlugin {
+            slot: settings.slot.clone(),
+            plugin: slot.plugin,
+        });
+    }
+    if slot.wal_status.as_deref() == Some("lost") {
+        return Err(CaptureError::SlotLost {
+            slot: settings.slot.clone(),
+            detail: "wal_status = lost".into(),
+        });
+    }
+    if let Some(pid) = slot.active_pid {
+        // Usually the walsender of a killed predecessor that the server has not reaped yet.
+        return Err(CaptureError::Stream(StreamError::Wire(WireError::Server {
+            code: SQLSTATE_OBJECT_IN_USE.into(),
+            message: format!(
+                "replication slot {:?} is active for PID {pid}",
+                settings.slot
+            ),
+            detail: None,
+        })));
+    }
+
+    let mut writer = Writer::new(client, settings.slot.clone()).await?;
+    let checkpoint = match queue::read_checkpoint(&writer.client, &settings.slot).await? {
+        Some(lsn) => lsn,
+        None => writer.first_run().await?,
+    };
+    let start = checkpoint.max(slot.confirmed_flush.unwrap_or(Lsn::ZERO));
+    let stream_settings = StreamSettings {
+        slot: settings.slot.clone(),
+        publication: settings.publication.clone(),
+        start,
+        status_interval: settings.status_interval,
+        channel_capacity: 8192,
+    };
+    let stream = match stream::open(db, &stream_settings).await {
+        Ok(stream) => stream,
+        Err(StreamError::Wire(e)) if e.sqlstate() == Some(SQLSTATE_UNDEFINED_OBJECT) => {
+            return Err(CaptureError::SlotMissing {
+                slot: settings.slot.clone(),
+            })
+        }
+        Err(StreamError::Wire(WireError::Server { code, message, .. }))
+            if code == "55000" && message.contains("can no longer get changes") =>
+        {
+            return Err(CaptureError::SlotLost {
+                slot: settings.slot.clone(),
+                detail: message,
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    info!(slot = %settings.slot, %checkpoint, %start, pid = stream.backend_pid, "streaming");
+    health.streaming.store(true, Ordering::Release);
+    *health.last_error.lock().expect("health lock") = None;
+    metrics().streaming.set(1);
+    metrics().checkpoint_lsn.set(checkpoint.0 as i64);
+
+    let mut capture = Capture {
+        settings,
+        writer,
+        checkpoint,
+        watched: HashMap::new(),
+        current: None,
+        batch: Batch::default(),
+        last_idle_persist: Instant::now(),
+        seeds_scratch: Vec::new(),
+    };
+    capture.consume(stream, shutdown).await
+}
+
+/// Capture's own connection with its prepared statements and transaction state.
+struct Writer {
+    client: Client,
+    slot: String,
+    in_transaction: bool,
+    enqueue: Statement,
+    capture_log: Statement,
+    advance: Statement,
+}
+
+impl Writer {
+    async fn new(client: Client, slot: String) -> Result<Writer, tokio_postgres::Error> {
+        let enqueue = client.prepare(queue::ENQUEUE_SQL).await?;
+        let capture_log = client.prepare(queue::CAPTURE_LOG_SQL).await?;
+        let advance = client.prepare(queue::ADVANCE_CHECKPOINT_SQL).await?;
+        Ok(Writer {
+            client,
+            slot,
+            in_transaction: false,
+            enqueue,
+            capture_log,
+            advance,
+        })
+    }
+
+    async fn begin(&mut self) -> Result<(), tokio_postgres::Error> {
+        if !self.in_transaction {
+            self.client.batch_execute("BEGIN").await?;
+            self.in_transaction = true;
+        }
+        Ok(())
+    }
+
+    async fn write_seeds(&mut self, seeds: &mut SeedSet) -> Result<u64, tokio_postgres::Error> {
+        if seeds.is_empty() {
+            return Ok(0);
+        }
+        self.begin().await?;
+        let c = seeds.drain_columns();
+        let n = self
+            .client
+            .execute(
+                &self.enqueue,
+                &[
+                    &c.product_ids,
+                    &c.store_ids,
+                    &c.priorities,
+                    &c.reasons,
+                    &c.commit_lsns,
+                ],
+            )
+            .await?;
+        metrics().queue_entries_written.inc_by(n);
+        Ok(n)
+    }
+
+    /// Commits the batch: seeds, capture log, checkpoint — one transaction.
+    async fn commit(&mut self, batch: &mut Batch) -> Result<(), tokio_postgres::Error> {
+        self.write_seeds(&mut batch.seeds).await?;
+        self.begin().await?;
+        if !batch.transactions.is_empty() {
+            let t = &batch.transactions;
+            let commit: Vec<String> = t.iter().map(|t| t.commit_lsn.to_string()).collect();
+            let end: Vec<String> = t.iter().map(|t| t.end_lsn.to_string()).collect();
+            let xid: Vec<i64> = t.iter().map(|t| i64::from(t.xid)).collect();
+            let time: Vec<DateTime<Utc>> = t.iter().map(|t| t.commit_time).collect();
+            let rows: Vec<i32> = t.iter().map(|t| t.row_changes).collect();
+            self.client
+                .execute(&self.capture_log, &[&commit, &end, &xid, &time, &rows])
+                .await?;
+        }
+        let position = batch.position.to_string();
+        self.client
+            .execute(&self.advance, &[&self.slot, &position])
+            .await?;
+        self.client.batch_execute("COMMIT").await?;
+        self.in_transaction = false;
+        Ok(())
+    }
+
+    /// Persists an idle keepalive position (autocommit).
+    async fn advance_idle(&mut self, position: Lsn) -> Result<(), tokio_postgres::Error> {
+        debug_assert!(!self.in_transaction);
+        let position = position.to_string();
+        self.client
+            .execute(&self.advance, &[&self.slot, &position])
+            .await?;
+        Ok(())
+    }
+
+    /// No checkpoint yet: snapshot every listed pair and write the first checkpoint together.
+    async fn first_run(&mut self) -> Result<Lsn, CaptureError> {
+        self.client.batch_execute("BEGIN").await?;
+        let confirmed: Option<String> = self
+            .client
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await?
+            .and_then(|r| r.get(0));
+        let Some(confirmed) = confirmed.and_then(|t| t.parse::<Lsn>().ok()) else {
+            self.client.batch_execute("ROLLBACK").await?;
+            return Err(CaptureError::SlotMissing {
+                slot: self.slot.clone(),
+            });
+        };
+        let reason = Reason::InitialSync;
+        let enqueued = self
+            .client
+            .execute(
+                queue::ENQUEUE_ALL_LISTED_SQL,
+                &[&reason.as_str(), &reason.priority(), &None::<uuid::Uuid>],
+            )
+            .await?;
+        let position = confirmed.to_string();
+        let created = self
+            .client
+            .execute(queue::FIRST_CHECKPOINT_SQL, &[&self.slot, &position])
+            .await?;
+        if created == 0 {
+            // Another instance finished its first run meanwhile; use its checkpoint.
+            self.client.batch_execute("ROLLBACK").await?;
+            return queue::read_checkpoint(&self.client, &self.slot)
+                .await?
+                .ok_or_else(|| {
+                    CaptureError::Invariant("checkpoint vanished during first run".into())
+                });
+        }
+        self.client.batch_execute("COMMIT").await?;
+        info!(pairs = enqueued, checkpoint = %confirmed, "first run: every listed pair enqueued");
+        Ok(confirmed)
+    }
+}
+
+struct CapturedTransaction {
+    commit_lsn: Lsn,
+    end_lsn: Lsn,
+    xid: u32,
+    commit_time: DateTime<Utc>,
+    row_changes: i32,
+}
+
+/// Work received but not yet committed.
+#[derive(Default)]
+struct Batch {
+    seeds: SeedSet,
+    transactions: Vec<CapturedTransaction>,
+    /// Position the checkpoint moves to when the batch commits.
+    position: Lsn,
+    opened_at: Option<Instant>,
+    /// A spill or truncate already wrote rows in the open database transaction.
+    wrote: bool,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.transactions.is_empty() && self.seeds.is_empty() && !self.wrote
+    }
+}
+
+/// The WAL transaction being received.
+struct Current {
+    final_lsn: Lsn,
+    xid: u32,
+    commit_time_us: i64,
+    row_changes: i32,
+    /// Captured before a restart (commit LSN below the checkpoint): dropped.
+    skip: bool,
+}
+
+struct Capture<'a> {
+    settings: &'a CaptureSettings,
+    writer: Writer,
+    checkpoint: Lsn,
+    watched: HashMap<u32, WatchedTable>,
+    current: Option<Current>,
+    batch: Batch,
+    last_idle_persist: Instant,
+    seeds_scratch: Vec<seeds::Seed>,
+}
+
+impl Capture<'_> {
+    async fn consume(
+        &mut self,
+        mut stream: ReplicationStream,
+        shutdown: &CancellationToken,
+    ) -> Result<(), CaptureError> {
+        loop {
+            let deadline = self
+                .batch
+                .opened_at
+                .filter(|_| self.current.is_none())
+                .map(|t| t + self.settings.batch_max_delay);
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    if self.current.is_none() && !self.batch.is_empty() {
+                        self.commit_batch(&stream).await?;
+                    }
+                    // A half-received transaction is abandoned: it is streamed again next time.
+                    stream.finish().await?;
+                    return Ok(());
+                }
+                _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                    self.commit_batch(&stream).await?;
+                    continue;
+                }
+                event = stream.events.recv() => event,
+            };
+            let Some(event) = event else {
+                // The pump ended: report its error.
+                stream.pump_result().await?;
+                return Err(StreamError::Ended.into());
+            };
+            self.handle(event, &stream).await?;
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        event: StreamEvent,
+        stream: &ReplicationStream,
+    ) -> Result<(), CaptureError> {
+        match event {
+            StreamEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_us,
+            } => {
+                self.current = Some(Current {
+                    final_lsn,
+                    xid,
+                    commit_time_us,
+                    row_changes: 0,
+                    skip: final_lsn < self.checkpoint,
+                });
+                if self.batch.opened_at.is_none() {
+                    self.batch.opened_at = Some(Instant::now());
+                }
+            }
+            StreamEvent::Relation(relation) => {
+                let watched = WatchedTable::from_relation(&relation)?;
+                self.watched.insert(relation.id, watched);
+            }
+            StreamEvent::Change(change) => {
+                let current = self.current.as_mut().ok_or_else(|| {
+                    CaptureError::Invariant("row change outside a transaction".into())
+                })?;
+                if current.skip {
+                    return Ok(());
+                }
+                current.row_changes += 1;
+                let commit_lsn = current.final_lsn;
+                let table = match self.watched.get(&change.relation.id) {
+                    Some(table) => table,
+                    None => {
+                        let table = WatchedTable::from_relation(&change.relation)?;
+                        self.watched.entry(change.relation.id).or_insert(table)
+                    }
+                };
+                metrics()
+                    .changes_captured
+                    .with_label_values(&[table.table_name()])
+                    .inc();
+                self.seeds_scratch.clear();
+                if let Err(bad) =
+                    seeds::seeds_for_change(table, &change, commit_lsn, &mut self.seeds_scratch)
+                {
+                    warn!(error = %bad, "skipping a row stocksync cannot read");
+                    metrics().bad_rows.with_label_values(&[bad.table]).inc();
+                }
+                for seed in self.seeds_scratch.drain(..) {
+                    self.batch.seeds.add(seed);
+                }
+                if self.batch.seeds.len() >= self.settings.spill_threshold {
+                    self.writer.write_seeds(&mut self.batch.seeds).await?;
+                    self.batch.wrote = true;
+                }
+            }
+            StreamEvent::Truncate { relations } => {
+                let Some(current) = self.current.as_mut().filter(|c| !c.skip) else {
+                    return Ok(());
+                };
+                current.row_changes += 1;
+                let lsn = current.final_lsn.to_string();
+                self.writer.write_seeds(&mut self.batch.seeds).await?;
+                self.writer.begin().await?;
+                for relation in relations {
+                    let sql = match WatchedTable::from_relation(&relation)? {
+                        WatchedTable::ProductStores { .. } => queue::TRUNCATE_PRODUCT_STORES_SQL,
+                        WatchedTable::ProductSetItems { .. } => queue::TRUNCATE_SET_ITEMS_SQL,
+                    };
+                    let n = self.writer.client.execute(sql, &[&lsn]).await?;
+                    info!(table = %relation.qualified_name(), enqueued = n, "TRUNCATE captured");
+                }
+                self.batch.wrote = true;
+            }
+            StreamEvent::Commit {
+                commit_lsn,
+                end_lsn,
+                commit_time_us,
+            } => {
+                let current = self
+                    .current
+                    .take()
+                    .ok_or_else(|| CaptureError::Invariant("COMMIT without BEGIN".into()))?;
+                if current.final_lsn != commit_lsn {
+                    return Err(CaptureError::Invariant(format!(
+                        "BEGIN announced commit {} but COMMIT says {commit_lsn}",
+                        current.final_lsn
+                    )));
+                }
+                if current.skip {
+                    if end_lsn > self.checkpoint {
+                        return Err(CaptureError::Invariant(format!(
+                            "transaction {commit_lsn} skipped as captured but ends after the checkpoint {}",
+                            self.checkpoint
+                        )));
+                    }
+                    debug!(%commit_lsn, "already captured before restart; dropped");
+                } else {
+                    self.batch.transactions.push(CapturedTransaction {
+                        commit_lsn,
+                        end_lsn,
+                        xid: current.xid,
+                        commit_time: pg_time(commit_time_us.max(current.commit_time_us)),
+                        row_changes: current.row_changes,
+                    });
+                }
+                self.batch.position = self.batch.position.max(end_lsn);
+                if self.batch.transactions.len() >= self.settings.batch_max_transactions {
+                    self.commit_batch(stream).await?;
+                }
+            }
+            StreamEvent::Keepalive { wal_end } => {
+                if self.current.is_some() {
+                    return Ok(());
+                }
+                if self.batch.is_empty() {
+                    // Rule 2: nothing in flight, so the keepalive position is safe to confirm.
+                    let position = wal_end.max(self.checkpoint);
+                    stream.feedback.confirm(position);
+                    if position > self.checkpoint
+                        && self.last_idle_persist.elapsed()
+                            >= self.settings.idle_checkpoint_interval
+                    {
+                        self.writer.advance_idle(position).await?;
+                        self.set_checkpoint(position);
+                        self.last_idle_persist = Instant::now();
+                    }
+                    metrics().replication_lag_seconds.set(0.0);
+                } else {
+                    self.batch.position = self.batch.position.max(wal_end);
+                    self.commit_batch(stream).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_batch(&mut self, stream: &ReplicationStream) -> Result<(), CaptureError> {
+        if self.batch.is_empty() {
+            self.batch.opened_at = None;
+            return Ok(());
+        }
+        self.batch.position = self.batch.position.max(self.checkpoint);
+        self.writer.commit(&mut self.batch).await?;
+        let m = metrics();
+        m.capture_batches.inc();
+        m.transactions_captured
+            .inc_by(self.batch.transactions.len() as u64);
+        if let Some(last) = self.batch.transactions.last() {
+            let lag = (Utc::now() - last.commit_time).num_milliseconds().max(0) as f64 / 1000.0;
+            m.replication_lag_seconds.set(lag);
+        }
+        let position = self.batch.position;
+        self.set_checkpoint(position);
+        stream.feedback.confirm(position);
+        self.batch = Batch {
+            position,
+            ..Batch::default()
+        };
+        Ok(())
+    }
+
+    fn set_checkpoint(&mut self, position: Lsn) {
+        self.checkpoint = self.checkpoint.max(position);
+        metrics().checkpoint_lsn.set(self.checkpoint.0 as i64);
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// PostgreSQL timestamps count microseconds from 2000-01-01 UTC.
+fn pg_time(micros: i64) -> DateTime<Utc> {
+    let epoch = Utc
+        .with_ymd_and_hms(2000, 1, 1, 0, 0, 0)
+        .single()
+        .expect("valid epoch");
+    epoch + chrono::Duration::microseconds(micros)
+}

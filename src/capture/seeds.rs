@@ -1,0 +1,410 @@
+//! Pure interpretation of row changes: which (product, store) pairs a change makes stale, and
+//! why. No IO; the expansion to parent sets happens in SQL (see `queue`).
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use crate::replication::pgoutput::{ColumnValue, Relation, TupleData};
+use crate::replication::stream::{ChangeKind, RowChange};
+use crate::replication::Lsn;
+
+/// Why a pair was enqueued. The priority order is the seed plan's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    OrderCreated,
+    OrderCancelled,
+    StockRemoved,
+    StockAdded,
+    /// A set's composition changed (items added, removed or re-quantified).
+    CompositionChanged,
+    /// The first run's snapshot of every listed pair.
+    InitialSync,
+    /// `stocksync resync` or `retry-failed`.
+    Resync,
+}
+
+impl Reason {
+    pub fn priority(self) -> i32 {
+        match self {
+            Reason::OrderCreated => 100,
+            Reason::OrderCancelled => 90,
+            Reason::StockRemoved => 80,
+            Reason::StockAdded => 70,
+            Reason::CompositionChanged => 60,
+            Reason::InitialSync | Reason::Resync => 50,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::OrderCreated => "ORDER_CREATED",
+            Reason::OrderCancelled => "ORDER_CANCELLED",
+            Reason::StockRemoved => "STOCK_REMOVED",
+            Reason::StockAdded => "STOCK_ADDED",
+            Reason::CompositionChanged => "COMPOSITION_CHANGED",
+            Reason::InitialSync => "INITIAL_SYNC",
+            Reason::Resync => "RESYNC",
+        }
+    }
+
+    /// Reason of a `product_stores` change from old and new (sellable, committed) values.
+    /// `None` when sellable quantity did not change.
+    pub fn infer(old: (i64, i64), new: (i64, i64)) -> Option<Reason> {
+        let ((old_sellable, old_committed), (new_sellable, new_committed)) = (old, new);
+        if old_sellable == new_sellable {
+            return None;
+        }
+        let sellable_up = new_sellable > old_sellable;
+        Some(if !sellable_up && new_committed > old_committed {
+            Reason::OrderCreated
+        } else if sellable_up && new_committed < old_committed {
+            Reason::OrderCancelled
+        } else if sellable_up {
+            Reason::StockAdded
+        } else {
+            Reason::StockRemoved
+        })
+    }
+}
+
+/// A pair to recompute. `store_id = None` means "every store where the product is listed"
+/// (composition edits). Parent sets are added in SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seed {
+    pub product_id: Uuid,
+    pub store_id: Option<Uuid>,
+    pub reason: Reason,
+    pub commit_lsn: Lsn,
+}
+
+/// The two published tables, with the positions of the columns capture reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchedTable {
+    ProductStores {
+        id: usize,
+        product_id: usize,
+        store_id: usize,
+        sellable_quantity: usize,
+        committed_quantity: usize,
+    },
+    ProductSetItems {
+        id: usize,
+        set_product_id: usize,
+        component_product_id: usize,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SchemaError {
+    #[error(
+        "table {table} no longer has column {column:?}, which stocksync reads; restore the column \
+         (or upgrade stocksync) — refusing to guess quantities"
+    )]
+    MissingColumn { table: String, column: &'static str },
+    #[error(
+        "table {table} does not have REPLICA IDENTITY FULL (old row values are needed); run \
+         `stocksync setup` or `ALTER TABLE {table} REPLICA IDENTITY FULL`"
+    )]
+    ReplicaIdentity { table: String },
+    #[error("table {table} is published to the slot but is not one stocksync reads; remove it from the publication")]
+    UnexpectedTable { table: String },
+}
+
+impl WatchedTable {
+    /// Maps a Relation message to the columns capture needs. Extra columns are fine.
+    pub fn from_relation(relation: &Relation) -> Result<WatchedTable, SchemaError> {
+        let table = relation.qualified_name();
+        let col = |column: &'static str| {
+            relation
+                .column_index(column)
+                .ok_or_else(|| SchemaError::MissingColumn {
+                    table: table.clone(),
+                    column,
+                })
+        };
+        let watched = match relation.name.as_str() {
+            "product_stores" => WatchedTable::ProductStores {
+                id: col("id")?,
+                product_id: col("product_id")?,
+                store_id: col("store_id")?,
+                sellable_quantity: col("sellable_quantity")?,
+                committed_quantity: col("committed_quantity")?,
+            },
+            "product_set_items" => WatchedTable::ProductSetItems {
+                id: col("id")?,
+                set_product_id: col("set_product_id")?,
+                component_product_id: col("component_product_id")?,
+            },
+            _ => return Err(SchemaError::UnexpectedTable { table }),
+        };
+        if relation.replica_identity != b'f' {
+            return Err(SchemaError::ReplicaIdentity { table });
+        }
+        Ok(watched)
+    }
+
+    pub fn table_name(&self) -> &'static str {
+        match self {
+            WatchedTable::ProductStores { .. } => "product_stores",
+            WatchedTable::ProductSetItems { .. } => "product_set_items",
+        }
+    }
+}
+
+/// A row that cannot be interpreted (NULL key, malformed uuid or number). Reported with the
+/// row's id and skipped; other rows go on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{table} row {row_id}: column {column} has {problem}")]
+pub struct BadRow {
+    pub table: &'static str,
+    pub row_id: String,
+    pub column: &'static str,
+    pub problem: String,
+}
+
+fn text(tuple: &TupleData, idx: usize) -> Option<&str> {
+    match tuple.get(idx) {
+        Some(value @ ColumnValue::Text(_)) => value.as_str().and_then(Result::ok),
+        _ => None,
+    }
+}
+
+struct RowReader<'a> {
+    table: &'static str,
+    tuple: &'a TupleData,
+    id_idx: usize,
+}
+
+impl RowReader<'_> {
+    fn bad(&self, column: &'static str, problem: String) -> BadRow {
+        BadRow {
+            table: self.table,
+            row_id: text(self.tuple, self.id_idx)
+                .unwrap_or("(unknown id)")
+                .to_string(),
+            column,
+            problem,
+        }
+    }
+
+    fn uuid(&self, idx: usize, column: &'static str) -> Result<Uuid, BadRow> {
+        match self.tuple.get(idx) {
+            Some(ColumnValue::Null) | None => Err(self.bad(column, "NULL".into())),
+            Some(ColumnValue::UnchangedToast) => {
+                Err(self.bad(column, "an unchanged TOAST value".into()))
+            }
+            _ => {
+                let value = text(self.tuple, idx).unwrap_or_default();
+                value
+                    .parse()
+                    .map_err(|_| self.bad(column, format!("{value:?}, which is not a uuid")))
+            }
+        }
+    }
+
+    /// Integer columns; NULL counts as 0 (the application treats a missing quantity as none).
+    fn int(&self, idx: usize, column: &'static str) -> Result<i64, BadRow> {
+        match self.tuple.get(idx) {
+            Some(ColumnValue::Null) | None => Ok(0),
+            _ => {
+                let value = text(self.tuple, idx).unwrap_or_default();
+                value
+                    .parse()
+                    .map_err(|_| self.bad(column, format!("{value:?}, which is not an integer")))
+            }
+        }
+    }
+}
+
+/// The seeds one row change produces (possibly none), or the row's problem.
+pub fn seeds_for_change(
+    table: &WatchedTable,
+    change: &RowChange,
+    commit_lsn: Lsn,
+    out: &mut Vec<Seed>,
+) -> Result<(), BadRow> {
+    match *table {
+        WatchedTable::ProductStores {
+            id,
+            product_id,
+            store_id,
+            sellable_quantity,
+            committed_quantity,
+        } => {
+            let read = |tuple: &TupleData| -> Result<(Uuid, Uuid, i64, i64), BadRow> {
+                let r = RowReader {
+                    table: "product_stores",
+                    tuple,
+                    id_idx: id,
+                };
+                Ok((
+                    r.uuid(product_id, "product_id")?,
+                    r.uuid(store_id, "store_id")?,
+                    r.int(sellable_quantity, "sellable_quantity")?,
+                    r.int(committed_quantity, "committed_quantity")?,
+                ))
+            };
+            let pair = |p: Uuid, s: Uuid, reason: Reason| Seed {
+                product_id: p,
+                store_id: Some(s),
+                reason,
+                commit_lsn,
+            };
+            match (change.kind, &change.old, &change.new) {
+                (ChangeKind::Insert, _, Some(new)) => {
+                    let (p, s, _, _) = read(new)?;
+                    out.push(pair(p, s, Reason::StockAdded));
+                }
+                (ChangeKind::Delete, Some(old), _) => {
+                    let (p, s, _, _) = read(old)?;
+                    out.push(pair(p, s, Reason::StockRemoved));
+                }
+                (ChangeKind::Update, Some(old), Some(new)) => {
+                    let (op, os, osell, ocomm) = read(old)?;
+                    let (np, ns, nsell, ncomm) = read(new)?;
+                    if (op, os) != (np, ns) {
+                        // The row moved to another product or store: both pairs are stale.
+                        out.push(pair(op, os, Reason::StockRemoved));
+                        out.push(pair(np, ns, Reason::StockAdded));
+                    } else if let Some(reason) = Reason::infer((osell, ocomm), (nsell, ncomm)) {
+                        out.push(pair(np, ns, reason));
+                    }
+                }
+                // Without an old tuple (identity not FULL) nothing safe can be said; the
+                // relation check refuses such tables before we get here.
+                _ => {}
+            }
+        }
+        WatchedTable::ProductSetItems {
+            id,
+            set_product_id,
+            component_product_id,
+        } => {
+            let mut sets = Vec::with_capacity(2);
+            for tuple in [&change.old, &change.new].into_iter().flatten() {
+                let r = RowReader {
+                    table: "product_set_items",
+                    tuple,
+                    id_idx: id,
+                };
+                sets.push(r.uuid(set_product_id, "set_product_id")?);
+                // Validated so a malformed row is reported, though only the set is enqueued.
+                r.uuid(component_product_id, "component_product_id")?;
+            }
+            sets.dedup();
+            for set in sets {
+                out.push(Seed {
+                    product_id: set,
+                    store_id: None,
+                    reason: Reason::CompositionChanged,
+                    commit_lsn,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Seeds of one capture batch, one per (product, store-or-all), keeping the highest priority
+/// reason and the newest commit LSN.
+#[derive(Debug, Default)]
+pub struct SeedSet {
+    seeds: HashMap<(Uuid, Option<Uuid>), (Reason, Lsn)>,
+}
+
+impl SeedSet {
+    pub fn add(&mut self, seed: Seed) {
+        self.seeds
+            .entry((seed.product_id, seed.store_id))
+            .and_modify(|(reason, lsn)| {
+                if seed.reason.priority() > reason.priority() {
+                    *reason = seed.reason;
+                }
+                *lsn = (*lsn).max(seed.commit_lsn);
+            })
+            .or_insert((seed.reason, seed.commit_lsn));
+    }
+
+    pub fn len(&self) -> usize {
+        self.seeds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seeds.is_empty()
+    }
+
+    /// Empties the set into column arrays for the enqueue statement.
+    pub fn drain_columns(&mut self) -> SeedColumns {
+        let mut columns = SeedColumns::default();
+        for ((product_id, store_id), (reason, lsn)) in self.seeds.drain() {
+            columns.product_ids.push(product_id);
+            columns.store_ids.push(store_id);
+            columns.priorities.push(reason.priority());
+            columns.reasons.push(reason.as_str().to_string());
+            columns.commit_lsns.push(lsn.to_string());
+        }
+        columns
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SeedColumns {
+    pub product_ids: Vec<Uuid>,
+    pub store_ids: Vec<Option<Uuid>>,
+    pub priorities: Vec<i32>,
+    pub reasons: Vec<String>,
+    pub commit_lsns: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_follow_the_seed_rules() {
+        // committed up, sellable down: an order reserved stock
+        assert_eq!(Reason::infer((10, 0), (8, 2)), Some(Reason::OrderCreated));
+        // committed down, sellable up: an order was cancelled
+        assert_eq!(Reason::infer((8, 2), (10, 0)), Some(Reason::OrderCancelled));
+        assert_eq!(Reason::infer((8, 2), (20, 2)), Some(Reason::StockAdded));
+        assert_eq!(Reason::infer((8, 2), (5, 2)), Some(Reason::StockRemoved));
+        // committed moved but sellable did not: nothing to tell the marketplace
+        assert_eq!(Reason::infer((8, 2), (8, 5)), None);
+        assert_eq!(Reason::OrderCreated.priority(), 100);
+        assert_eq!(Reason::OrderCancelled.priority(), 90);
+        assert_eq!(Reason::StockRemoved.priority(), 80);
+        assert_eq!(Reason::StockAdded.priority(), 70);
+    }
+
+    #[test]
+    fn seed_set_keeps_highest_priority_and_newest_lsn() {
+        let p = Uuid::new_v4();
+        let s = Some(Uuid::new_v4());
+        let mut set = SeedSet::default();
+        set.add(Seed {
+            product_id: p,
+            store_id: s,
+            reason: Reason::StockAdded,
+            commit_lsn: Lsn(10),
+        });
+        set.add(Seed {
+            product_id: p,
+            store_id: s,
+            reason: Reason::OrderCreated,
+            commit_lsn: Lsn(5),
+        });
+        set.add(Seed {
+            product_id: p,
+            store_id: s,
+            reason: Reason::StockRemoved,
+            commit_lsn: Lsn(20),
+        });
+        assert_eq!(set.len(), 1);
+        let cols = set.drain_columns();
+        assert_eq!(cols.reasons, vec!["ORDER_CREATED".to_string()]);
+        assert_eq!(cols.priorities, vec![100]);
+        assert_eq!(cols.commit_lsns, vec![Lsn(20).to_string()]);
+        assert!(set.is_empty());
+    }
+}

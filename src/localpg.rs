@@ -1,0 +1,408 @@
+//! Private PostgreSQL clusters for tests, benchmarks and `stocksync demo`.
+//!
+//! A [`LocalCluster`] is made with the installed server binaries (`initdb`, `pg_ctl`) in a
+//! fresh temporary directory, listens on 127.0.0.1 on a free port with `wal_level=logical`,
+//! and is stopped and removed when dropped. When the current user is root the binaries run
+//! as the `postgres` user through `runuser`, because the server refuses to run as root.
+//!
+//! The binaries are found in `$STOCKSYNC_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`,
+//! else `$PATH`.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalPgError {
+    #[error(
+        "PostgreSQL server binaries (initdb, pg_ctl) were not found; install them with \
+         `apt-get install postgresql` or point STOCKSYNC_PG_BIN at their directory"
+    )]
+    BinariesNotFound,
+    #[error("{step} failed: {detail}")]
+    Command { step: String, detail: String },
+    #[error("io error during {step}: {source}")]
+    Io {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the cluster is set up.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Lines put before the default `trust` rules of `pg_hba.conf`, e.g.
+    /// `host all scram_user 127.0.0.1/32 scram-sha-256`.
+    pub hba_lines: Vec<String>,
+    /// Extra `postgresql.conf` settings, e.g. `("max_slot_wal_keep_size", "64MB")`.
+    pub settings: Vec<(String, String)>,
+    /// Serve TLS with a self-signed certificate made at start (see [`LocalCluster::tls_root_cert`]).
+    pub tls: bool,
+    /// `wal_level`; `logical` unless a test wants to see the preflight refuse.
+    pub wal_level: String,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            hba_lines: Vec::new(),
+            settings: Vec::new(),
+            tls: false,
+            wal_level: "logical".into(),
+        }
+    }
+}
+
+/// A running private cluster; stopped (immediately) and deleted on drop.
+#[derive(Debug)]
+pub struct LocalCluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    as_postgres: bool,
+    running: bool,
+}
+
+static CLUSTER_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl LocalCluster {
+    /// initdb + start. Takes a couple of seconds.
+    pub fn start(options: ClusterOptions) -> Result<LocalCluster, LocalPgError> {
+        let bin = find_bin_dir().ok_or(LocalPgError::BinariesNotFound)?;
+        let as_postgres = is_root();
+        let n = CLUSTER_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("stocksync-pg-{}-{}", std::process::id(), n));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(|source| LocalPgError::Io {
+            step: "create cluster directory",
+            source,
+        })?;
+        let port = free_port().map_err(|source| LocalPgError::Io {
+            step: "find a free port",
+            source,
+        })?;
+        let mut cluster = LocalCluster {
+            dir,
+            bin,
+            port,
+            as_postgres,
+            running: false,
+        };
+        if as_postgres {
+            cluster.run_plain("chown", &["-R", "postgres:postgres", &cluster.dir_str()])?;
+        }
+        let data = cluster.data_dir();
+        cluster.run_pg(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        )?;
+        let mut conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{dir}'\n\
+             wal_level = {wal_level}\nmax_replication_slots = 20\nmax_wal_senders = 20\n\
+             fsync = off\nfull_page_writes = off\nshared_buffers = 128MB\nmax_connections = 200\n\
+             wal_sender_timeout = 60s\nlog_min_messages = warning\nlogging_collector = off\n",
+            dir = cluster.dir_str(),
+            wal_level = options.wal_level,
+        );
+        if options.tls {
+            cluster.make_certificate()?;
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
+        for (key, value) in &options.settings {
+            conf.push_str(&format!("{key} = {value}\n"));
+        }
+        cluster.append(&format!("{data}/postgresql.conf"), &conf)?;
+        let mut hba = String::new();
+        for line in &options.hba_lines {
+            hba.push_str(line);
+            hba.push('\n');
+        }
+        hba.push_str("local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n");
+        cluster.write(&format!("{data}/pg_hba.conf"), &hba)?;
+        cluster.start_server()?;
+        Ok(cluster)
+    }
+
+    /// Stops and deletes the cluster when process `pid` exits, even by SIGKILL: a detached
+    /// watchdog shell polls the process. For clusters kept in statics (tests) or owned by a
+    /// process that may be killed (the demo).
+    pub fn remove_when_process_exits(&self, pid: u32) -> Result<(), LocalPgError> {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let stop = if self.as_postgres {
+            format!(
+                "runuser -u postgres -- {} -D {} -m immediate stop",
+                pg_ctl.display(),
+                self.data_dir()
+            )
+        } else {
+            format!(
+                "{} -D {} -m immediate stop",
+                pg_ctl.display(),
+                self.data_dir()
+            )
+        };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf '{}'",
+            self.dir_str()
+        );
+        Command::new("setsid")
+            .args(["sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|source| LocalPgError::Io {
+                step: "spawn the cluster watchdog",
+                source,
+            })?;
+        Ok(())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Directory holding the data directory and the server log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`, a superuser URL.
+    pub fn url(&self) -> String {
+        self.url_for("postgres", "postgres")
+    }
+
+    pub fn url_for(&self, user: &str, database: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Path of the CA certificate (the self-signed server certificate) when started with TLS.
+    pub fn tls_root_cert(&self) -> PathBuf {
+        self.dir.join("root.crt")
+    }
+
+    /// Runs SQL with `psql` as the superuser (setup scripts with many statements).
+    pub fn psql(&self, database: &str, sql: &str) -> Result<String, LocalPgError> {
+        let url = self.url_for("postgres", database);
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", &url, "-c", sql])
+            .output()
+            .map_err(|source| LocalPgError::Io {
+                step: "run psql",
+                source,
+            })?;
+        check("psql", out).map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Stops the server. `mode` is `fast` or `immediate` (a crash as far as the server knows).
+    pub fn stop(&mut self, mode: &str) -> Result<(), LocalPgError> {
+        if !self.running {
+            return Ok(());
+        }
+        let data = self.data_dir();
+        self.run_pg("pg_ctl", &["-D", &data, "-m", mode, "-w", "stop"])?;
+        self.running = false;
+        Ok(())
+    }
+
+    pub fn start_server(&mut self) -> Result<(), LocalPgError> {
+        let data = self.data_dir();
+        let log = format!("{}/server.log", self.dir_str());
+        self.run_pg(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-w", "-t", "60", "start"],
+        )?;
+        self.running = true;
+        Ok(())
+    }
+
+    pub fn restart(&mut self, mode: &str) -> Result<(), LocalPgError> {
+        self.stop(mode)?;
+        self.start_server()
+    }
+
+    /// The directory of the server binaries in use (also holds `pg_recvlogical`, `psql`).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    fn data_dir(&self) -> String {
+        format!("{}/data", self.dir_str())
+    }
+
+    fn dir_str(&self) -> String {
+        self.dir.to_string_lossy().into_owned()
+    }
+
+    fn make_certificate(&self) -> Result<(), LocalPgError> {
+        let data = self.data_dir();
+        let crt = format!("{data}/server.crt");
+        let key = format!("{data}/server.key");
+        self.run_pg(
+            "openssl",
+            &[
+                "req",
+                "-new",
+                "-x509",
+                "-days",
+                "2",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "-out",
+                &crt,
+                "-keyout",
+                &key,
+            ],
+        )?;
+        self.run_pg("chmod", &["600", &key])?;
+        fs::copy(&crt, self.tls_root_cert()).map_err(|source| LocalPgError::Io {
+            step: "copy root certificate",
+            source,
+        })?;
+        Ok(())
+    }
+
+    fn append(&self, path: &str, text: &str) -> Result<(), LocalPgError> {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|source| LocalPgError::Io {
+                step: "open postgresql.conf",
+                source,
+            })?;
+        f.write_all(text.as_bytes())
+            .map_err(|source| LocalPgError::Io {
+                step: "write postgresql.conf",
+                source,
+            })
+    }
+
+    fn write(&self, path: &str, text: &str) -> Result<(), LocalPgError> {
+        fs::write(path, text).map_err(|source| LocalPgError::Io {
+            step: "write pg_hba.conf",
+            source,
+        })
+    }
+
+    /// Runs a server binary (or a plain tool) as the cluster's owner.
+    fn run_pg(&self, program: &str, args: &[&str]) -> Result<Output, LocalPgError> {
+        let path = if program == "openssl" || program == "chmod" {
+            PathBuf::from(program)
+        } else {
+            self.bin.join(program)
+        };
+        let mut command = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        let out = command
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .map_err(|source| LocalPgError::Io {
+                step: "spawn a server binary",
+                source,
+            })?;
+        check(program, out)
+    }
+
+    fn run_plain(&self, program: &str, args: &[&str]) -> Result<Output, LocalPgError> {
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .map_err(|source| LocalPgError::Io {
+                step: "spawn a tool",
+                source,
+            })?;
+        check(program, out)
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = self.stop("immediate");
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn check(step: &str, out: Output) -> Result<Output, LocalPgError> {
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(LocalPgError::Command {
+            step: step.to_string(),
+            detail: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            )
+            .trim()
+            .to_string(),
+        })
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn free_port() -> std::io::Result<u16> {
+    // Bind to port 0 and release: racy in theory, fine for a private test cluster.
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    drop(listener);
+    std::thread::sleep(Duration::from_millis(5));
+    Ok(port)
+}
+
+/// Directory holding `initdb` and `pg_ctl`.
+pub fn find_bin_dir() -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("STOCKSYNC_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        if dir.join("initdb").exists() {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Some(bin);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .find(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
+    })
+}

@@ -1,0 +1,591 @@
+//! A strict local mock of the Trendyol and Hepsiburada stock endpoints, for tests,
+//! staging and the demo. Both marketplaces are served on one port with their real
+//! paths (see `/work/shared/docs/marketplace-contracts.md`):
+//!
+//! | endpoint | path |
+//! | --- | --- |
+//! | Trendyol push | `POST /integration/inventory/sellers/{sellerId}/products/price-and-inventory` |
+//! | Trendyol batch result | `GET /integration/product/sellers/{sellerId}/products/batch-requests/{batchRequestId}` |
+//! | Hepsiburada push | `POST /listings/merchantid/{merchantId}/stock-uploads` |
+//! | Hepsiburada upload status | `GET /listings/merchantid/{merchantId}/stock-uploads/id/{id}` |
+//!
+//! # What is enforced
+//!
+//! Checks run in this order; the first failing one answers:
+//!
+//! 1. **Faults** (if configured): added latency, connection reset (TCP RST, nothing
+//!    sent), forced `429` window with `Retry-After`, random `500`.
+//! 2. **User-Agent**. Trendyol: missing, or not `{sellerId} - Name` with sellerId equal
+//!    to the path's and Name alphanumeric of at most 30 characters -> `403`.
+//!    Hepsiburada: missing or blank -> `403` (configurable).
+//! 3. **Credentials**: `Authorization: Basic`; Trendyol `apiKey:apiSecret`, Hepsiburada
+//!    `merchantId:serviceKey`. Missing, malformed, wrong, or an unknown seller -> `401`
+//!    (Trendyol body carries `"exception":"ClientApiAuthenticationException"`). With
+//!    `open`, unknown sellers are created on first use with any credentials (a Basic
+//!    header is still required); configured accounts still check theirs.
+//! 4. **Rate limit**: more than N requests per window per seller per endpoint (push and
+//!    status count separately; default 50 / 10 s) -> `429` with `Retry-After` (seconds
+//!    until a slot frees, at least 1). Refused requests do not use a slot.
+//! 5. **Content-Type** of pushes must be `application/json` -> else `415`
+//!    (can be switched off).
+//! 6. **Body validation** -> `400`: malformed JSON, wrong shape, no items, more than the
+//!    per-marketplace maximum (default 1000), duplicate barcodes (Trendyol) or duplicate
+//!    merchantSku/hepsiburadaSku (Hepsiburada), quantity/availableStock that is not a
+//!    JSON integer (`1.5`, `"3"`, `null`, `1.0`, missing) or outside `0..=max_quantity`
+//!    (default 20000), Hepsiburada items naming neither sku. Trendyol bodies are
+//!    `{"timestamp","exception","errors":[{"key","message","errorCode"}]}`, Hepsiburada
+//!    bodies `{"errors":[{"message","code"}]}`. Every problem is listed.
+//! 7. **Identical body** (Trendyol only): the raw bytes (SHA-256) equal to a body
+//!    *accepted* for the same seller within the window (default 15 min) -> configurable
+//!    status (default `400`) with the real message
+//!    `15 dakika boyunca aynı isteği tekrarlı olarak atamazsınız!`.
+//!
+//! # Accepting a push
+//!
+//! Stock is applied to the in-memory catalogue **when the batch is accepted** (simplest
+//! choice, documented): `GET /_mock/state` changes at once, only the batch *results*
+//! wait for `processing_delay` (default 0). Until then a Trendyol batch result has
+//! `"items": []` with the final `itemCount` (clients must poll until items appear) and a
+//! Hepsiburada upload is `PROCESSING`. Afterwards Hepsiburada reports `COMPLETED`,
+//! `COMPLETED_WITH_ERRORS` (some elements failed) or `FAILED` (all failed).
+//!
+//! Items naming a barcode/sku outside the account's known-listing set (when one is
+//! configured) are accepted at HTTP level, come back `FAILED` (Trendyol
+//! `failureReasons`, Hepsiburada an `errors` entry with the 0-based `elementNo`) and do
+//! not change the catalogue. Items whose quantity equals the catalogue's already succeed
+//! but are counted as `unchanged_items` in the request log, so tests can assert the
+//! client only sends changes. Batch results are kept `batch_retention` (default 4 h,
+//! as Trendyol), then `404`; unknown ids are `404`.
+//!
+//! # Contract rows that are unconfirmed, hence configurable
+//!
+//! * status of the identical-body refusal ([`MockConfig::identical_status`]);
+//! * Hepsiburada without User-Agent ([`MockConfig::hepsiburada_user_agent_status`]);
+//! * Hepsiburada items per request ([`MockConfig::hepsiburada_max_items`]) and its rate
+//!   limit (the same [`MockConfig::rate_limit`] as Trendyol; the real one may be about
+//!   240/min);
+//! * Hepsiburada status values (the four above are used) and error texts;
+//! * error `key`/`errorCode`/`exception` names other than
+//!   `ClientApiAuthenticationException` and `too.many.requests` are the mock's own.
+//!
+//! Not modelled: Trendyol's per-minute tier caps, Hepsiburada's "at most 5 pending
+//! uploads", prices (accepted and echoed, not stored).
+//!
+//! # Inspection and control (never faulted, never rate limited)
+//!
+//! `GET /_mock/state`, `GET /_mock/requests`, `POST /_mock/reset` (catalogues, batches,
+//! request log, limiter and identical-body memories, open-mode accounts; faults are
+//! kept), `GET|POST /_mock/faults` (the posted [`Faults`] replaces the current set),
+//! and an HTML page at `/` refreshing every 2 s. Credentials are never logged or shown.
+
+mod cli;
+mod config;
+mod faults;
+mod hepsiburada;
+mod limits;
+mod page;
+mod state;
+mod trendyol;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{SecondsFormat, Utc};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use cli::{run_cli, MockArgs};
+pub use config::{
+    load_accounts_file, ConfigError, FaultScope, Faults, Marketplace, MockAccount, MockConfig,
+    RateLimit,
+};
+pub use hepsiburada::UNKNOWN_SKU_ERROR;
+pub use page::escape_html;
+pub use state::{AccountState, MockState, RequestRecord};
+pub use trendyol::{IDENTICAL_REQUEST_MESSAGE, UNKNOWN_BARCODE_REASON};
+
+use faults::{ConnHandle, MockListener};
+use limits::Endpoint;
+use state::Shared;
+
+/// Largest request body read (1000 items are well below 1 MiB).
+const MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// A running mock marketplace. Dropping it stops serving (in the background);
+/// [`MockMarketplace::shutdown`] waits for that.
+pub struct MockMarketplace {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl MockMarketplace {
+    /// Binds `listen` (port 0 picks a free port) and starts serving.
+    pub async fn start(config: MockConfig, listen: SocketAddr) -> io::Result<MockMarketplace> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(config));
+        let app = router(shared.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serve = axum::serve(
+            MockListener::new(listener),
+            app.into_make_service_with_connect_info::<ConnHandle>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        });
+        let task = tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "mock marketplace server failed");
+            }
+        });
+        tracing::info!(%addr, "mock marketplace listening");
+        Ok(MockMarketplace {
+            addr,
+            shared,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT` (an unspecified listen address is given as loopback).
+    pub fn base_url(&self) -> String {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            });
+        }
+        format!("http://{addr}")
+    }
+
+    /// Current quantity of a barcode/sku at the first account with this seller id.
+    pub fn quantity(&self, seller_id: &str, barcode_or_sku: &str) -> Option<i64> {
+        let inner = self.shared.lock();
+        inner
+            .accounts
+            .values()
+            .filter(|a| a.seller_id == seller_id)
+            .find_map(|a| a.stock.get(barcode_or_sku).copied())
+    }
+
+    /// Current quantity at one marketplace's account (seller ids may repeat across
+    /// marketplaces).
+    pub fn quantity_in(
+        &self,
+        marketplace: Marketplace,
+        seller_id: &str,
+        barcode_or_sku: &str,
+    ) -> Option<i64> {
+        let inner = self.shared.lock();
+        inner
+            .accounts
+            .get(&(marketplace, seller_id.to_string()))
+            .and_then(|a| a.stock.get(barcode_or_sku).copied())
+    }
+
+    /// Snapshot of all catalogues (as `GET /_mock/state`).
+    pub fn state(&self) -> MockState {
+        self.shared.state()
+    }
+
+    /// Every marketplace request so far (as `GET /_mock/requests`).
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.requests()
+    }
+
+    /// Replaces the faults (as `POST /_mock/faults`). Rates are clamped to 0..=1.
+    pub fn set_faults(&self, mut faults: Faults) {
+        faults.error_rate = clamp_rate(faults.error_rate);
+        faults.reset_rate = clamp_rate(faults.reset_rate);
+        self.shared.set_faults(faults);
+    }
+
+    /// The faults in force.
+    pub fn faults(&self) -> Faults {
+        self.shared.faults()
+    }
+
+    /// As `POST /_mock/reset`.
+    pub fn reset(&self) {
+        self.shared.reset();
+    }
+
+    /// Stops accepting, lets in-flight requests finish (at most 5 s), and returns.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for MockMarketplace {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn clamp_rate(r: f64) -> f64 {
+    if r.is_nan() {
+        0.0
+    } else {
+        r.clamp(0.0, 1.0)
+    }
+}
+
+/// What a handler tells the request log about its answer (a response extension).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Outcome {
+    pub item_count: Option<usize>,
+    pub unchanged_items: usize,
+    pub failed_items: usize,
+    pub note: Option<String>,
+    pub batch_id: Option<String>,
+}
+
+impl Outcome {
+    pub(crate) fn note(note: &str) -> Self {
+        Outcome {
+            note: Some(note.to_string()),
+            ..Outcome::default()
+        }
+    }
+}
+
+pub(crate) fn json_response(status: StatusCode, body: Value, outcome: Outcome) -> Response {
+    let mut resp = (status, Json(body)).into_response();
+    resp.extensions_mut().insert(outcome);
+    resp
+}
+
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = Sha256::digest(bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&digest);
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let marketplaces = Router::new()
+        .route(
+            "/integration/inventory/sellers/{seller_id}/products/price-and-inventory",
+            post(trendyol::push),
+        )
+        .route(
+            "/integration/product/sellers/{seller_id}/products/batch-requests/{batch_id}",
+            get(trendyol::batch_result),
+        )
+        .route(
+            "/listings/merchantid/{merchant_id}/stock-uploads",
+            post(hepsiburada::push),
+        )
+        .route(
+            "/listings/merchantid/{merchant_id}/stock-uploads/id/{id}",
+            get(hepsiburada::upload_status),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            marketplace_layer,
+        ));
+    let admin = Router::new()
+        .route("/", get(page))
+        .route("/_mock/state", get(admin_state))
+        .route("/_mock/requests", get(admin_requests))
+        .route("/_mock/reset", post(admin_reset))
+        .route(
+            "/_mock/faults",
+            get(admin_get_faults).post(admin_set_faults),
+        );
+    marketplaces
+        .merge(admin)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared)
+}
+
+/// Which marketplace endpoint a path is, and its seller id.
+fn classify(path: &str) -> Option<(Marketplace, Endpoint, String)> {
+    let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match seg.as_slice() {
+        ["integration", "inventory", "sellers", s, "products", "price-and-inventory"] => {
+            Some((Marketplace::Trendyol, Endpoint::Push, s.to_string()))
+        }
+        ["integration", "product", "sellers", s, "products", "batch-requests", _] => {
+            Some((Marketplace::Trendyol, Endpoint::Status, s.to_string()))
+        }
+        ["listings", "merchantid", m, "stock-uploads"] => {
+            Some((Marketplace::Hepsiburada, Endpoint::Push, m.to_string()))
+        }
+        ["listings", "merchantid", m, "stock-uploads", "id", _] => {
+            Some((Marketplace::Hepsiburada, Endpoint::Status, m.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Items in a push body, for the log of requests refused before parsing.
+fn count_items(marketplace: Marketplace, body: &[u8]) -> usize {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return 0;
+    };
+    match marketplace {
+        Marketplace::Trendyol => v.get("items").and_then(Value::as_array).map_or(0, Vec::len),
+        Marketplace::Hepsiburada => v.as_array().map_or(0, Vec::len),
+    }
+}
+
+fn base_record(
+    time: chrono::DateTime<Utc>,
+    method: &Method,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> RequestRecord {
+    RequestRecord {
+        seq: 0,
+        time: time.to_rfc3339_opts(SecondsFormat::Millis, true),
+        marketplace: None,
+        endpoint: None,
+        seller_id: None,
+        method: method.to_string(),
+        path: path.to_string(),
+        status: 0,
+        item_count: 0,
+        unchanged_items: 0,
+        failed_items: 0,
+        body_sha256: hex(&sha256(body)),
+        body_bytes: body.len(),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        note: None,
+        batch_id: None,
+    }
+}
+
+/// Around every marketplace endpoint: buffers the body, applies faults, and logs the
+/// request with what the handler reported.
+async fn marketplace_layer(
+    State(shared): State<Arc<Shared>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let time = Utc::now();
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => Bytes::new(),
+    };
+    let mut rec = base_record(time, &parts.method, &path, &parts.headers, &body);
+    let Some((marketplace, endpoint, seller_id)) = classify(&path) else {
+        // Routes and classify agree; answer rather than panic if they ever do not.
+        return next.run(Request::from_parts(parts, Body::from(body))).await;
+    };
+    rec.marketplace = Some(marketplace);
+    rec.endpoint = Some(endpoint.as_str().to_string());
+    rec.seller_id = Some(seller_id);
+    if endpoint == Endpoint::Push {
+        rec.item_count = count_items(marketplace, &body);
+    }
+    let conn = parts
+        .extensions
+        .get::<ConnectInfo<ConnHandle>>()
+        .map(|c| c.0.clone());
+
+    let plan = faults::plan(&shared.faults(), endpoint, time);
+    if !plan.latency.is_zero() {
+        tokio::time::sleep(plan.latency).await;
+    }
+    let faulted = if plan.reset == Some(false) {
+        if let Some(conn) = &conn {
+            tracing::debug!(peer = %conn.peer, %path, "mock: injected connection reset");
+            conn.reset();
+        }
+        rec.note = Some("fault:reset".into());
+        Some(internal_error(marketplace, "fault:reset"))
+    } else if let Some(retry_after) = plan.throttle {
+        Some(match marketplace {
+            Marketplace::Trendyol => trendyol::too_many_requests(retry_after, "fault:throttle"),
+            Marketplace::Hepsiburada => hepsiburada::too_many_requests(
+                retry_after,
+                shared.config.rate_limit.max_requests,
+                "fault:throttle",
+            ),
+        })
+    } else if plan.error {
+        Some(internal_error(marketplace, "fault:error"))
+    } else {
+        None
+    };
+    let mut resp = match faulted {
+        Some(resp) => resp,
+        None => next.run(Request::from_parts(parts, Body::from(body))).await,
+    };
+    let outcome = resp
+        .extensions_mut()
+        .remove::<Outcome>()
+        .unwrap_or_default();
+    rec.status = resp.status().as_u16();
+    if let Some(n) = outcome.item_count {
+        rec.item_count = n;
+    }
+    rec.unchanged_items = outcome.unchanged_items;
+    rec.failed_items = outcome.failed_items;
+    rec.batch_id = outcome.batch_id;
+    if rec.note.is_none() {
+        rec.note = outcome.note;
+    }
+    if plan.reset == Some(true) {
+        if let Some(conn) = &conn {
+            conn.reset();
+        }
+        rec.note = Some(format!(
+            "fault:reset_after_apply (handler answered {})",
+            rec.status
+        ));
+    }
+    if plan.reset.is_some() && conn.is_some() {
+        rec.status = 0;
+    }
+    tracing::debug!(
+        marketplace = %marketplace,
+        method = %rec.method,
+        path = %rec.path,
+        status = rec.status,
+        items = rec.item_count,
+        note = rec.note.as_deref().unwrap_or(""),
+        "mock marketplace request"
+    );
+    shared.record(rec);
+    resp
+}
+
+fn internal_error(marketplace: Marketplace, note: &str) -> Response {
+    match marketplace {
+        Marketplace::Trendyol => trendyol::internal_error(note),
+        Marketplace::Hepsiburada => hepsiburada::internal_error(note),
+    }
+}
+
+async fn not_found(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let resp = if path.starts_with("/integration/") {
+        Some((Marketplace::Trendyol, trendyol::not_found("resource")))
+    } else if path.starts_with("/listings/") {
+        Some((
+            Marketplace::Hepsiburada,
+            hepsiburada::error_response(
+                StatusCode::NOT_FOUND,
+                vec![("Not found".to_string(), "NotFound")],
+                Outcome::default(),
+            ),
+        ))
+    } else {
+        None
+    };
+    match resp {
+        Some((marketplace, mut resp)) => {
+            resp.extensions_mut().remove::<Outcome>();
+            let mut rec = base_record(Utc::now(), req.method(), &path, req.headers(), &[]);
+            rec.marketplace = Some(marketplace);
+            rec.status = resp.status().as_u16();
+            rec.note = Some("not_found".into());
+            shared.record(rec);
+            resp
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": format!("no such path: {path}") })),
+        )
+            .into_response(),
+    }
+}
+
+async fn admin_state(State(shared): State<Arc<Shared>>) -> Json<MockState> {
+    Json(shared.state())
+}
+
+async fn admin_requests(State(shared): State<Arc<Shared>>) -> Json<Vec<RequestRecord>> {
+    Json(shared.requests())
+}
+
+async fn admin_reset(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    shared.reset();
+    Json(json!({ "reset": true }))
+}
+
+async fn admin_get_faults(State(shared): State<Arc<Shared>>) -> Json<Faults> {
+    Json(shared.faults())
+}
+
+async fn admin_set_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let faults: Faults = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": format!("bad faults: {e}") })),
+            )
+                .into_response()
+        }
+    };
+    if let Err(e) = faults.validate() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response();
+    }
+    Json(shared.set_faults(faults)).into_response()
+}
+
+async fn page(State(shared): State<Arc<Shared>>) -> Response {
+    let state = shared.state();
+    let requests = shared.requests();
+    let recent = &requests[requests.len().saturating_sub(50)..];
+    let mut resp = Html(page::render(&state, recent)).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

@@ -1,0 +1,300 @@
+//! The command line: one binary, subcommands for every operation. Errors are reported here
+//! with context; exit codes: 0 success, 1 runtime failure, 2 configuration or preflight
+//! failure, 3 replication slot missing or lost (run `setup` and `resync`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use super::config::{markdown_table, Config};
+use super::setup;
+use crate::capture::{self, CaptureError, CaptureHealth, CaptureSettings};
+
+pub const EXIT_RUNTIME: u8 = 1;
+pub const EXIT_CONFIG: u8 = 2;
+pub const EXIT_SLOT_LOST: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "stocksync",
+    version,
+    about = "Keeps Trendyol and Hepsiburada stock equal to your PostgreSQL database"
+)]
+pub struct Cli {
+    /// TOML file with the same keys as the environment variables (see `stocksync config`).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the stock_sync schema, replica identity, publication and slot (idempotent).
+    Setup {
+        /// Print the SQL that would run and change nothing.
+        #[arg(long)]
+        print_sql: bool,
+    },
+    /// Drop the slot and the publication (`--purge` also drops the stock_sync schema).
+    Teardown {
+        #[arg(long)]
+        purge: bool,
+        /// Print the SQL that would run and change nothing.
+        #[arg(long)]
+        print_sql: bool,
+    },
+    /// Run capture and delivery until SIGTERM/SIGINT.
+    Run,
+    /// Validate configuration and database setup (the preflight alone), then exit.
+    Check,
+    /// Slot, checkpoint, lag, queue per store, paused stores, dead letters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enqueue every listed product of one store or all stores.
+    Resync {
+        #[arg(long)]
+        store: Option<uuid::Uuid>,
+    },
+    /// Re-enqueue dead-lettered items and lift credential pauses.
+    RetryFailed {
+        #[arg(long)]
+        store: Option<uuid::Uuid>,
+    },
+    /// Serve the local Trendyol + Hepsiburada stand-in (tests, staging, the demo).
+    MockMarketplace(crate::mock::MockArgs),
+    /// Print the configuration keys (`--markdown` for the README table).
+    Config {
+        #[arg(long)]
+        markdown: bool,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("stocksync: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    super::logging::init(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("stocksync: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(execute(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("stocksync: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+async fn execute(command: Command, config: Config) -> Result<ExitCode> {
+    match command {
+        Command::Config { markdown } => {
+            if markdown {
+                print!("{}", markdown_table());
+            } else {
+                for k in super::config::KEYS {
+                    println!("{:<28} {:<38} default {}", k.name, k.env, k.default);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Setup { print_sql } => cmd_setup(&config, print_sql).await,
+        Command::Teardown { purge, print_sql } => cmd_teardown(&config, purge, print_sql).await,
+        Command::Check => cmd_check(&config).await,
+        Command::Status { json } => {
+            let client = connect(&config).await?;
+            let status = super::status::read(&client, &config.slot)
+                .await
+                .context("reading status")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", super::status::render(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resync { store } => {
+            let client = connect(&config).await?;
+            let n = super::resync::resync(&client, store).await?;
+            println!("enqueued {n} listed (product, store) pairs");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RetryFailed { store } => {
+            let client = connect(&config).await?;
+            let n = super::resync::retry_failed(&client, store).await?;
+            println!("re-enqueued {n} dead-lettered items; credential pauses lifted");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run => cmd_run(config).await,
+        Command::MockMarketplace(args) => {
+            crate::mock::run_cli(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn connect(config: &Config) -> Result<tokio_postgres::Client> {
+    let db = config.db()?;
+    db.connect().await.context("connecting to PostgreSQL")
+}
+
+async fn cmd_setup(config: &Config, print_sql: bool) -> Result<ExitCode> {
+    let db = config.db()?;
+    let client = match db.connect().await {
+        Ok(client) => client,
+        Err(e) if print_sql => {
+            println!("-- could not inspect the database ({e}); this is the full plan for an empty database.");
+            print!(
+                "{}",
+                setup::render(&setup::full_plan(&config.slot, &config.publication))
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e).context("connecting to PostgreSQL"),
+    };
+    let steps = match setup::plan(&client, &config.slot, &config.publication).await {
+        Ok(steps) => steps,
+        Err(e) => {
+            eprintln!("stocksync setup: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    if print_sql {
+        print!("{}", setup::render(&steps));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Err(e) = setup::apply(&client, &steps).await {
+        eprintln!("stocksync setup: {e}");
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    println!("setup complete ({} steps run)", steps.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_teardown(config: &Config, purge: bool, print_sql: bool) -> Result<ExitCode> {
+    let steps = setup::teardown_plan(&config.slot, &config.publication, purge);
+    if print_sql {
+        print!("{}", setup::render(&steps));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let client = connect(config).await?;
+    setup::apply(&client, &steps).await?;
+    println!("teardown complete");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Preflight; prints each problem as one sentence.
+async fn preflight_ok(config: &Config, allow_active_slot: bool) -> Result<bool> {
+    let client = connect(config).await?;
+    let problems = setup::preflight(
+        &client,
+        &config.slot,
+        &config.publication,
+        allow_active_slot,
+    )
+    .await
+    .context("running preflight checks")?;
+    for p in &problems {
+        eprintln!("stocksync: {}", p.0);
+        error!(problem = %p.0, "preflight");
+    }
+    Ok(problems.is_empty())
+}
+
+async fn cmd_check(config: &Config) -> Result<ExitCode> {
+    if !preflight_ok(config, false).await? {
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    println!("configuration and database setup are valid");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_run(config: Config) -> Result<ExitCode> {
+    let db = config.db()?;
+    match preflight_ok(&config, true).await {
+        Ok(true) => {}
+        Ok(false) => return Ok(ExitCode::from(EXIT_CONFIG)),
+        Err(e) => {
+            eprintln!("stocksync: {e:#}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    }
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let health = Arc::new(CaptureHealth::default());
+    let settings = CaptureSettings {
+        slot: config.slot.clone(),
+        publication: config.publication.clone(),
+        ..CaptureSettings::default()
+    };
+    let service = super::service::Service::start(config, db, health, shutdown.clone()).await?;
+    info!("stocksync running");
+    let capture_result = capture::run(
+        service.db.clone(),
+        settings,
+        shutdown.clone(),
+        service.capture_health.clone(),
+    )
+    .await;
+    // Capture ended: by shutdown, or fatally. Either way stop the rest in order.
+    shutdown.cancel();
+    service.stop(Duration::from_secs(10)).await;
+    match capture_result {
+        Ok(()) => {
+            info!("stopped cleanly");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(report_capture_error(&e)),
+    }
+}
+
+fn report_capture_error(e: &CaptureError) -> ExitCode {
+    error!(error = %e, "capture stopped");
+    eprintln!("stocksync: {e}");
+    if e.is_slot_loss() {
+        ExitCode::from(EXIT_SLOT_LOST)
+    } else {
+        ExitCode::from(EXIT_RUNTIME)
+    }
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+        }
+        shutdown.cancel();
+    });
+}

@@ -1,0 +1,165 @@
+//! The long-running parts of `stocksync run` besides capture: the HTTP endpoints, the
+//! dispatcher, the metrics refresher and the slot heartbeat. Started together, stopped in
+//! order within a bound.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use deadpool_postgres::Pool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::config::Config;
+use crate::capture::CaptureHealth;
+use crate::db::DbConfig;
+use crate::metrics::metrics;
+
+/// Queue depth and oldest pending age per store, and slot figures, for `/metrics`.
+const REFRESH_SQL: &str = r#"
+SELECT store_id::text, count(*), EXTRACT(EPOCH FROM now() - min(enqueued_at))::float8
+FROM stock_sync.queue WHERE state = 'pending' GROUP BY store_id
+"#;
+
+const SLOT_FIGURES_SQL: &str = r#"
+SELECT (pg_current_wal_lsn() - c.lsn)::bigint, s.safe_wal_size
+FROM (SELECT NULL) dummy
+LEFT JOIN stock_sync.checkpoint c ON c.slot_name = $1
+LEFT JOIN pg_replication_slots s ON s.slot_name = $1
+"#;
+
+/// A transactional message: decoding it moves the slot even when the published tables are
+/// quiet (the empty transaction is skipped, the keepalive that follows is confirmed).
+const HEARTBEAT_SQL: &str =
+    "SELECT pg_logical_emit_message(true, 'stocksync.heartbeat', now()::text)";
+
+pub struct Service {
+    pub config: Arc<Config>,
+    pub db: DbConfig,
+    pub pool: Pool,
+    pub capture_health: Arc<CaptureHealth>,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: CancellationToken,
+}
+
+impl Service {
+    pub async fn start(
+        config: Config,
+        db: DbConfig,
+        capture_health: Arc<CaptureHealth>,
+        shutdown: CancellationToken,
+    ) -> Result<Service> {
+        let pool = db.pool(8).context("creating the connection pool")?;
+        let config = Arc::new(config);
+        let mut tasks = Vec::new();
+        let state = super::http::AppState {
+            pool: pool.clone(),
+            slot: config.slot.clone(),
+            capture: capture_health.clone(),
+        };
+        tasks.push(super::http::spawn(config.http_addr, state, shutdown.clone()).await?);
+        tasks.push(tokio::spawn(refresh_metrics(
+            pool.clone(),
+            config.clone(),
+            shutdown.clone(),
+        )));
+        if !config.heartbeat_interval.is_zero() {
+            tasks.push(tokio::spawn(heartbeat(
+                pool.clone(),
+                config.heartbeat_interval,
+                shutdown.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(crate::dispatch::run(
+            pool.clone(),
+            super::service::dispatch_settings(&config),
+            shutdown.clone(),
+        )));
+        Ok(Service {
+            config,
+            db,
+            pool,
+            capture_health,
+            tasks,
+            shutdown,
+        })
+    }
+
+    /// Cancels every task and waits at most `bound` for them.
+    pub async fn stop(self, bound: Duration) {
+        self.shutdown.cancel();
+        let all = futures_util::future::join_all(self.tasks);
+        if tokio::time::timeout(bound, all).await.is_err() {
+            warn!(?bound, "some tasks did not stop in time; abandoning them");
+        }
+    }
+}
+
+/// Delivery settings from the configuration.
+pub fn dispatch_settings(config: &Config) -> crate::dispatch::DispatchSettings {
+    crate::dispatch::DispatchSettings::from_config(config)
+}
+
+async fn refresh_metrics(pool: Pool, config: Arc<Config>, shutdown: CancellationToken) {
+    let m = metrics();
+    let mut ticker = tokio::time::interval(Duration::from_secs(2));
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let Ok(client) = pool.get().await else {
+            continue;
+        };
+        if let Ok(rows) = client.query(REFRESH_SQL, &[]).await {
+            m.queue_depth.reset();
+            m.queue_oldest_age_seconds.reset();
+            for row in rows {
+                let store: String = row.get(0);
+                m.queue_depth.with_label_values(&[&store]).set(row.get(1));
+                m.queue_oldest_age_seconds
+                    .with_label_values(&[&store])
+                    .set(row.get::<_, Option<f64>>(2).unwrap_or(0.0));
+            }
+        }
+        match client.query_one(SLOT_FIGURES_SQL, &[&config.slot]).await {
+            Ok(row) => {
+                m.replication_lag_bytes
+                    .set(row.get::<_, Option<i64>>(0).unwrap_or(0).max(0));
+                let safe: Option<i64> = row.get(1);
+                m.slot_safe_wal_size_bytes.set(safe.unwrap_or(-1));
+                match safe {
+                    Some(bytes) if bytes < config.safe_wal_size_warn => {
+                        if !warned {
+                            warn!(safe_wal_size = bytes, threshold = config.safe_wal_size_warn,
+                                "the slot is close to losing WAL it needs (max_slot_wal_keep_size); check that capture keeps up");
+                            warned = true;
+                        }
+                    }
+                    _ => warned = false,
+                }
+            }
+            Err(e) => debug!(error = %e, "slot figures unavailable"),
+        }
+    }
+}
+
+async fn heartbeat(pool: Pool, every: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match pool.get().await {
+            Ok(client) => {
+                if let Err(e) = client.execute(HEARTBEAT_SQL, &[]).await {
+                    debug!(error = %e, "heartbeat failed");
+                }
+            }
+            Err(e) => debug!(error = %e, "heartbeat: no connection"),
+        }
+    }
+}

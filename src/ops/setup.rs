@@ -1,0 +1,359 @@
+//! `stocksync setup` / `teardown` and the preflight checks.
+//!
+//! Setup is a plan of SQL statements computed from what the database already has, so it is
+//! idempotent and `--print-sql` can show exactly what would run: pending migrations of the
+//! `stock_sync` schema (files `sql/NNN_*.sql`, each in its own transaction and recorded in
+//! `stock_sync.schema_migrations`), `REPLICA IDENTITY FULL` on the two tables, the
+//! publication, and the pgoutput slot.
+
+use tokio_postgres::Client;
+
+/// Numbered migrations of the `stock_sync` schema, in order.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "capture", include_str!("../../sql/001_capture.sql")),
+    (2, "delivery", include_str!("../../sql/002_delivery.sql")),
+];
+
+/// The application tables stocksync reads through the slot.
+pub const PUBLISHED_TABLES: [&str; 2] = ["product_stores", "product_set_items"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("database error: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// One step of the plan.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub description: String,
+    pub sql: String,
+    /// Migrations run inside a transaction; slot creation cannot.
+    pub transactional: bool,
+}
+
+/// What the database has, as far as setup is concerned.
+#[derive(Debug, Default)]
+struct Observed {
+    applied_migrations: Vec<i32>,
+    tables_present: Vec<String>,
+    identity_full: Vec<String>,
+    publication_exists: bool,
+    publication_tables: Vec<String>,
+    slot_plugin: Option<String>,
+}
+
+async fn observe(client: &Client, slot: &str, publication: &str) -> Result<Observed, SetupError> {
+    let mut o = Observed::default();
+    let has_table: bool = client
+        .query_one(
+            "SELECT to_regclass('stock_sync.schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if has_table {
+        o.applied_migrations = client
+            .query("SELECT version FROM stock_sync.schema_migrations", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    }
+    for row in client
+        .query(
+            "SELECT c.relname, c.relreplident = 'f' FROM pg_class c \
+             WHERE c.oid IN (to_regclass('product_stores'), to_regclass('product_set_items'))",
+            &[],
+        )
+        .await?
+    {
+        let name: String = row.get(0);
+        if row.get::<_, bool>(1) {
+            o.identity_full.push(name.clone());
+        }
+        o.tables_present.push(name);
+    }
+    o.publication_exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?
+        .is_some();
+    o.publication_tables = client
+        .query(
+            "SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    o.slot_plugin = client
+        .query_opt(
+            "SELECT plugin::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?
+        .map(|r| r.get(0));
+    Ok(o)
+}
+
+/// The steps setup would run now. `slot` and `publication` are validated identifiers.
+pub async fn plan(client: &Client, slot: &str, publication: &str) -> Result<Vec<Step>, SetupError> {
+    let o = observe(client, slot, publication).await?;
+    for table in PUBLISHED_TABLES {
+        if !o.tables_present.iter().any(|t| t == table) {
+            return Err(SetupError::Refused(format!(
+                "table {table} does not exist in this database (search_path); stocksync reads the \
+                 application's product_stores and product_set_items — check DATABASE_URL"
+            )));
+        }
+    }
+    if let Some(plugin) = o.slot_plugin.as_deref().filter(|p| *p != "pgoutput") {
+        return Err(SetupError::Refused(format!(
+            "replication slot {slot:?} exists with plugin {plugin:?}; drop it or choose another STOCKSYNC_SLOT"
+        )));
+    }
+    Ok(full_plan(slot, publication)
+        .into_iter()
+        .filter(|step| step_needed(step, &o))
+        .collect())
+}
+
+/// Every step, as on an empty database (also what `--print-sql` shows when it cannot connect).
+pub fn full_plan(slot: &str, publication: &str) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        steps.push(Step {
+            description: format!("migration {version:03} {name}"),
+            sql: format!(
+                "{}\nINSERT INTO stock_sync.schema_migrations (version, name) VALUES ({version}, '{name}');",
+                sql.trim_end()
+            ),
+            transactional: true,
+        });
+    }
+    for table in PUBLISHED_TABLES {
+        steps.push(Step {
+            description: format!("replica identity of {table}"),
+            sql: format!("ALTER TABLE {table} REPLICA IDENTITY FULL;"),
+            transactional: true,
+        });
+    }
+    steps.push(Step {
+        description: format!("publication {publication}"),
+        sql: format!(
+            "CREATE PUBLICATION \"{publication}\" FOR TABLE product_stores, product_set_items;"
+        ),
+        transactional: true,
+    });
+    for table in PUBLISHED_TABLES {
+        steps.push(Step {
+            description: format!("publication {publication} includes {table}"),
+            sql: format!("ALTER PUBLICATION \"{publication}\" ADD TABLE {table};"),
+            transactional: true,
+        });
+    }
+    steps.push(Step {
+        description: format!("replication slot {slot}"),
+        sql: format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput');"),
+        transactional: false,
+    });
+    steps
+}
+
+fn step_needed(step: &Step, o: &Observed) -> bool {
+    let d = step.description.as_str();
+    if let Some(rest) = d.strip_prefix("migration ") {
+        let version: i32 = rest[..3].parse().unwrap_or(0);
+        return !o.applied_migrations.contains(&version);
+    }
+    if let Some(table) = d.strip_prefix("replica identity of ") {
+        return !o.identity_full.iter().any(|t| t == table);
+    }
+    if let Some((_, table)) = d.split_once(" includes ") {
+        // Only when the publication exists without the table (creation lists both).
+        return o.publication_exists && !o.publication_tables.iter().any(|t| t == table);
+    }
+    if d.starts_with("publication ") {
+        return !o.publication_exists;
+    }
+    if d.starts_with("replication slot ") {
+        return o.slot_plugin.is_none();
+    }
+    true
+}
+
+/// Runs the plan.
+pub async fn apply(client: &Client, steps: &[Step]) -> Result<(), SetupError> {
+    for step in steps {
+        tracing::info!(step = %step.description, "setup");
+        if step.transactional {
+            client
+                .batch_execute(&format!("BEGIN;\n{}\nCOMMIT;", step.sql))
+                .await
+                .map_err(|e| {
+                    SetupError::Refused(format!("{} failed: {}", step.description, db_message(&e)))
+                })?;
+        } else {
+            client.batch_execute(&step.sql).await.map_err(|e| {
+                SetupError::Refused(format!("{} failed: {}", step.description, db_message(&e)))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Renders steps as a script a DBA can read (and run with psql).
+pub fn render(steps: &[Step]) -> String {
+    if steps.is_empty() {
+        return "-- stocksync setup: nothing to do, everything is in place.\n".into();
+    }
+    let mut out =
+        String::from("-- stocksync setup: the statements below would run, in this order.\n");
+    for step in steps {
+        out.push_str(&format!(
+            "\n-- {}\n{}\n",
+            step.description,
+            step.sql.trim_end()
+        ));
+    }
+    out
+}
+
+/// The statements `teardown` runs (`purge` also drops the schema).
+pub fn teardown_plan(slot: &str, publication: &str, purge: bool) -> Vec<Step> {
+    let mut steps = vec![
+        Step {
+            description: format!("drop replication slot {slot}"),
+            sql: format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}';"
+            ),
+            transactional: false,
+        },
+        Step {
+            description: format!("drop publication {publication}"),
+            sql: format!("DROP PUBLICATION IF EXISTS \"{publication}\";"),
+            transactional: true,
+        },
+    ];
+    if purge {
+        steps.push(Step {
+            description: "drop schema stock_sync".into(),
+            sql: "DROP SCHEMA IF EXISTS stock_sync CASCADE;".into(),
+            transactional: true,
+        });
+    }
+    steps
+}
+
+/// The server's message with detail and hint, for errors shown to operators.
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut m = db.message().to_string();
+            if let Some(detail) = db.detail() {
+                m.push_str(&format!(" ({detail})"));
+            }
+            if let Some(hint) = db.hint() {
+                m.push_str(&format!(" Hint: {hint}"));
+            }
+            m
+        }
+        None => e.to_string(),
+    }
+}
+
+/// One failed preflight check: a sentence naming the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem(pub String);
+
+/// Preflight: wal_level, publication with both tables, replica identity FULL, slot with
+/// pgoutput, schema migrated. `allow_active_slot` is for `run`, which waits for a slot held
+/// by a predecessor instead of failing.
+pub async fn preflight(
+    client: &Client,
+    slot: &str,
+    publication: &str,
+    allow_active_slot: bool,
+) -> Result<Vec<Problem>, SetupError> {
+    let mut problems = Vec::new();
+    let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
+    if wal_level != "logical" {
+        problems.push(Problem(format!(
+            "wal_level is {wal_level:?}, not \"logical\": set wal_level = logical in postgresql.conf \
+             (ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL"
+        )));
+    }
+    let o = observe(client, slot, publication).await?;
+    for table in PUBLISHED_TABLES {
+        if !o.tables_present.iter().any(|t| t == table) {
+            problems.push(Problem(format!(
+                "table {table} is missing: check that DATABASE_URL names the application's database"
+            )));
+        } else if !o.identity_full.iter().any(|t| t == table) {
+            problems.push(Problem(format!(
+                "table {table} does not have REPLICA IDENTITY FULL: run `stocksync setup` \
+                 (or ALTER TABLE {table} REPLICA IDENTITY FULL)"
+            )));
+        }
+    }
+    if !o.publication_exists {
+        problems.push(Problem(format!(
+            "publication {publication:?} does not exist: run `stocksync setup` (see `stocksync setup --print-sql`)"
+        )));
+    } else {
+        for table in PUBLISHED_TABLES {
+            if !o.publication_tables.iter().any(|t| t == table) {
+                problems.push(Problem(format!(
+                    "publication {publication:?} does not include {table}: run `stocksync setup` \
+                     (or ALTER PUBLICATION \"{publication}\" ADD TABLE {table})"
+                )));
+            }
+        }
+    }
+    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if !o.applied_migrations.contains(&latest) {
+        problems.push(Problem(
+            "schema stock_sync is missing or not up to date: run `stocksync setup`".into(),
+        ));
+    }
+    match o.slot_plugin.as_deref() {
+        None => problems.push(Problem(format!(
+            "replication slot {slot:?} does not exist: run `stocksync setup` (if it existed before, \
+             run `stocksync resync` afterwards)"
+        ))),
+        Some("pgoutput") => {
+            let row = client
+                .query_one(
+                    "SELECT active, active_pid, wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await?;
+            let active: bool = row.get(0);
+            let wal_status: Option<String> = row.get(2);
+            if wal_status.as_deref() == Some("lost") {
+                problems.push(Problem(format!(
+                    "replication slot {slot:?} is lost (wal_status = lost): run `stocksync teardown`, \
+                     `stocksync setup`, then `stocksync resync`"
+                )));
+            }
+            if active && !allow_active_slot {
+                let pid: Option<i32> = row.get(1);
+                problems.push(Problem(format!(
+                    "replication slot {slot:?} is in use by server process {}: stop the other consumer \
+                     (another stocksync, or pg_recvlogical) first",
+                    pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+                )));
+            }
+        }
+        Some(other) => problems.push(Problem(format!(
+            "replication slot {slot:?} uses plugin {other:?}: drop it and run `stocksync setup`"
+        ))),
+    }
+    Ok(problems)
+}

@@ -1,0 +1,380 @@
+//! A stream of decoded, committed-order replication events, with the keepalive and feedback
+//! policy.
+//!
+//! [`open`] connects, issues `START_REPLICATION` and spawns a pump task that reads CopyData,
+//! decodes pgoutput, resolves relations through its relation cache and hands
+//! [`StreamEvent`]s to the consumer over a bounded channel (back-pressure reaches the server
+//! through TCP). Events arrive in WAL order: Begin, changes, Commit, with keepalives only
+//! between transactions as far as the consumer is concerned (a keepalive that arrives inside
+//! a transaction is still forwarded, and the consumer ignores it).
+//!
+//! Feedback rule: the pump reports to the server `flush = apply =` the position the consumer
+//! confirmed through [`Feedback::confirm`] — never anything the consumer has not durably
+//! processed — and `write =` the highest position received. It sends a status update every
+//! `status_interval`, at once when the server asks for a reply, and soon after each
+//! confirmation; it keeps doing so while the consumer is slow, so the server's
+//! `wal_sender_timeout` never fires because of back-pressure.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::copy::{self, ReplicationMessage};
+use super::pgoutput::{self, PgOutputMessage, Relation, TupleData};
+use super::wire::{ReplicationConnection, WireError};
+use super::Lsn;
+use crate::db::DbConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("cannot decode the replication stream at {at}: {source}")]
+    Decode {
+        at: Lsn,
+        #[source]
+        source: pgoutput::DecodeError,
+    },
+    #[error("malformed replication frame: {0}")]
+    Frame(String),
+    #[error("a change refers to relation {0}, which the server never described")]
+    UnknownRelation(u32),
+    #[error("the server ended the replication stream")]
+    Ended,
+}
+
+/// What a row change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// One row change with its relation resolved. `old` is present for UPDATE and DELETE when the
+/// table has REPLICA IDENTITY FULL (or a key-only old tuple otherwise); `new` for INSERT and
+/// UPDATE, with unchanged-TOAST values already filled in from `old` where possible.
+#[derive(Debug, Clone)]
+pub struct RowChange {
+    pub relation: Arc<Relation>,
+    pub kind: ChangeKind,
+    pub old: Option<TupleData>,
+    pub new: Option<TupleData>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StreamEvent {
+    Begin {
+        final_lsn: Lsn,
+        xid: u32,
+        commit_time_us: i64,
+    },
+    Change(RowChange),
+    Truncate {
+        relations: Vec<Arc<Relation>>,
+    },
+    /// A relation was (re)described: schema changes show up here before the next change.
+    Relation(Arc<Relation>),
+    Commit {
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time_us: i64,
+    },
+    /// The server's position when nothing else was sent: every transaction that committed
+    /// before it has already been delivered.
+    Keepalive {
+        wal_end: Lsn,
+    },
+}
+
+/// Shared between consumer and pump: the confirmed position and a wake-up.
+#[derive(Debug, Default)]
+pub struct Feedback {
+    confirmed: AtomicU64,
+    received: AtomicU64,
+    wake: Notify,
+}
+
+impl Feedback {
+    /// The consumer has durably processed everything up to `lsn`. Never moves backwards.
+    pub fn confirm(&self, lsn: Lsn) {
+        let previous = self.confirmed.fetch_max(lsn.0, Ordering::AcqRel);
+        if lsn.0 > previous {
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn confirmed(&self) -> Lsn {
+        Lsn(self.confirmed.load(Ordering::Acquire))
+    }
+
+    /// Highest WAL position received from the server so far.
+    pub fn received(&self) -> Lsn {
+        Lsn(self.received.load(Ordering::Acquire))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub slot: String,
+    pub publication: String,
+    pub start: Lsn,
+    pub status_interval: Duration,
+    pub channel_capacity: usize,
+}
+
+/// A running stream: events, feedback, and the pump task.
+pub struct ReplicationStream {
+    pub events: mpsc::Receiver<StreamEvent>,
+    pub feedback: Arc<Feedback>,
+    pump: JoinHandle<Result<(), StreamError>>,
+    stop: CancellationToken,
+    pub backend_pid: i32,
+}
+
+impl ReplicationStream {
+    /// Asks the pump to send a last status update (with the confirmed position) and close
+    /// the connection; returns the pump's result.
+    pub async fn finish(self) -> Result<(), StreamError> {
+        self.stop.cancel();
+        drop(self.events);
+        match self.pump.await {
+            Ok(result) => result,
+            Err(join) => Err(StreamError::Frame(format!(
+                "replication task failed: {join}"
+            ))),
+        }
+    }
+
+    /// Waits for the pump to end by itself (an error, or the server closing the stream).
+    pub async fn pump_result(&mut self) -> Result<(), StreamError> {
+        match (&mut self.pump).await {
+            Ok(result) => result,
+            Err(join) => Err(StreamError::Frame(format!(
+                "replication task failed: {join}"
+            ))),
+        }
+    }
+}
+
+/// Connects and starts streaming from `settings.start`.
+pub async fn open(
+    config: &DbConfig,
+    settings: &StreamSettings,
+) -> Result<ReplicationStream, StreamError> {
+    let mut connection = ReplicationConnection::connect(config).await?;
+    let options = [
+        ("proto_version", "1".to_string()),
+        ("publication_names", format!("\"{}\"", settings.publication)),
+    ];
+    connection
+        .start_replication(&settings.slot, settings.start, &options)
+        .await?;
+    let backend_pid = connection.backend_pid;
+    let (sender, events) = mpsc::channel(settings.channel_capacity.max(16));
+    let feedback = Arc::new(Feedback::default());
+    feedback.confirm(settings.start);
+    feedback.received.store(settings.start.0, Ordering::Release);
+    let stop = CancellationToken::new();
+    let pump = Pump {
+        connection,
+        sender,
+        feedback: feedback.clone(),
+        relations: HashMap::new(),
+        status_interval: settings.status_interval,
+        stop: stop.clone(),
+    };
+    let pump = tokio::spawn(pump.run());
+    Ok(ReplicationStream {
+        events,
+        feedback,
+        pump,
+        stop,
+        backend_pid,
+    })
+}
+
+struct Pump {
+    connection: ReplicationConnection,
+    sender: mpsc::Sender<StreamEvent>,
+    feedback: Arc<Feedback>,
+    relations: HashMap<u32, Arc<Relation>>,
+    status_interval: Duration,
+    stop: CancellationToken,
+}
+
+impl Pump {
+    async fn run(mut self) -> Result<(), StreamError> {
+        let mut ticker = tokio::time::interval(self.status_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let feedback = self.feedback.clone();
+        let stop = self.stop.clone();
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break Ok(()),
+                _ = ticker.tick() => self.send_status(false).await?,
+                _ = feedback.wake.notified() => self.send_status(false).await?,
+                frame = self.connection.recv() => {
+                    match frame? {
+                        Some(frame) => self.handle_frame(frame, &mut ticker).await?,
+                        None => break Err(StreamError::Ended),
+                    }
+                }
+            }
+        };
+        if result.is_ok() {
+            // Last word: tell the server how far we got, then leave.
+            let _ = self.send_status(false).await;
+            self.connection.close().await;
+        }
+        result
+    }
+
+    async fn send_status(&mut self, reply_requested: bool) -> Result<(), WireError> {
+        let confirmed = self.feedback.confirmed();
+        let written = self.feedback.received().max(confirmed);
+        let body = copy::encode_standby_status_update(
+            written,
+            confirmed,
+            confirmed,
+            copy::pg_epoch_micros(chrono::Utc::now()),
+            reply_requested,
+        );
+        self.connection.send_copy_data(&body).await
+    }
+
+    async fn handle_frame(
+        &mut self,
+        frame: Bytes,
+        ticker: &mut tokio::time::Interval,
+    ) -> Result<(), StreamError> {
+        let message =
+            copy::parse_copy_data(frame).map_err(|e| StreamError::Frame(e.to_string()))?;
+        match message {
+            ReplicationMessage::PrimaryKeepalive {
+                wal_end,
+                reply_requested,
+                ..
+            } => {
+                self.feedback
+                    .received
+                    .fetch_max(wal_end.0, Ordering::AcqRel);
+                if reply_requested {
+                    self.send_status(false).await?;
+                }
+                self.deliver(StreamEvent::Keepalive { wal_end }, ticker)
+                    .await
+            }
+            ReplicationMessage::XLogData {
+                wal_start, data, ..
+            } => {
+                let decoded = pgoutput::decode(data).map_err(|source| StreamError::Decode {
+                    at: wal_start,
+                    source,
+                })?;
+                if let Some(event) = self.event_of(decoded)? {
+                    if let StreamEvent::Commit { end_lsn, .. } = &event {
+                        self.feedback
+                            .received
+                            .fetch_max(end_lsn.0, Ordering::AcqRel);
+                    }
+                    self.deliver(event, ticker).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn relation(&self, id: u32) -> Result<Arc<Relation>, StreamError> {
+        self.relations
+            .get(&id)
+            .cloned()
+            .ok_or(StreamError::UnknownRelation(id))
+    }
+
+    fn event_of(&mut self, message: PgOutputMessage) -> Result<Option<StreamEvent>, StreamError> {
+        Ok(Some(match message {
+            PgOutputMessage::Begin(begin) => StreamEvent::Begin {
+                final_lsn: begin.final_lsn,
+                xid: begin.xid,
+                commit_time_us: begin.commit_time_us,
+            },
+            PgOutputMessage::Commit(commit) => StreamEvent::Commit {
+                commit_lsn: commit.commit_lsn,
+                end_lsn: commit.end_lsn,
+                commit_time_us: commit.commit_time_us,
+            },
+            PgOutputMessage::Relation(relation) => {
+                let relation = Arc::new(relation);
+                self.relations.insert(relation.id, relation.clone());
+                StreamEvent::Relation(relation)
+            }
+            PgOutputMessage::Insert(insert) => StreamEvent::Change(RowChange {
+                relation: self.relation(insert.relation_id)?,
+                kind: ChangeKind::Insert,
+                old: None,
+                new: Some(insert.new),
+            }),
+            PgOutputMessage::Update(update) => {
+                let old = update.old.or(update.key);
+                let new = match &old {
+                    Some(old) => update.new.with_unchanged_from(old),
+                    None => update.new,
+                };
+                StreamEvent::Change(RowChange {
+                    relation: self.relation(update.relation_id)?,
+                    kind: ChangeKind::Update,
+                    old,
+                    new: Some(new),
+                })
+            }
+            PgOutputMessage::Delete(delete) => StreamEvent::Change(RowChange {
+                relation: self.relation(delete.relation_id)?,
+                kind: ChangeKind::Delete,
+                old: delete.old.or(delete.key),
+                new: None,
+            }),
+            PgOutputMessage::Truncate(truncate) => StreamEvent::Truncate {
+                relations: truncate
+                    .relation_ids
+                    .iter()
+                    .map(|id| self.relation(*id))
+                    .collect::<Result<_, _>>()?,
+            },
+            // Type, Origin and logical messages carry nothing capture needs.
+            PgOutputMessage::Type(_) | PgOutputMessage::Origin(_) | PgOutputMessage::Message(_) => {
+                return Ok(None)
+            }
+        }))
+    }
+
+    /// Hands an event to the consumer, still answering the server while the consumer is busy.
+    async fn deliver(
+        &mut self,
+        event: StreamEvent,
+        ticker: &mut tokio::time::Interval,
+    ) -> Result<(), StreamError> {
+        let mut event = Some(event);
+        let sender = self.sender.clone();
+        loop {
+            tokio::select! {
+                permit = sender.reserve() => {
+                    // Err: the consumer is gone (shutting down): nothing more to deliver.
+                    if let Ok(permit) = permit {
+                        permit.send(event.take().expect("event sent once"));
+                    }
+                    return Ok(());
+                }
+                _ = ticker.tick() => self.send_status(false).await?,
+                _ = self.stop.cancelled() => return Ok(()),
+            }
+        }
+    }
+}

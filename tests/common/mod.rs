@@ -1,0 +1,88 @@
+//! Test harness: one private PostgreSQL cluster per test binary (started from the installed
+//! server binaries, `wal_level=logical`), a fresh database per test, and helpers to run
+//! `stocksync` pieces against it. The cluster is removed when the test process exits.
+#![allow(dead_code)]
+
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use stocksync::db::DbConfig;
+use stocksync::localpg::{ClusterOptions, LocalCluster};
+use tokio_postgres::Client;
+
+pub const APP_SCHEMA: &str = include_str!("../../sql/app_schema.sql");
+
+static CLUSTER: OnceLock<Mutex<LocalCluster>> = OnceLock::new();
+static DB_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The shared cluster of this test binary.
+pub fn cluster() -> &'static Mutex<LocalCluster> {
+    CLUSTER.get_or_init(|| {
+        let cluster = LocalCluster::start(ClusterOptions::default())
+            .expect("start a private PostgreSQL cluster");
+        cluster
+            .remove_when_process_exits(std::process::id())
+            .expect("cluster watchdog");
+        Mutex::new(cluster)
+    })
+}
+
+/// A new database with the application schema; returns its URL.
+pub fn fresh_database(prefix: &str) -> String {
+    let n = DB_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("{prefix}_{n}");
+    let cluster = cluster().lock().unwrap();
+    cluster
+        .psql("postgres", &format!("CREATE DATABASE {name}"))
+        .expect("create database");
+    cluster
+        .psql(&name, APP_SCHEMA)
+        .expect("load application schema");
+    cluster.url_for("postgres", &name)
+}
+
+pub async fn connect(url: &str) -> Client {
+    DbConfig::from_url(url)
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Runs `stocksync setup` steps through the library.
+pub async fn setup(url: &str, slot: &str, publication: &str) {
+    let client = connect(url).await;
+    let steps = stocksync::ops::setup::plan(&client, slot, publication)
+        .await
+        .expect("plan");
+    stocksync::ops::setup::apply(&client, &steps)
+        .await
+        .expect("apply");
+}
+
+/// Polls `check` until it returns true or `timeout` passes; panics with `what` on timeout.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn uuid() -> uuid::Uuid {
+    uuid::Uuid::new_v4()
+}
+
+/// Path of the built `stocksync` binary (cargo builds it for integration tests).
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_stocksync")
+}
