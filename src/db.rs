@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -74,6 +75,8 @@ pub struct DbConfig {
     pub sslrootcert: Option<PathBuf>,
     pub application_name: String,
     pub connect_timeout: Duration,
+    /// Built once: loading the system trust store costs a good part of a second.
+    tls_cache: Arc<OnceLock<native_tls::TlsConnector>>,
 }
 
 impl std::fmt::Debug for DbConfig {
@@ -152,6 +155,7 @@ impl DbConfig {
             sslrootcert,
             application_name,
             connect_timeout,
+            tls_cache: Arc::default(),
         })
     }
 
@@ -173,6 +177,9 @@ impl DbConfig {
         if self.sslmode == SslMode::Disable || self.is_unix_socket() {
             return Ok(None);
         }
+        if let Some(connector) = self.tls_cache.get() {
+            return Ok(Some(connector.clone()));
+        }
         let mut builder = native_tls::TlsConnector::builder();
         match self.sslmode {
             // libpq's require/prefer encrypt without checking who answers.
@@ -192,7 +199,8 @@ impl DbConfig {
             })?;
             builder.add_root_certificate(native_tls::Certificate::from_pem(&pem)?);
         }
-        Ok(Some(builder.build()?))
+        let connector = builder.build()?;
+        Ok(Some(self.tls_cache.get_or_init(|| connector).clone()))
     }
 
     /// Whether TLS is mandatory (no fallback to plain text).
@@ -219,6 +227,10 @@ impl DbConfig {
             .connect_timeout(self.connect_timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
+            // stocksync's statements are short and run with array parameters the planner
+            // cannot size; JIT compilation (hundreds of ms when estimates are off, e.g. on
+            // tables without statistics yet) would dwarf their run time.
+            .options("-c jit=off")
             .ssl_mode(match self.sslmode {
                 SslMode::Disable => PgSslMode::Disable,
                 SslMode::Prefer => PgSslMode::Prefer,

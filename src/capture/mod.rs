@@ -320,7 +320,7 @@ async fn session(
         watched: HashMap::new(),
         current: None,
         batch: Batch::default(),
-        last_idle_persist: Instant::now(),
+        last_idle_persist: Instant::now() - settings.idle_checkpoint_interval,
         seeds_scratch: Vec::new(),
     };
     capture.consume(stream, shutdown).await
@@ -523,8 +523,16 @@ impl Capture<'_> {
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    if self.current.is_none() && !self.batch.is_empty() {
-                        self.commit_batch(&stream).await?;
+                    if self.current.is_none() {
+                        if !self.batch.is_empty() {
+                            self.commit_batch(&stream).await?;
+                        }
+                        // Persist an idle position already confirmed to the server.
+                        let confirmed = stream.feedback.confirmed();
+                        if self.batch.is_empty() && confirmed > self.checkpoint {
+                            self.writer.advance_idle(confirmed).await?;
+                            self.set_checkpoint(confirmed);
+                        }
                     }
                     // A half-received transaction is abandoned: it is streamed again next time.
                     stream.finish().await?;
@@ -602,7 +610,9 @@ impl Capture<'_> {
                     self.batch.seeds.add(seed);
                 }
                 if self.batch.seeds.len() >= self.settings.spill_threshold {
+                    let started = Instant::now();
                     self.writer.write_seeds(&mut self.batch.seeds).await?;
+                    debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "seeds spilled");
                     self.batch.wrote = true;
                 }
             }
@@ -693,7 +703,16 @@ impl Capture<'_> {
             return Ok(());
         }
         self.batch.position = self.batch.position.max(self.checkpoint);
+        let started = Instant::now();
+        let seeds = self.batch.seeds.len();
         self.writer.commit(&mut self.batch).await?;
+        debug!(
+            transactions = self.batch.transactions.len(),
+            seeds,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            position = %self.batch.position,
+            "capture batch committed"
+        );
         let m = metrics();
         m.capture_batches.inc();
         m.transactions_captured

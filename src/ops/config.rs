@@ -26,7 +26,7 @@ pub const KEYS: &[Key] = &[
     Key { name: "publication", env: "STOCKSYNC_PUBLICATION", default: "stock_sync", meaning: "publication of `product_stores` and `product_set_items`" },
     Key { name: "http_addr", env: "STOCKSYNC_HTTP_ADDR", default: "127.0.0.1:9187", meaning: "`/metrics`, `/healthz`, `/readyz`, `/api/status` and the dashboard" },
     Key { name: "log_format", env: "STOCKSYNC_LOG_FORMAT", default: "human", meaning: "`human` or `json`" },
-    Key { name: "log", env: "STOCKSYNC_LOG", default: "info", meaning: "log filter (tracing `EnvFilter` syntax, e.g. `info,stocksync::dispatch=debug`)" },
+    Key { name: "log", env: "STOCKSYNC_LOG", default: "info,tokio_postgres=warn", meaning: "log filter (tracing `EnvFilter` syntax, e.g. `info,stocksync::dispatch=debug`)" },
     Key { name: "flush_interval", env: "STOCKSYNC_FLUSH_INTERVAL", default: "5s", meaning: "a store's batch is sent when its oldest pending entry is this old (or the batch is full)" },
     Key { name: "min_send_interval", env: "STOCKSYNC_MIN_SEND_INTERVAL", default: "0s", meaning: "minimum gap between two requests to one store (the seed's fixed gate is `15m`)" },
     Key { name: "identical_request_window", env: "STOCKSYNC_IDENTICAL_REQUEST_WINDOW", default: "15m", meaning: "never send a byte-identical body to a store within this window" },

@@ -1,6 +1,7 @@
 //! HTTP: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz` (streaming or
-//! standing by, and the database answers), `/api/status` (the JSON of `stocksync status`) and
-//! `/` (the dashboard). Read-only: no endpoint changes state. Binds to loopback by default.
+//! standing by, and the database answers), `/api/status` (the JSON of `stocksync status`),
+//! `/api/log` (recent API log entries) and `/` (the dashboard). Read-only: no endpoint
+//! changes state. Binds to loopback by default.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/status", get(api_status))
+        .route("/api/log", get(api_log))
         .with_state(state)
 }
 
@@ -99,6 +101,53 @@ async fn api_status(State(state): State<AppState>) -> Response {
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("status query failed: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+/// The 50 most recent API log entries (no credentials are ever stored there).
+const RECENT_API_LOG_SQL: &str = r#"
+SELECT to_char(created_at, 'YYYY-MM-DD"T"HH24:MI:SS.MSOF'), provider, type, store_id::text,
+       item_count, status_code, duration_ms, batch_id, success, error_message
+FROM stock_sync.api_log ORDER BY id DESC LIMIT 50
+"#;
+
+async fn api_log(State(state): State<AppState>) -> Response {
+    let client = match state.pool.get().await {
+        Ok(client) => client,
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("database unavailable: {e}"),
+            )
+                .into_response()
+        }
+    };
+    match client.query(RECENT_API_LOG_SQL, &[]).await {
+        Ok(rows) => {
+            let entries: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "created_at": r.get::<_, Option<String>>(0),
+                        "provider": r.get::<_, String>(1),
+                        "type": r.get::<_, String>(2),
+                        "store_id": r.get::<_, Option<String>>(3),
+                        "item_count": r.get::<_, Option<i32>>(4),
+                        "status_code": r.get::<_, Option<i32>>(5),
+                        "duration_ms": r.get::<_, Option<i32>>(6),
+                        "batch_id": r.get::<_, Option<String>>(7),
+                        "success": r.get::<_, bool>(8),
+                        "error_message": r.get::<_, Option<String>>(9),
+                    })
+                })
+                .collect();
+            axum::Json(entries).into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("api log query failed: {e}"),
         )
             .into_response(),
     }

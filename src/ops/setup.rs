@@ -43,6 +43,8 @@ struct Observed {
     publication_exists: bool,
     publication_tables: Vec<String>,
     slot_plugin: Option<String>,
+    /// Database of the slot when it belongs to another database (slot names are cluster-wide).
+    slot_elsewhere: Option<String>,
 }
 
 async fn observe(client: &Client, slot: &str, publication: &str) -> Result<Observed, SetupError> {
@@ -92,13 +94,23 @@ async fn observe(client: &Client, slot: &str, publication: &str) -> Result<Obser
         .iter()
         .map(|r| r.get(0))
         .collect();
-    o.slot_plugin = client
+    if let Some(row) = client
         .query_opt(
-            "SELECT plugin::text FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT plugin::text, database::text, database = current_database() \
+             FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await?
-        .map(|r| r.get(0));
+    {
+        if row.get::<_, Option<bool>>(2) == Some(true) {
+            o.slot_plugin = row.get(0);
+        } else {
+            o.slot_elsewhere = Some(
+                row.get::<_, Option<String>>(1)
+                    .unwrap_or_else(|| "(physical slot)".into()),
+            );
+        }
+    }
     Ok(o)
 }
 
@@ -112,6 +124,12 @@ pub async fn plan(client: &Client, slot: &str, publication: &str) -> Result<Vec<
                  application's product_stores and product_set_items — check DATABASE_URL"
             )));
         }
+    }
+    if let Some(database) = &o.slot_elsewhere {
+        return Err(SetupError::Refused(format!(
+            "replication slot {slot:?} already exists for database {database:?}; slot names are \
+             cluster-wide: choose another STOCKSYNC_SLOT for this database"
+        )));
     }
     if let Some(plugin) = o.slot_plugin.as_deref().filter(|p| *p != "pgoutput") {
         return Err(SetupError::Refused(format!(
@@ -323,6 +341,11 @@ pub async fn preflight(
         ));
     }
     match o.slot_plugin.as_deref() {
+        None if o.slot_elsewhere.is_some() => problems.push(Problem(format!(
+            "replication slot {slot:?} belongs to database {:?}, not this one: choose another \
+             STOCKSYNC_SLOT (slot names are cluster-wide)",
+            o.slot_elsewhere.as_deref().unwrap_or_default()
+        ))),
         None => problems.push(Problem(format!(
             "replication slot {slot:?} does not exist: run `stocksync setup` (if it existed before, \
              run `stocksync resync` afterwards)"

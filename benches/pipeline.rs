@@ -1,0 +1,381 @@
+//! Benchmarks, one table: `cargo bench --bench pipeline`.
+//!
+//! Every figure is measured side by side with a baseline in the same run:
+//! * capture: 100,000 single-row updates drained by `pg_recvlogical` (to /dev/null) from a
+//!   fresh slot vs. stocksync (the release binary, `stocksync run`) until its checkpoint passes
+//!   the same end LSN;
+//! * memory: peak resident memory of `stocksync run` while it captures one UPDATE of 400,000 rows
+//!   (target < 64 MB), with the time to capture it.
+//!
+//! Sizes can be reduced for a quick look: `STOCKSYNC_BENCH_SCALE=0.1 cargo bench --bench pipeline`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stocksync::db::DbConfig;
+use stocksync::localpg::{ClusterOptions, LocalCluster};
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+const APP_SCHEMA: &str = include_str!("../sql/app_schema.sql");
+
+struct Row {
+    workload: String,
+    stocksync: String,
+    baseline: String,
+    ratio: String,
+}
+
+fn scale() -> f64 {
+    std::env::var("STOCKSYNC_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` would too: only run when benching.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rows = runtime.block_on(run_all());
+    let machine = machine_description();
+    println!(
+        "\nstocksync benchmarks — {} — {machine}\n",
+        chrono::Utc::now().format("%Y-%m-%d")
+    );
+    println!("| workload | stocksync | baseline | ratio |");
+    println!("| --- | --- | --- | --- |");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} |",
+            r.workload, r.stocksync, r.baseline, r.ratio
+        );
+    }
+}
+
+fn machine_description() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} cores, {model}")
+}
+
+async fn run_all() -> Vec<Row> {
+    let cluster = LocalCluster::start(ClusterOptions {
+        settings: vec![
+            ("max_wal_size".into(), "4GB".into()),
+            ("logical_decoding_work_mem".into(), "64MB".into()),
+        ],
+        ..ClusterOptions::default()
+    })
+    .expect("start PostgreSQL");
+    cluster
+        .remove_when_process_exits(std::process::id())
+        .expect("watchdog");
+    let mut rows = Vec::new();
+    rows.push(capture_bench(&cluster).await);
+    rows.push(large_transaction_bench(&cluster).await);
+    rows
+}
+
+/// A database with `products` listed products in one store, set up with slot = publication =
+/// `name` (slot names are cluster-wide).
+async fn database(cluster: &LocalCluster, name: &str, products: usize) -> (String, Client, Uuid) {
+    cluster
+        .psql("postgres", &format!("CREATE DATABASE {name}"))
+        .unwrap();
+    cluster.psql(name, APP_SCHEMA).unwrap();
+    let url = cluster.url_for("postgres", name);
+    let client = DbConfig::from_url(&url).unwrap().connect().await.unwrap();
+    let store = Uuid::new_v4();
+    // A store type stocksync ignores: dispatch closes entries without requests, so the
+    // figures are capture's.
+    client
+        .execute(
+            "INSERT INTO stores (id, name, type) VALUES ($1, 'bench', 'OTHER')",
+            &[&store],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO products (id, barcode, name) SELECT gen_random_uuid(), 'B' || g, 'p' FROM generate_series(1, $1::int) g",
+            &[&(products as i32)],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO product_stores (id, product_id, store_id, sellable_quantity) SELECT gen_random_uuid(), id, $1, 100 FROM products",
+            &[&store],
+        )
+        .await
+        .unwrap();
+    let steps = stocksync::ops::setup::plan(&client, name, name)
+        .await
+        .unwrap();
+    stocksync::ops::setup::apply(&client, &steps).await.unwrap();
+    (url, client, store)
+}
+
+fn spawn_stocksync(url: &str, slot: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_stocksync"))
+        .arg("run")
+        .env("DATABASE_URL", url)
+        .env("STOCKSYNC_SLOT", slot)
+        .env("STOCKSYNC_PUBLICATION", slot)
+        .env("STOCKSYNC_HTTP_ADDR", "127.0.0.1:0")
+        .env("STOCKSYNC_LOG", std::env::var("STOCKSYNC_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn stocksync")
+}
+
+/// Whether the checkpoint passed `target`; panics when the service died.
+async fn checkpoint_reached(client: &Client, child: &mut Child, target: &str) -> bool {
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!("stocksync exited early: {status}");
+    }
+    client
+        .query_one(
+            "SELECT coalesce((SELECT max(lsn) FROM stock_sync.checkpoint) >= $1::text::pg_lsn, false)",
+            &[&target],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn current_lsn(client: &Client) -> String {
+    client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits for the first run (snapshot + first checkpoint), then stops the service cleanly.
+async fn prime(url: &str, slot: &str, client: &Client) {
+    let mut child = spawn_stocksync(url, slot);
+    let target = current_lsn(client).await;
+    while !checkpoint_reached(client, &mut child, &target).await {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop(&mut child);
+}
+
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+async fn capture_bench(cluster: &LocalCluster) -> Row {
+    let updates = (100_000.0 * scale()) as usize;
+    let slot = "bench_capture";
+    let (url, client, _store) = database(cluster, slot, 10_000).await;
+    prime(&url, slot, &client).await;
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot('bench_recvlogical', 'pgoutput')",
+            &[],
+        )
+        .await
+        .unwrap();
+    // The workload: single-row autocommit updates, pipelined on a few connections.
+    let ids: Vec<Uuid> = client
+        .query("SELECT id FROM product_stores", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let url = url.clone();
+        let ids = ids.clone();
+        workers.push(tokio::spawn(async move {
+            let client = DbConfig::from_url(&url).unwrap().connect().await.unwrap();
+            let statement = client
+                .prepare("UPDATE product_stores SET sellable_quantity = sellable_quantity + 1 WHERE id = $1")
+                .await
+                .unwrap();
+            let mut pending = futures_util::stream::FuturesUnordered::new();
+            use futures_util::StreamExt;
+            let (client, statement) = (&client, &statement);
+            for i in (w..updates).step_by(4) {
+                let id = ids[i % ids.len()];
+                pending.push(async move { client.execute(statement, &[&id]).await });
+                if pending.len() >= 64 {
+                    pending.next().await.unwrap().unwrap();
+                }
+            }
+            while let Some(r) = pending.next().await {
+                r.unwrap();
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    eprintln!(
+        "workload: {updates} transactions committed in {:?}",
+        started.elapsed()
+    );
+    let end = current_lsn(&client).await;
+
+    // Baseline: pg_recvlogical drains the same WAL from its own slot.
+    let started = Instant::now();
+    let status = Command::new(cluster.bin_dir().join("pg_recvlogical"))
+        .args([
+            "-d",
+            &url,
+            "--slot",
+            "bench_recvlogical",
+            "--start",
+            "-o",
+            "proto_version=1",
+            "-o",
+            &format!("publication_names={slot}"),
+            "-E",
+            &end,
+            "-f",
+            "/dev/null",
+            "-n",
+        ])
+        .status()
+        .expect("run pg_recvlogical");
+    let baseline = started.elapsed();
+    assert!(status.success(), "pg_recvlogical failed");
+    client
+        .execute("SELECT pg_drop_replication_slot('bench_recvlogical')", &[])
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let mut child = spawn_stocksync(&url, slot);
+    while !checkpoint_reached(&client, &mut child, &end).await {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ours = started.elapsed();
+    stop(&mut child);
+    let captured: i64 = client
+        .query_one("SELECT count(*) FROM stock_sync.capture_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        captured as usize >= updates,
+        "captured {captured} of {updates}"
+    );
+    Row {
+        workload: format!("capture {updates} single-row update transactions (until checkpoint passes the end LSN)"),
+        stocksync: format!("{:.2} s", ours.as_secs_f64()),
+        baseline: format!("{:.2} s (pg_recvlogical to /dev/null)", baseline.as_secs_f64()),
+        ratio: format!("{:.2}x", ours.as_secs_f64() / baseline.as_secs_f64()),
+    }
+}
+
+async fn large_transaction_bench(cluster: &LocalCluster) -> Row {
+    let rows = (400_000.0 * scale()) as usize;
+    let slot = "bench_large";
+    let (url, client, _store) = database(cluster, slot, rows).await;
+    prime(&url, slot, &client).await;
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot('bench_recvlogical', 'pgoutput')",
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "UPDATE product_stores SET sellable_quantity = sellable_quantity + 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let end = current_lsn(&client).await;
+    let started = Instant::now();
+    let status = Command::new(cluster.bin_dir().join("pg_recvlogical"))
+        .args([
+            "-d",
+            &url,
+            "--slot",
+            "bench_recvlogical",
+            "--start",
+            "-o",
+            "proto_version=1",
+            "-o",
+            &format!("publication_names={slot}"),
+            "-E",
+            &end,
+            "-f",
+            "/dev/null",
+            "-n",
+        ])
+        .status()
+        .expect("run pg_recvlogical");
+    let baseline = started.elapsed();
+    assert!(status.success());
+
+    let started = Instant::now();
+    let mut child = spawn_stocksync(&url, slot);
+    let pid = child.id();
+    let mut peak = 0;
+    while !checkpoint_reached(&client, &mut child, &end).await {
+        peak = peak.max(peak_rss_kb(pid).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ours = started.elapsed();
+    peak = peak.max(peak_rss_kb(pid).unwrap_or(0));
+    stop(&mut child);
+    let pending: i64 = client
+        .query_one(
+            "SELECT count(*) FROM stock_sync.queue WHERE commit_lsn IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        pending as usize >= rows,
+        "{pending} of {rows} pairs enqueued"
+    );
+    Row {
+        workload: format!(
+            "one UPDATE of {rows} rows: peak RSS of `stocksync run` (target < 64 MB), time"
+        ),
+        stocksync: format!(
+            "{:.1} MB peak RSS, {:.2} s",
+            peak as f64 / 1024.0,
+            ours.as_secs_f64()
+        ),
+        baseline: format!("{:.2} s (pg_recvlogical)", baseline.as_secs_f64()),
+        ratio: format!("{:.2}x", ours.as_secs_f64() / baseline.as_secs_f64()),
+    }
+}
