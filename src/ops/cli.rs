@@ -68,7 +68,7 @@ pub enum Command {
         store: Option<uuid::Uuid>,
     },
     /// Serve the local Trendyol + Hepsiburada stand-in (tests, staging, the demo).
-    MockMarketplace(crate::mock::MockArgs),
+    MockMarketplace(Box<crate::mock::MockArgs>),
     /// Print the configuration keys (`--markdown` for the README table).
     Config {
         #[arg(long)]
@@ -148,7 +148,7 @@ async fn execute(command: Command, config: Config) -> Result<ExitCode> {
         }
         Command::Run => cmd_run(config).await,
         Command::MockMarketplace(args) => {
-            crate::mock::run_cli(args).await?;
+            crate::mock::run_cli(*args).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
