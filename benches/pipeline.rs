@@ -143,7 +143,10 @@ fn spawn_stocksync(url: &str, slot: &str) -> Child {
         .env("STOCKSYNC_SLOT", slot)
         .env("STOCKSYNC_PUBLICATION", slot)
         .env("STOCKSYNC_HTTP_ADDR", "127.0.0.1:0")
-        .env("STOCKSYNC_LOG", std::env::var("STOCKSYNC_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "STOCKSYNC_LOG",
+            std::env::var("STOCKSYNC_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn stocksync")
@@ -389,7 +392,10 @@ async fn large_transaction_bench(cluster: &LocalCluster) -> Row {
 /// component, or its own row. Returns the quantity (unclamped).
 async fn naive_quantity(client: &Client, product: Uuid, store: Uuid) -> i64 {
     let kind: String = client
-        .query_one("SELECT product_type FROM products WHERE id = $1", &[&product])
+        .query_one(
+            "SELECT product_type FROM products WHERE id = $1",
+            &[&product],
+        )
         .await
         .unwrap()
         .get(0);
@@ -417,14 +423,20 @@ async fn naive_quantity(client: &Client, product: Uuid, store: Uuid) -> i64 {
             .unwrap_or(0);
         min = min.min(available / i64::from(quantity.max(1)));
     }
-    if items.is_empty() { 0 } else { min }
+    if items.is_empty() {
+        0
+    } else {
+        min
+    }
 }
 
 async fn recompute_bench(cluster: &LocalCluster) -> Row {
     let products = (250_000.0 * scale()) as i32;
     let sets = (20_000.0 * scale()) as i32;
     let name = "bench_recompute";
-    cluster.psql("postgres", &format!("CREATE DATABASE {name}")).unwrap();
+    cluster
+        .psql("postgres", &format!("CREATE DATABASE {name}"))
+        .unwrap();
     cluster.psql(name, APP_SCHEMA).unwrap();
     let url = cluster.url_for("postgres", name);
     let client = DbConfig::from_url(&url).unwrap().connect().await.unwrap();
@@ -447,18 +459,30 @@ async fn recompute_bench(cluster: &LocalCluster) -> Row {
         ))
         .await
         .unwrap();
-    let stores: Vec<Uuid> = client.query("SELECT id FROM stores", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let stores: Vec<Uuid> = client
+        .query("SELECT id FROM stores", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let rules = stocksync::stock::QuantityRules::default();
     let started = Instant::now();
     let mut pairs = 0usize;
     for store in &stores {
-        pairs += stocksync::stock::compute_store(&client, *store, &rules).await.unwrap().len();
+        pairs += stocksync::stock::compute_store(&client, *store, &rules)
+            .await
+            .unwrap()
+            .len();
     }
     let ours = started.elapsed();
 
     // Naive loop over a sample of pairs (sets over-represented as in the catalogue), extrapolated.
     let sample: Vec<(Uuid, Uuid)> = client
-        .query("SELECT product_id, store_id FROM product_stores TABLESAMPLE SYSTEM (1) LIMIT 2000", &[])
+        .query(
+            "SELECT product_id, store_id FROM product_stores TABLESAMPLE SYSTEM (1) LIMIT 2000",
+            &[],
+        )
         .await
         .unwrap()
         .iter()

@@ -62,3 +62,19 @@ CREATE TABLE IF NOT EXISTS stock_sync.api_log (
 );
 CREATE INDEX IF NOT EXISTS api_log_recent ON stock_sync.api_log (created_at DESC);
 CREATE INDEX IF NOT EXISTS api_log_store ON stock_sync.api_log (store_id, created_at DESC);
+
+-- A push accepted at request level but whose item result is not known yet: dispatch compares
+-- against sent_quantity while it is set, so the same quantity is not sent twice meanwhile.
+-- Item success moves it to accepted_quantity; batch ids keep out-of-order results harmless.
+ALTER TABLE stock_sync.listing_state
+    ADD COLUMN IF NOT EXISTS sent_quantity integer,
+    ADD COLUMN IF NOT EXISTS sent_batch_id bigint,
+    ADD COLUMN IF NOT EXISTS accepted_batch_id bigint;
+ALTER TABLE stock_sync.listing_state
+    ALTER COLUMN accepted_quantity DROP NOT NULL,
+    ALTER COLUMN accepted_at DROP NOT NULL,
+    ALTER COLUMN accepted_at DROP DEFAULT;
+
+-- The dispatcher's "is this store due?" check reads the oldest pending entries per store.
+CREATE INDEX IF NOT EXISTS queue_pending_age
+    ON stock_sync.queue (store_id, enqueued_at) WHERE state = 'pending';

@@ -89,7 +89,16 @@ impl DbConfig {
     /// Parses `postgres://user:password@host:port/dbname?sslmode=..&sslrootcert=..`.
     /// A missing user defaults to `postgres`, a missing database to the user name.
     pub fn from_url(text: &str) -> Result<DbConfig, DbError> {
-        let url = url::Url::parse(text).map_err(|e| DbError::InvalidUrl(e.to_string()))?;
+        let url = match url::Url::parse(text) {
+            // `postgres://user@/db?host=/run/postgresql` (a socket directory in the query) is
+            // valid libpq but has an empty authority host; parse it with a placeholder that
+            // the `host` parameter then replaces.
+            Err(url::ParseError::EmptyHost) if text.contains("@/") => {
+                url::Url::parse(&text.replacen("@/", "@localhost/", 1))
+            }
+            other => other,
+        }
+        .map_err(|e| DbError::InvalidUrl(e.to_string()))?;
         if url.scheme() != "postgres" && url.scheme() != "postgresql" {
             return Err(DbError::InvalidUrl(format!(
                 "scheme must be postgres:// or postgresql://, not {}://",

@@ -612,7 +612,10 @@ impl Capture<'_> {
                 if self.batch.seeds.len() >= self.settings.spill_threshold {
                     let started = Instant::now();
                     self.writer.write_seeds(&mut self.batch.seeds).await?;
-                    debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "seeds spilled");
+                    debug!(
+                        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "seeds spilled"
+                    );
                     self.batch.wrote = true;
                 }
             }

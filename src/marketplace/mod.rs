@@ -1,1 +1,377 @@
-//! TODO
+//! Marketplace clients: one small API over Trendyol and Hepsiburada stock pushes.
+//!
+//! The wire contracts are in `/work/shared/docs/marketplace-contracts.md`. Everything
+//! except [`MarketplaceClient::push`] and [`MarketplaceClient::batch_status`] is pure:
+//!
+//! * [`prepare`] turns stock items into the exact bytes that will be sent (identical
+//!   items in identical order always give identical bytes, so the dispatcher can see
+//!   in advance whether Trendyol's 15-minute identical-body rule applies);
+//! * [`classify`] turns a push answer (status, headers, body) into a [`PushOutcome`];
+//! * [`parse_batch_status`] turns a Trendyol batch result / Hepsiburada upload status
+//!   into one [`ItemResult`] per request item, in request order.
+//!
+//! Credentials never appear in `Debug` output, logs, or [`Exchange::response_body`].
+//!
+//! # Choices where the contract is unconfirmed
+//!
+//! * Hepsiburada `elementNo` is read as a **0-based** position (that is what the mock
+//!   sends). An error entry that also names a `merchantSku` found in the request is
+//!   matched by that sku, whatever its `elementNo` says; entries naming both are used
+//!   to detect a 1-based numbering, which is then applied to entries without a sku.
+//!   An error entry that matches no request item cannot be attributed: every item
+//!   without an error of its own is then reported failed too (resending a stock value
+//!   is harmless, believing a failed one succeeded is not).
+//! * The identical-body refusal is recognised by its Turkish message whatever the
+//!   status code.
+
+mod batch;
+mod classify;
+mod client;
+
+use std::fmt;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub use batch::parse_batch_status;
+pub use classify::classify;
+pub use client::{ClientSettings, Exchange, MarketplaceClient};
+
+/// Trendyol's production API gateway.
+pub const TRENDYOL_PRODUCTION_URL: &str = "https://apigw.trendyol.com";
+/// Hepsiburada's production listing service.
+pub const HEPSIBURADA_PRODUCTION_URL: &str = "https://listing-external.hepsiburada.com";
+
+/// A marketplace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    Trendyol,
+    Hepsiburada,
+}
+
+impl Provider {
+    /// `"TRENDYOL"` / `"HEPSIBURADA"` (case-insensitive, surrounding blanks ignored).
+    pub fn from_store_type(t: &str) -> Option<Provider> {
+        let t = t.trim();
+        if t.eq_ignore_ascii_case("TRENDYOL") {
+            Some(Provider::Trendyol)
+        } else if t.eq_ignore_ascii_case("HEPSIBURADA") {
+            Some(Provider::Hepsiburada)
+        } else {
+            None
+        }
+    }
+
+    /// `"TRENDYOL"` / `"HEPSIBURADA"` (the api_log provider).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Trendyol => "TRENDYOL",
+            Provider::Hepsiburada => "HEPSIBURADA",
+        }
+    }
+
+    /// Stable key of the push endpoint, for rate limiters.
+    pub fn push_endpoint(self) -> &'static str {
+        match self {
+            Provider::Trendyol => "trendyol.price-and-inventory",
+            Provider::Hepsiburada => "hepsiburada.stock-uploads",
+        }
+    }
+
+    /// Stable key of the batch result / upload status endpoint, for rate limiters
+    /// (the marketplaces count it apart from the push).
+    pub fn status_endpoint(self) -> &'static str {
+        match self {
+            Provider::Trendyol => "trendyol.batch-requests",
+            Provider::Hepsiburada => "hepsiburada.stock-uploads.status",
+        }
+    }
+
+    /// Most items in one push: Trendyol documents 1000; Hepsiburada's limit is
+    /// unconfirmed (public clients use 1000 to 4000), 1000 is the safe choice.
+    pub fn max_batch(self) -> usize {
+        match self {
+            Provider::Trendyol => 1000,
+            Provider::Hepsiburada => 1000,
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A store's credentials. Trendyol: `api_key` and `api_secret` (Basic
+/// `api_key:api_secret`). Hepsiburada: merchant id as `seller_id` and the service key
+/// as `api_secret` (Basic `seller_id:api_secret`); `api_key` is not used.
+///
+/// `Debug` prints the secrets as `"***"`.
+#[derive(Clone)]
+pub struct StoreCredentials {
+    pub provider: Provider,
+    pub seller_id: String,
+    pub api_key: Option<String>,
+    pub api_secret: String,
+}
+
+impl fmt::Debug for StoreCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreCredentials")
+            .field("provider", &self.provider)
+            .field("seller_id", &self.seller_id)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("api_secret", &"***")
+            .finish()
+    }
+}
+
+impl StoreCredentials {
+    /// Hex SHA-256 of the credential material (provider, seller id, key, secret;
+    /// length-prefixed and domain-separated), to notice when an operator changed them.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"stocksync.store-credentials.v1\0");
+        let mut field = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        };
+        field(self.provider.as_str().as_bytes());
+        field(self.seller_id.as_bytes());
+        match &self.api_key {
+            Some(k) => {
+                field(b"key");
+                field(k.as_bytes());
+            }
+            None => field(b"nokey"),
+        }
+        field(self.api_secret.as_bytes());
+        hex(&h.finalize())
+    }
+}
+
+/// One stock value to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockItem {
+    /// Trendyol barcode, Hepsiburada merchantSku.
+    pub key: String,
+    pub quantity: i32,
+}
+
+/// The exact bytes that will be sent; identical items in identical order give
+/// identical bytes.
+#[derive(Debug, Clone)]
+pub struct PreparedRequest {
+    pub provider: Provider,
+    pub body: Vec<u8>,
+    /// Lower-case hex SHA-256 of `body`.
+    pub body_sha256: String,
+    pub item_count: usize,
+}
+
+#[derive(Serialize)]
+struct TrendyolBody<'a> {
+    items: Vec<TrendyolItem<'a>>,
+}
+
+#[derive(Serialize)]
+struct TrendyolItem<'a> {
+    barcode: &'a str,
+    quantity: i32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HepsiburadaItem<'a> {
+    merchant_sku: &'a str,
+    available_stock: i32,
+}
+
+/// Builds the push body: Trendyol `{"items":[{"barcode":..,"quantity":..}]}`,
+/// Hepsiburada `[{"merchantSku":..,"availableStock":..}]`, compact JSON, fields in
+/// that order, items in the given order.
+///
+/// Nothing is validated here (batch size, duplicates, quantity range are the caller's
+/// business; the marketplace refuses violations with a 400).
+pub fn prepare(provider: Provider, items: &[StockItem]) -> PreparedRequest {
+    let body = match provider {
+        Provider::Trendyol => serde_json::to_vec(&TrendyolBody {
+            items: items
+                .iter()
+                .map(|i| TrendyolItem {
+                    barcode: &i.key,
+                    quantity: i.quantity,
+                })
+                .collect(),
+        }),
+        Provider::Hepsiburada => serde_json::to_vec(
+            &items
+                .iter()
+                .map(|i| HepsiburadaItem {
+                    merchant_sku: &i.key,
+                    available_stock: i.quantity,
+                })
+                .collect::<Vec<_>>(),
+        ),
+    }
+    .expect("serialising strings and integers cannot fail");
+    PreparedRequest {
+        provider,
+        body_sha256: sha256_hex(&body),
+        body,
+        item_count: items.len(),
+    }
+}
+
+/// What a push produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PushOutcome {
+    /// 2xx with a Trendyol `batchRequestId` / Hepsiburada `id`.
+    Accepted { batch_ref: String },
+    /// 429; `Retry-After` (seconds or HTTP-date), else `X-RateLimit-Reset`.
+    RateLimited {
+        retry_after: Option<std::time::Duration>,
+    },
+    /// 401/403. Also status `0` when the credentials cannot be used at all (empty or
+    /// unusable seller id, missing Trendyol api key): nothing was sent.
+    AuthRejected { status: u16, message: String },
+    /// Trendyol's "15 dakika boyunca aynı isteği tekrarlı olarak atamazsınız!" refusal
+    /// (any status).
+    IdenticalBody { status: u16, message: String },
+    /// Any other non-2xx, non-5xx status (400 validation, 404, 415, ...).
+    BadRequest { status: u16, message: String },
+    /// 5xx.
+    ServerError { status: u16, message: String },
+    /// No usable answer: timeout, connection refused/reset, a 2xx without valid JSON
+    /// or without an id.
+    Transport { message: String },
+}
+
+/// The outcome of one request item in a finished batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemResult {
+    /// Position in the request.
+    pub index: usize,
+    pub key: String,
+    pub success: bool,
+    /// Failure reasons as the marketplace gave them (empty on success).
+    pub reasons: Vec<String>,
+}
+
+/// A batch result / upload status.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchStatus {
+    /// Not processed yet: poll again later.
+    Pending,
+    /// Exactly one result per request item, in request order.
+    Done(Vec<ItemResult>),
+    /// The marketplace does not know the id (unknown, or older than its retention).
+    NotFound,
+    /// The status could not be read (401/403, 429, 5xx, transport, unreadable body).
+    Failed(PushOutcome),
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_names() {
+        assert_eq!(
+            Provider::from_store_type("TRENDYOL"),
+            Some(Provider::Trendyol)
+        );
+        assert_eq!(
+            Provider::from_store_type("hepsiburada"),
+            Some(Provider::Hepsiburada)
+        );
+        assert_eq!(Provider::from_store_type("N11"), None);
+        assert_eq!(Provider::from_store_type(""), None);
+        for p in [Provider::Trendyol, Provider::Hepsiburada] {
+            assert_eq!(Provider::from_store_type(p.as_str()), Some(p));
+            assert_ne!(p.push_endpoint(), p.status_endpoint());
+        }
+        assert_eq!(Provider::Trendyol.max_batch(), 1000);
+    }
+
+    #[test]
+    fn prepare_bytes() {
+        let items = [
+            StockItem {
+                key: "A\"1".into(),
+                quantity: 3,
+            },
+            StockItem {
+                key: "ç".into(),
+                quantity: 0,
+            },
+        ];
+        let t = prepare(Provider::Trendyol, &items);
+        assert_eq!(
+            String::from_utf8(t.body.clone()).unwrap(),
+            r#"{"items":[{"barcode":"A\"1","quantity":3},{"barcode":"ç","quantity":0}]}"#
+        );
+        assert_eq!(t.item_count, 2);
+        assert_eq!(t.body_sha256, sha256_hex(&t.body));
+        let h = prepare(Provider::Hepsiburada, &items);
+        assert_eq!(
+            String::from_utf8(h.body).unwrap(),
+            r#"[{"merchantSku":"A\"1","availableStock":3},{"merchantSku":"ç","availableStock":0}]"#
+        );
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn fingerprint_changes_with_every_field_and_hides_secret() {
+        let c = StoreCredentials {
+            provider: Provider::Trendyol,
+            seller_id: "1".into(),
+            api_key: Some("k".into()),
+            api_secret: "s3cr3t".into(),
+        };
+        let f = c.fingerprint();
+        assert_eq!(f.len(), 64);
+        assert_eq!(f, c.clone().fingerprint());
+        let mut d = c.clone();
+        d.api_secret = "other".into();
+        assert_ne!(f, d.fingerprint());
+        let mut d = c.clone();
+        d.api_key = None;
+        assert_ne!(f, d.fingerprint());
+        let mut d = c.clone();
+        d.seller_id = "2".into();
+        assert_ne!(f, d.fingerprint());
+        // Field boundaries matter.
+        let a = StoreCredentials {
+            api_key: Some("ab".into()),
+            api_secret: "c".into(),
+            ..c.clone()
+        };
+        let b = StoreCredentials {
+            api_key: Some("a".into()),
+            api_secret: "bc".into(),
+            ..c.clone()
+        };
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cr3t") && dbg.contains("***"), "{dbg}");
+    }
+}

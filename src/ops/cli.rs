@@ -69,6 +69,8 @@ pub enum Command {
     },
     /// Serve the local Trendyol + Hepsiburada stand-in (tests, staging, the demo).
     MockMarketplace(Box<crate::mock::MockArgs>),
+    /// Private PostgreSQL + sample catalogue + mock marketplaces + a live workload, then the result.
+    Demo(super::demo::DemoArgs),
     /// Print the configuration keys (`--markdown` for the README table).
     Config {
         #[arg(long)]
@@ -147,6 +149,7 @@ async fn execute(command: Command, config: Config) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => cmd_run(config).await,
+        Command::Demo(args) => super::demo::run(args).await,
         Command::MockMarketplace(args) => {
             crate::mock::run_cli(*args).await?;
             Ok(ExitCode::SUCCESS)

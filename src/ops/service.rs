@@ -50,7 +50,7 @@ impl Service {
         capture_health: Arc<CaptureHealth>,
         shutdown: CancellationToken,
     ) -> Result<Service> {
-        let pool = db.pool(8).context("creating the connection pool")?;
+        let pool = db.pool(16).context("creating the connection pool")?;
         let config = Arc::new(config);
         let mut tasks = Vec::new();
         let state = super::http::AppState {
@@ -73,7 +73,8 @@ impl Service {
         }
         tasks.push(tokio::spawn(crate::dispatch::run(
             pool.clone(),
-            dispatch_settings(&config),
+            db.clone(),
+            crate::dispatch::DispatchSettings::from_config(&config),
             shutdown.clone(),
         )));
         Ok(Service {
@@ -122,11 +123,6 @@ pub async fn run_until(
     shutdown.cancel();
     service.stop(Duration::from_secs(10)).await;
     Ok(result)
-}
-
-/// Delivery settings from the configuration.
-pub fn dispatch_settings(_config: &Config) -> crate::dispatch::DispatchSettings {
-    crate::dispatch::DispatchSettings::default()
 }
 
 async fn refresh_metrics(pool: Pool, config: Arc<Config>, shutdown: CancellationToken) {

@@ -1,0 +1,421 @@
+//! Delivery end to end: PostgreSQL changes -> capture -> dispatch -> the project's mock
+//! marketplaces over real HTTP. Checks quantities (sets included), only-changed sends,
+//! inactive stores, credential pauses, item failures and the rate limits.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use stocksync::mock::{Faults, MockAccount, MockConfig, MockMarketplace};
+use stocksync::ops::config::Config;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+struct Stack {
+    url: String,
+    client: Client,
+    mock: MockMarketplace,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stack {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+        self.mock.shutdown().await;
+    }
+
+    async fn exec(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) {
+        self.client.execute(sql, params).await.unwrap();
+    }
+}
+
+/// Starts the mock and `run_until` with the given extra settings.
+async fn start(
+    prefix: &str,
+    mock_config: MockConfig,
+    extra: &[(&str, String)],
+    load: impl AsyncFnOnce(&Client),
+) -> Stack {
+    let url = fresh_database(prefix);
+    let client = connect(&url).await;
+    load(&client).await;
+    // Slot names are cluster-wide: one per test database.
+    setup(&url, prefix, prefix).await;
+    let mock = MockMarketplace::start(mock_config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut env: HashMap<String, String> = [
+        ("DATABASE_URL", url.clone()),
+        ("STOCKSYNC_SLOT", prefix.to_string()),
+        ("STOCKSYNC_PUBLICATION", prefix.to_string()),
+        ("STOCKSYNC_HTTP_ADDR", "127.0.0.1:0".into()),
+        ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
+        ("STOCKSYNC_HEPSIBURADA_URL", mock.base_url()),
+        ("STOCKSYNC_FLUSH_INTERVAL", "100ms".into()),
+        ("STOCKSYNC_IDENTICAL_REQUEST_WINDOW", "2s".into()),
+        ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s".into()),
+        ("STOCKSYNC_REQUEST_TIMEOUT", "2s".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.clone());
+    }
+    let config = Config::load_from(None, |k| env.get(k).cloned()).unwrap();
+    let shutdown = CancellationToken::new();
+    let task = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let result = stocksync::ops::service::run_until(config, shutdown)
+                .await
+                .expect("service starts");
+            result.expect("capture ends cleanly");
+        })
+    };
+    Stack {
+        url,
+        client,
+        mock,
+        shutdown,
+        task,
+    }
+}
+
+const TRENDYOL_SELLER: &str = "2001";
+const HB_MERCHANT: &str = "6a1f0a8e-0000-4000-8000-000000000001";
+
+struct Seed {
+    trendyol: Uuid,
+    hepsiburada: Uuid,
+    inactive: Uuid,
+    other_type: Uuid,
+    mont: Uuid,
+    eldiven: Uuid,
+    atki: Uuid,
+    kis_paketi: Uuid,
+}
+
+fn seed_ids() -> Seed {
+    Seed {
+        trendyol: uuid(),
+        hepsiburada: uuid(),
+        inactive: uuid(),
+        other_type: uuid(),
+        mont: uuid(),
+        eldiven: uuid(),
+        atki: uuid(),
+        kis_paketi: uuid(),
+    }
+}
+
+async fn load_seed(client: &Client, s: &Seed) {
+    client
+        .execute(
+            "INSERT INTO stores (id, name, type, is_active, send_stock, seller_id, api_key, api_secret) VALUES \
+             ($1, 'TY', 'TRENDYOL', true, true, $5, 'ty-key', 'ty-secret'), \
+             ($2, 'HB', 'HEPSIBURADA', true, true, $6, NULL, 'hb-secret'), \
+             ($3, 'TY off', 'TRENDYOL', false, true, '2002', 'k', 's'), \
+             ($4, 'Shop', 'IKAS', true, true, 'x', 'k', 's')",
+            &[&s.trendyol, &s.hepsiburada, &s.inactive, &s.other_type, &TRENDYOL_SELLER, &HB_MERCHANT],
+        )
+        .await
+        .unwrap();
+    for (id, code, name, kind) in [
+        (s.mont, "MONT-1", "Mont", "SIMPLE"),
+        (s.eldiven, "ELD-1", "Eldiven", "SIMPLE"),
+        (s.atki, "ATK-1", "Atkı", "SIMPLE"),
+        (s.kis_paketi, "SET-001", "Kış Paketi", "SET"),
+    ] {
+        client
+            .execute("INSERT INTO products (id, barcode, sku, name, product_type) VALUES ($1, $2, $2, $3, $4)", &[&id, &code, &name, &kind])
+            .await
+            .unwrap();
+    }
+    for (component, quantity) in [(s.mont, 1i32), (s.eldiven, 2), (s.atki, 1)] {
+        client
+            .execute(
+                "INSERT INTO product_set_items (id, set_product_id, component_product_id, quantity) VALUES ($1, $2, $3, $4)",
+                &[&uuid(), &s.kis_paketi, &component, &quantity],
+            )
+            .await
+            .unwrap();
+    }
+    for store in [s.trendyol, s.hepsiburada, s.inactive, s.other_type] {
+        for (product, sellable) in [
+            (s.mont, 50i32),
+            (s.eldiven, 30),
+            (s.atki, 40),
+            (s.kis_paketi, 999),
+        ] {
+            client
+                .execute(
+                    "INSERT INTO product_stores (id, product_id, store_id, sellable_quantity, committed_quantity) VALUES ($1, $2, $3, $4, 0)",
+                    &[&uuid(), &product, &store, &sellable],
+                )
+                .await
+                .unwrap();
+        }
+    }
+}
+
+fn mock_config() -> MockConfig {
+    MockConfig {
+        accounts: vec![
+            MockAccount::trendyol(TRENDYOL_SELLER, "ty-key", "ty-secret"),
+            MockAccount::hepsiburada(HB_MERCHANT, "hb-secret"),
+        ],
+        identical_window: Duration::from_secs(2),
+        ..MockConfig::default()
+    }
+}
+
+async fn wait_quantity(mock: &MockMarketplace, seller: &str, key: &str, want: i64) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{seller}/{key} to show {want}"),
+        || async { mock.quantity(seller, key) == Some(want) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_both_marketplaces_with_set_quantities() {
+    let s = seed_ids();
+    let stack = start("delivery_e2e", mock_config(), &[], async |c: &Client| {
+        load_seed(c, &s).await
+    })
+    .await;
+    let mock = &stack.mock;
+    // First run pushes the truth: Kış Paketi = min(50/1, 30/2, 40/1) = 15; its own 999 ignored.
+    for (seller, key) in [(TRENDYOL_SELLER, "SET-001"), (HB_MERCHANT, "SET-001")] {
+        wait_quantity(mock, seller, key, 15).await;
+    }
+    wait_quantity(mock, TRENDYOL_SELLER, "ELD-1", 30).await;
+    wait_quantity(mock, HB_MERCHANT, "MONT-1", 50).await;
+
+    // An order takes Eldiven down to 0 in the Trendyol store: the set goes to 0 there.
+    stack
+        .exec(
+            "UPDATE product_stores SET sellable_quantity = 0, committed_quantity = 30 WHERE product_id = $1 AND store_id = $2",
+            &[&s.eldiven, &s.trendyol],
+        )
+        .await;
+    wait_quantity(mock, TRENDYOL_SELLER, "SET-001", 0).await;
+    wait_quantity(mock, TRENDYOL_SELLER, "ELD-1", 0).await;
+    assert_eq!(
+        mock.quantity(HB_MERCHANT, "SET-001"),
+        Some(15),
+        "the other store is unaffected"
+    );
+
+    // Above the cap: clamped to 20000.
+    stack
+        .exec("UPDATE product_stores SET sellable_quantity = 50000 WHERE product_id = $1 AND store_id = $2", &[&s.atki, &s.hepsiburada])
+        .await;
+    wait_quantity(mock, HB_MERCHANT, "ATK-1", 20000).await;
+
+    // Requests: never to the inactive or foreign-type stores; no unchanged items sent;
+    // every request carried the right User-Agent (the mock refuses otherwise).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let requests = mock.requests();
+    assert!(requests
+        .iter()
+        .all(|r| !matches!(r.seller_id.as_deref(), Some("2002") | Some("x"))));
+    assert!(requests.iter().all(|r| r.status == 200), "{requests:#?}");
+    let unchanged: usize = requests.iter().map(|r| r.unchanged_items).sum();
+    assert_eq!(unchanged, 0, "unchanged quantities were sent");
+
+    // A no-op for sellable quantity sends nothing.
+    let before = mock.requests().len();
+    stack
+        .exec(
+            "UPDATE product_stores SET committed_quantity = 7 WHERE product_id = $1",
+            &[&s.mont],
+        )
+        .await;
+    // A change that computes to the same marketplace quantity sends nothing either.
+    stack
+        .exec("UPDATE product_stores SET sellable_quantity = 31 WHERE product_id = $1 AND store_id = $2", &[&s.eldiven, &s.hepsiburada])
+        .await;
+    wait_quantity(mock, HB_MERCHANT, "ELD-1", 31).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let new: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .skip(before)
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(
+        new.len(),
+        1,
+        "only Eldiven's change (set stays 15) is sent: {new:#?}"
+    );
+    assert_eq!(new[0].item_count, 1);
+
+    // Inactive stores' entries are closed with a reason, not left pending.
+    let open: i64 = stack
+        .client
+        .query_one(
+            "SELECT count(*) FROM stock_sync.queue WHERE store_id IN ($1, $2) AND state <> 'done'",
+            &[&s.inactive, &s.other_type],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0);
+    let api_log: i64 = stack
+        .client
+        .query_one(
+            "SELECT count(*) FROM stock_sync.api_log WHERE type = 'UPDATE_STOCK' AND success",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(api_log >= 3);
+    let leaked: i64 = stack
+        .client
+        .query_one(
+            "SELECT count(*) FROM stock_sync.api_log WHERE concat(request_body, response_body, error_message) ~ '(ty-secret|hb-secret|ty-key)'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leaked, 0, "credentials in the API log");
+    let _ = &stack.url;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_pause_only_that_store_and_bad_barcodes_do_not_block_batch_mates() {
+    let s = seed_ids();
+    let mut config = mock_config();
+    // Trendyol knows every listing but Atkı's barcode; Hepsiburada's secret differs.
+    config.accounts = vec![
+        MockAccount::trendyol(TRENDYOL_SELLER, "ty-key", "ty-secret")
+            .with_listings(["MONT-1", "ELD-1", "SET-001"]),
+        MockAccount::hepsiburada(HB_MERCHANT, "another-secret"),
+    ];
+    let stack = start(
+        "delivery_faults",
+        config,
+        &[("STOCKSYNC_MAX_ATTEMPTS", "2".into())],
+        async |c: &Client| load_seed(c, &s).await,
+    )
+    .await;
+    let mock = &stack.mock;
+    wait_quantity(mock, TRENDYOL_SELLER, "SET-001", 15).await;
+    wait_quantity(mock, TRENDYOL_SELLER, "MONT-1", 50).await;
+    // Atkı failed at item level, twice, and is dead-lettered; the rest went through.
+    eventually(Duration::from_secs(40), "Atkı dead-lettered", || async {
+        stack
+            .client
+            .query_one("SELECT count(*) FROM stock_sync.queue WHERE state = 'dead' AND product_id = $1 AND store_id = $2", &[&s.atki, &s.trendyol])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    // The Hepsiburada store is paused with a reason; its entries wait.
+    eventually(Duration::from_secs(20), "Hepsiburada store paused", || async {
+        stack
+            .client
+            .query_opt("SELECT paused_reason FROM stock_sync.store_state WHERE store_id = $1 AND paused_reason IS NOT NULL", &[&s.hepsiburada])
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    let hb_requests = mock
+        .requests()
+        .iter()
+        .filter(|r| r.seller_id.as_deref() == Some(HB_MERCHANT))
+        .count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        mock.requests()
+            .iter()
+            .filter(|r| r.seller_id.as_deref() == Some(HB_MERCHANT))
+            .count(),
+        hb_requests,
+        "a paused store gets no requests"
+    );
+    // The operator fixes the credentials: the pause lifts by itself and stock converges.
+    stack
+        .exec(
+            "UPDATE stores SET api_secret = 'another-secret' WHERE id = $1",
+            &[&s.hepsiburada],
+        )
+        .await;
+    wait_quantity(mock, HB_MERCHANT, "SET-001", 15).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_and_throttling_recover_and_limits_hold() {
+    let s = seed_ids();
+    let mut config = mock_config();
+    config.faults = Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    };
+    let stack = start(
+        "delivery_limits",
+        config,
+        &[
+            ("STOCKSYNC_RATE_LIMIT_REQUESTS", "3".into()),
+            ("STOCKSYNC_RATE_LIMIT_WINDOW", "2s".into()),
+        ],
+        async |c: &Client| load_seed(c, &s).await,
+    )
+    .await;
+    let mock = &stack.mock;
+    // Everything fails with 500 for a while...
+    eventually(Duration::from_secs(10), "some 500s", || async {
+        mock.requests().iter().filter(|r| r.status == 500).count() >= 2
+    })
+    .await;
+    // ...then recovers: everything converges.
+    mock.set_faults(Faults::default());
+    wait_quantity(mock, TRENDYOL_SELLER, "SET-001", 15).await;
+    wait_quantity(mock, HB_MERCHANT, "SET-001", 15).await;
+
+    // Many changes, one at a time: never more than 3 pushes per 2 s per seller.
+    for i in 0..12 {
+        stack
+            .exec("UPDATE product_stores SET sellable_quantity = $1 WHERE product_id = $2 AND store_id = $3", &[&(60 + i), &s.mont, &s.trendyol])
+            .await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    wait_quantity(mock, TRENDYOL_SELLER, "MONT-1", 71).await;
+    let pushes: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.seller_id.as_deref() == Some(TRENDYOL_SELLER) && r.method == "POST")
+        .collect();
+    let arrival = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
+    for (i, r) in pushes.iter().enumerate() {
+        let in_window = pushes[i..]
+            .iter()
+            .filter(|o| arrival(&o.time) - arrival(&r.time) < chrono::Duration::milliseconds(2000))
+            .count();
+        assert!(
+            in_window <= 3,
+            "more than 3 requests in 2 s starting at {}",
+            r.time
+        );
+    }
+    assert!(mock
+        .requests()
+        .iter()
+        .all(|r| r.status != 429 && r.status != 403 && r.status != 401));
+    stack.stop().await;
+}
