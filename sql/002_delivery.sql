@@ -66,10 +66,14 @@ CREATE INDEX IF NOT EXISTS api_log_store ON stock_sync.api_log (store_id, create
 -- A push accepted at request level but whose item result is not known yet: dispatch compares
 -- against sent_quantity while it is set, so the same quantity is not sent twice meanwhile.
 -- Item success moves it to accepted_quantity; batch ids keep out-of-order results harmless.
+-- `in_doubt`: a request carrying the pair left (or was about to) and its answer is not
+-- known: a crash, a timeout or a 5xx may hide that the marketplace applied it. Until a push
+-- of the pair is accepted, nothing is known to be "told", so nothing is skipped as unchanged.
 ALTER TABLE stock_sync.listing_state
     ADD COLUMN IF NOT EXISTS sent_quantity integer,
     ADD COLUMN IF NOT EXISTS sent_batch_id bigint,
-    ADD COLUMN IF NOT EXISTS accepted_batch_id bigint;
+    ADD COLUMN IF NOT EXISTS accepted_batch_id bigint,
+    ADD COLUMN IF NOT EXISTS in_doubt boolean NOT NULL DEFAULT false;
 ALTER TABLE stock_sync.listing_state
     ALTER COLUMN accepted_quantity DROP NOT NULL,
     ALTER COLUMN accepted_at DROP NOT NULL,

@@ -14,7 +14,9 @@ use crate::replication::Lsn;
 ///   enqueued only where the set is listed (has its own `product_stores` row).
 /// * `UNION` (not `UNION ALL`) in the recursion makes a composition cycle terminate.
 /// * One pending entry per pair: a new change raises the priority and keeps the original
-///   enqueue time.
+///   enqueue time. It also lifts a deferral (`not_before`, set by retry backoff or the
+///   identical-body rule): the new quantity is new information and must not wait behind a
+///   stale one.
 pub const ENQUEUE_SQL: &str = r#"
 WITH RECURSIVE seed(product_id, store_id, priority, reason, commit_lsn) AS (
     SELECT p, s, pr, r, l::pg_lsn
@@ -49,7 +51,8 @@ SELECT product_id, store_id, reason, priority, commit_lsn FROM best
 ON CONFLICT (product_id, store_id) WHERE state = 'pending' DO UPDATE
 SET priority = GREATEST(q.priority, EXCLUDED.priority),
     reason = CASE WHEN EXCLUDED.priority > q.priority THEN EXCLUDED.reason ELSE q.reason END,
-    commit_lsn = GREATEST(q.commit_lsn, EXCLUDED.commit_lsn)
+    commit_lsn = GREATEST(q.commit_lsn, EXCLUDED.commit_lsn),
+    not_before = NULL
 "#;
 
 /// One row per captured WAL transaction (primary key: commit LSN).
@@ -83,7 +86,7 @@ SELECT ps.product_id, ps.store_id, $1, $2 FROM product_stores ps
 WHERE ps.product_id IS NOT NULL AND ps.store_id IS NOT NULL
   AND ($3::uuid IS NULL OR ps.store_id = $3)
 ON CONFLICT (product_id, store_id) WHERE state = 'pending' DO UPDATE
-SET priority = GREATEST(q.priority, EXCLUDED.priority)
+SET priority = GREATEST(q.priority, EXCLUDED.priority), not_before = NULL
 "#;
 
 /// TRUNCATE product_stores: every pair the marketplaces were told about gets its 0.
@@ -91,7 +94,8 @@ pub const TRUNCATE_PRODUCT_STORES_SQL: &str = r#"
 INSERT INTO stock_sync.queue AS q (product_id, store_id, reason, priority, commit_lsn)
 SELECT ls.product_id, ls.store_id, 'STOCK_REMOVED', 80, $1::text::pg_lsn FROM stock_sync.listing_state ls
 ON CONFLICT (product_id, store_id) WHERE state = 'pending' DO UPDATE
-SET priority = GREATEST(q.priority, EXCLUDED.priority), commit_lsn = EXCLUDED.commit_lsn
+SET priority = GREATEST(q.priority, EXCLUDED.priority), commit_lsn = EXCLUDED.commit_lsn,
+    not_before = NULL
 "#;
 
 /// TRUNCATE product_set_items: every set, wherever it is listed or was last told about.
@@ -104,7 +108,8 @@ FROM (
 ) pair
 JOIN products p ON p.id = pair.product_id AND p.product_type = 'SET'
 ON CONFLICT (product_id, store_id) WHERE state = 'pending' DO UPDATE
-SET priority = GREATEST(q.priority, EXCLUDED.priority), commit_lsn = EXCLUDED.commit_lsn
+SET priority = GREATEST(q.priority, EXCLUDED.priority), commit_lsn = EXCLUDED.commit_lsn,
+    not_before = NULL
 "#;
 
 /// Reads the checkpoint of `slot`, if any.

@@ -31,8 +31,10 @@
 //!   only on item-level success read from the batch result, and never goes back to an older
 //!   batch's value. While a result is open the sent quantity counts as told, so the same
 //!   value is not sent twice.
-//! * A crash after a request left but before its acceptance was recorded resends the same
-//!   quantity later (harmless); it never skips one.
+//! * Before a request leaves, its pairs are marked `in_doubt` (with the request recorded for
+//!   the limiters); only an accepted push clears the mark. A crash, timeout or 5xx after the
+//!   request left therefore leads to a resend of the then current quantity (harmless), never
+//!   to an "unchanged" skip while the marketplace may hold something else.
 //! * No request carries credentials the store does not have, and nothing is sent in dry run.
 
 pub mod apilog;

@@ -205,14 +205,19 @@ UPDATE stock_sync.store_state SET last_request_at = now() WHERE store_id = $1
 pub const RECORD_STATUS_REQUEST_SQL: &str =
     "INSERT INTO stock_sync.sent_requests (store_id, endpoint) VALUES ($1, $2)";
 
-/// Marketplace keys of products: Trendyol barcode, Hepsiburada sku.
-pub const PRODUCT_KEYS_SQL: &str =
-    "SELECT id, barcode, sku FROM products WHERE id = ANY($1::uuid[])";
+/// Marketplace keys of products (Trendyol barcode, Hepsiburada sku) and whether each is
+/// still listed in store `$2` (has its own `product_stores` row there).
+pub const PRODUCT_KEYS_SQL: &str = r#"
+SELECT p.id, p.barcode, p.sku,
+       EXISTS (SELECT 1 FROM product_stores ps WHERE ps.product_id = p.id AND ps.store_id = $2)
+FROM products p WHERE p.id = ANY($1::uuid[])
+"#;
 
 /// The quantity the marketplace was last told (a push whose item result is still unknown
-/// counts) per product of a store.
+/// counts) per product of a store; NULL while a request's fate is in doubt.
 pub const LAST_TOLD_SQL: &str = r#"
-SELECT product_id, COALESCE(sent_quantity, accepted_quantity)
+SELECT product_id,
+       CASE WHEN in_doubt THEN NULL ELSE COALESCE(sent_quantity, accepted_quantity) END
 FROM stock_sync.listing_state
 WHERE store_id = $1 AND product_id = ANY($2::uuid[])
 "#;
@@ -223,13 +228,21 @@ VALUES ($1, $2, $3, $4::text::jsonb, now() + make_interval(secs => $5::float8))
 RETURNING id
 "#;
 
+/// Before a push leaves: its pairs are in doubt until it is accepted (see migration 002).
+pub const MARK_IN_DOUBT_SQL: &str = r#"
+INSERT INTO stock_sync.listing_state AS l (store_id, product_id, in_doubt)
+SELECT $1, u.product_id, true FROM unnest($2::uuid[]) AS u(product_id)
+ON CONFLICT (store_id, product_id) DO UPDATE SET in_doubt = true
+"#;
+
 /// After a push was accepted: what was sent, per product, and by which batch.
 pub const MARK_SENT_SQL: &str = r#"
 INSERT INTO stock_sync.listing_state AS l (store_id, product_id, sent_quantity, sent_batch_id)
 SELECT $1, u.product_id, u.quantity, $4
 FROM unnest($2::uuid[], $3::int[]) AS u(product_id, quantity)
 ON CONFLICT (store_id, product_id) DO UPDATE
-SET sent_quantity = EXCLUDED.sent_quantity, sent_batch_id = EXCLUDED.sent_batch_id
+SET sent_quantity = EXCLUDED.sent_quantity, sent_batch_id = EXCLUDED.sent_batch_id,
+    in_doubt = false
 "#;
 
 /// Item success in batch `$4`. A result of an older batch than the one already applied is

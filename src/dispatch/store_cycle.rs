@@ -24,8 +24,8 @@ use crate::metrics::metrics;
 const LOCK_CLASS: i32 = 0x5354_4B53;
 /// Re-orderings tried before a body identical to a recent one is deferred.
 const MAX_ROTATIONS: usize = 4;
-/// Slack added to the rate window: a request is recorded a moment before it arrives, so
-/// without it network jitter could let the marketplace count one more in its window.
+/// Slack added to the rate and identical-body windows: a request is recorded a moment before
+/// it arrives, so without it the marketplace could count one more in its window.
 const RATE_WINDOW_SLACK: Duration = Duration::from_millis(250);
 /// 5xx / transport backoff: first delay and cap.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -350,19 +350,23 @@ impl StoreContext<'_> {
             }
             quantity_of.insert(q.product_id, q.quantity);
         }
-        let keys: HashMap<Uuid, Option<String>> = db
-            .query(PRODUCT_KEYS_SQL, &[&product_ids])
+        let mut keys: HashMap<Uuid, Option<String>> = HashMap::with_capacity(product_ids.len());
+        for r in db
+            .query(PRODUCT_KEYS_SQL, &[&product_ids, &self.store_id])
             .await?
-            .iter()
-            .map(|r| {
-                let id: Uuid = r.get(0);
-                let key: Option<String> = match self.provider {
-                    Provider::Trendyol => r.get(1),
-                    Provider::Hepsiburada => r.get(2),
-                };
-                (id, key.filter(|k| !k.trim().is_empty()))
-            })
-            .collect();
+        {
+            let id: Uuid = r.get(0);
+            let key: Option<String> = match self.provider {
+                Provider::Trendyol => r.get(1),
+                Provider::Hepsiburada => r.get(2),
+            };
+            keys.insert(id, key.filter(|k| !k.trim().is_empty()));
+            // A listing that was deleted is told 0 (a set's quantity would otherwise still
+            // be computed from its components).
+            if !r.get::<_, bool>(3) {
+                quantity_of.insert(id, 0);
+            }
+        }
         let told: HashMap<Uuid, Option<i32>> = db
             .query(LAST_TOLD_SQL, &[&self.store_id, &product_ids])
             .await?
@@ -521,7 +525,8 @@ impl StoreContext<'_> {
     ) -> Result<GroupEnd, DispatchError> {
         let m = metrics();
         let settings = &self.d.settings;
-        let window = settings.identical_request_window.as_secs_f64();
+        // With the same slack as the rate window: our record precedes the arrival.
+        let window = (settings.identical_request_window + RATE_WINDOW_SLACK).as_secs_f64();
         let mut request = prepare(self.provider, &stock_items(&group));
         let mut rotations = 0;
         loop {
@@ -563,6 +568,11 @@ impl StoreContext<'_> {
             release(db, &ids, None, None, 0).await?;
             return Ok(GroupEnd::StopStore);
         }
+        // Both before the request leaves: a crash after it must neither break the limits
+        // nor let a possibly applied quantity pass for "unchanged" later.
+        let products: Vec<Uuid> = group.iter().map(|o| o.claim.product_id).collect();
+        db.execute(MARK_IN_DOUBT_SQL, &[&self.store_id, &products])
+            .await?;
         db.execute(
             RECORD_REQUEST_SQL,
             &[&self.store_id, &endpoint, &request.body_sha256],

@@ -86,3 +86,6 @@ pub fn uuid() -> uuid::Uuid {
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_stocksync")
 }
+
+pub mod oracle;
+pub mod workload;
