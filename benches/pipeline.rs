@@ -9,7 +9,10 @@
 //!   seed's `calculateSetStock` (one query per product, one per set item) over a sample,
 //!   extrapolated;
 //! * memory: peak resident memory of `stocksync run` while it captures one UPDATE of 400,000 rows
-//!   (target < 64 MB), with the time to capture it.
+//!   (target < 64 MB), with the time to capture it;
+//! * latency: one committed change to the mock marketplace showing it, with
+//!   `flush_interval=0`, p50 and p99 over 100 changes spaced to stay within the default rate
+//!   limit (target p99 < 250 ms), vs. the bare HTTP push of the same one-item body.
 //!
 //! Sizes can be reduced for a quick look: `STOCKSYNC_BENCH_SCALE=0.1 cargo bench --bench pipeline`.
 
@@ -93,7 +96,142 @@ async fn run_all() -> Vec<Row> {
     rows.push(capture_bench(&cluster).await);
     rows.push(large_transaction_bench(&cluster).await);
     rows.push(recompute_bench(&cluster).await);
+    rows.push(latency_bench(&cluster).await);
     rows
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// End-to-end latency: UPDATE committed -> mock marketplace shows the quantity.
+async fn latency_bench(cluster: &LocalCluster) -> Row {
+    use stocksync::marketplace::{
+        prepare, ClientSettings, MarketplaceClient, Provider, StockItem, StoreCredentials,
+    };
+    use stocksync::mock::{MockAccount, MockConfig, MockMarketplace};
+    let changes = ((100.0 * scale()) as usize).max(10);
+    let name = "bench_latency";
+    cluster
+        .psql("postgres", &format!("CREATE DATABASE {name}"))
+        .unwrap();
+    cluster.psql(name, APP_SCHEMA).unwrap();
+    let url = cluster.url_for("postgres", name);
+    let client = DbConfig::from_url(&url).unwrap().connect().await.unwrap();
+    let store = Uuid::new_v4();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO stores (id, name, type, is_active, send_stock, seller_id, api_key, api_secret)
+               VALUES ('{store}', 'bench', 'TRENDYOL', true, true, '4001', 'k', 's');
+             INSERT INTO products (id, barcode, sku, name, product_type)
+               SELECT gen_random_uuid(), 'L' || g, 'L' || g, 'p', 'SIMPLE' FROM generate_series(1, 200) g;
+             INSERT INTO product_stores (id, product_id, store_id, sellable_quantity)
+               SELECT gen_random_uuid(), id, '{store}', 5 FROM products;"
+        ))
+        .await
+        .unwrap();
+    let steps = stocksync::ops::setup::plan(&client, name, name)
+        .await
+        .unwrap();
+    stocksync::ops::setup::apply(&client, &steps).await.unwrap();
+    let mock = MockMarketplace::start(
+        MockConfig {
+            accounts: vec![MockAccount::trendyol("4001", "k", "s")],
+            ..MockConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stocksync"))
+        .arg("run")
+        .env("DATABASE_URL", &url)
+        .env("STOCKSYNC_SLOT", name)
+        .env("STOCKSYNC_PUBLICATION", name)
+        .env("STOCKSYNC_HTTP_ADDR", "127.0.0.1:0")
+        .env("STOCKSYNC_TRENDYOL_URL", mock.base_url())
+        .env("STOCKSYNC_FLUSH_INTERVAL", "0s")
+        .env(
+            "STOCKSYNC_LOG",
+            std::env::var("STOCKSYNC_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn stocksync");
+    // The first run sends every listing; wait for it, and for the window to clear.
+    while mock.quantity("4001", "L200") != Some(5) {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("stocksync exited early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let mut latencies = Vec::with_capacity(changes);
+    for i in 0..changes {
+        let code = format!("L{}", i % 200 + 1);
+        let quantity = 1000 + i as i32;
+        let started = Instant::now();
+        client
+            .execute(
+                "UPDATE product_stores SET sellable_quantity = $1 WHERE product_id = (SELECT id FROM products WHERE barcode = $2)",
+                &[&quantity, &code],
+            )
+            .await
+            .unwrap();
+        while mock.quantity("4001", &code) != Some(i64::from(quantity)) {
+            if started.elapsed() > Duration::from_secs(30) {
+                panic!("change {i} did not arrive in 30 s");
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        latencies.push(started.elapsed());
+        // 50 requests per 10 s is the default limit: stay under it.
+        tokio::time::sleep(Duration::from_millis(220)).await;
+    }
+    stop(&mut child);
+    // Baseline: the same one-item push straight to the mock.
+    let http = MarketplaceClient::new(ClientSettings {
+        trendyol_url: mock.base_url(),
+        hepsiburada_url: mock.base_url(),
+        hepsiburada_user_agent: "bench".into(),
+        timeout: Duration::from_secs(10),
+    });
+    let creds = StoreCredentials {
+        provider: Provider::Trendyol,
+        seller_id: "4001".into(),
+        api_key: Some("k".into()),
+        api_secret: "s".into(),
+    };
+    let mut direct = Vec::with_capacity(changes);
+    for i in 0..changes {
+        let request = prepare(
+            Provider::Trendyol,
+            &[StockItem {
+                key: format!("L{}", i % 200 + 1),
+                quantity: 5000 + i as i32,
+            }],
+        );
+        let started = Instant::now();
+        let _ = http.push(&creds, &request).await;
+        direct.push(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(220)).await;
+    }
+    mock.shutdown().await;
+    latencies.sort();
+    direct.sort();
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    let (b50, b99) = (percentile(&direct, 0.5), percentile(&direct, 0.99));
+    Row {
+        workload: format!("one change to the marketplace, flush_interval=0 ({changes} changes; target p99 < 250 ms)"),
+        stocksync: format!("p50 {} / p99 {}", ms(p50), ms(p99)),
+        baseline: format!("bare HTTP push p50 {} / p99 {}", ms(b50), ms(b99)),
+        ratio: format!("{:.1}x / {:.1}x", p50.as_secs_f64() / b50.as_secs_f64(), p99.as_secs_f64() / b99.as_secs_f64()),
+    }
 }
 
 /// A database with `products` listed products in one store, set up with slot = publication =

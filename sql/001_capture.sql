@@ -1,7 +1,7 @@
 -- stocksync 001: change capture — the durable queue and the checkpoint.
 -- Written by `stocksync setup`; the whole file runs in one transaction.
 
-CREATE SCHEMA IF NOT EXISTS stock_sync;
+-- The schema itself is created by setup's first step when it does not exist yet.
 
 CREATE TABLE IF NOT EXISTS stock_sync.schema_migrations (
     version     integer PRIMARY KEY,

@@ -532,10 +532,18 @@ async fn kill_nine_loop_loses_nothing_and_captures_nothing_twice() {
                 let tx = client.transaction().await.unwrap();
                 let xid: i64 = tx.query_one("SELECT txid_current()", &[]).await.unwrap().get(0);
                 let mut pairs = Vec::new();
-                for _ in 0..rng.gen_range(1..4) {
-                    let p = products[rng.gen_range(0..products.len())];
-                    let s = stores[rng.gen_range(0..stores.len())];
-                    let delta: i32 = rng.gen_range(-3..=3);
+                // Rows are updated in one global order, so the two clients cannot deadlock.
+                let mut updates: Vec<(Uuid, Uuid, i32)> = (0..rng.gen_range(1..4))
+                    .map(|_| {
+                        (
+                            products[rng.gen_range(0..products.len())],
+                            stores[rng.gen_range(0..stores.len())],
+                            rng.gen_range(-3..=3),
+                        )
+                    })
+                    .collect();
+                updates.sort();
+                for (p, s, delta) in updates {
                     if delta == 0 {
                         // committed-only change: must not be required in the queue
                         tx.execute("UPDATE product_stores SET committed_quantity = committed_quantity + 1 WHERE product_id = $1 AND store_id = $2", &[&p, &s]).await.unwrap();

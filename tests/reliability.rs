@@ -14,6 +14,7 @@ use common::workload::*;
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use stocksync::localpg::{ClusterOptions, LocalCluster};
 use stocksync::mock::{Faults, MockMarketplace};
 use tokio_postgres::Client;
 
@@ -31,6 +32,11 @@ async fn rig(prefix: &str, rng: &mut StdRng, extra: &[(&str, &str)]) -> (Rig, Ar
     let client = connect(&url).await;
     let catalogue = Arc::new(load_catalogue(&client, rng, 60, 12).await);
     setup(&url, prefix, prefix).await;
+    (rig_on(url, client, prefix, extra).await, catalogue)
+}
+
+/// The mock and the (not started) service for a database that is set up already.
+async fn rig_on(url: String, client: Client, prefix: &str, extra: &[(&str, &str)]) -> Rig {
     let mock = MockMarketplace::start(
         mock_config(Duration::from_secs(2)),
         "127.0.0.1:0".parse().unwrap(),
@@ -60,15 +66,12 @@ async fn rig(prefix: &str, rng: &mut StdRng, extra: &[(&str, &str)]) -> (Rig, Ar
     let log = std::env::temp_dir().join(format!("stocksync-{prefix}-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
     let service = Service::new(env, log);
-    (
-        Rig {
-            url,
-            client,
-            mock,
-            service,
-        },
-        catalogue,
-    )
+    Rig {
+        url,
+        client,
+        mock,
+        service,
+    }
 }
 
 /// Waits until the queue is idle and the oracle agrees with the mock; panics with the
@@ -467,6 +470,180 @@ async fn bad_data_is_reported_and_blocks_nothing() {
     let refused = avoidable_refusals(mock);
     assert!(refused.is_empty(), "avoidable refusals: {refused:#?}");
     println!("bad data: {checked} pairs checked, 0 mismatches");
+    rig.service.kill9();
+    rig.mock.shutdown().await;
+}
+
+/// Scenario 3: PostgreSQL is restarted twice (fast, then immediate) during the workload; the
+/// service reconnects (capture and dispatch) and converges. Runs on its own cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_restarts_during_workload_converge() {
+    let seed = seed();
+    println!("seed {seed} (replay with STOCKSYNC_TEST_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = LocalCluster::start(ClusterOptions::default()).expect("private cluster");
+    cluster
+        .psql("postgres", "CREATE DATABASE restarts")
+        .unwrap();
+    cluster.psql("restarts", APP_SCHEMA).unwrap();
+    let url = cluster.url_for("postgres", "restarts");
+    let client = connect(&url).await;
+    let catalogue = Arc::new(load_catalogue(&client, &mut rng, 60, 12).await);
+    setup(&url, "restarts", "restarts").await;
+    let mut rig = rig_on(url, client, "restarts", &[]).await;
+    rig.service.start();
+    let clients: Vec<_> = (0..2)
+        .map(|i| {
+            let pace = Duration::from_millis(40);
+            tokio::spawn(run_client(
+                rig.url.clone(),
+                catalogue.clone(),
+                seed + 1 + i,
+                200 * soak_scale(),
+                pace,
+            ))
+        })
+        .collect();
+    for mode in ["fast", "immediate"] {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(1500..3000))).await;
+        let cluster_ref = &mut cluster;
+        tokio::task::block_in_place(|| cluster_ref.restart(mode)).expect("restart PostgreSQL");
+    }
+    let mut stats = WorkloadStats::default();
+    for c in clients {
+        let s = c.await.unwrap();
+        stats.committed += s.committed;
+        stats.failed += s.failed;
+    }
+    rig.client = connect(&rig.url).await;
+    let checked = converged(&mut rig, seed, Duration::from_secs(120)).await;
+    let refused = avoidable_refusals(&rig.mock);
+    assert!(
+        refused.is_empty(),
+        "seed {seed}: avoidable refusals: {refused:#?}"
+    );
+    println!(
+        "database restarts: 2 restarts, {} transactions ({} failed by the restarts), {checked} pairs checked, 0 mismatches",
+        stats.committed, stats.failed
+    );
+    rig.service.kill9();
+    rig.mock.shutdown().await;
+}
+
+/// Scenario 7: one UPDATE of every `product_stores` row (40,000 here; 400,000 with
+/// STOCKSYNC_SOAK_SCALE=10) converges, and the service's peak memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_transaction_converges_with_bounded_memory() {
+    let rows = 40_000 * soak_scale() as i64;
+    let products = rows / 2;
+    let url = fresh_database("rel_large");
+    let client = connect(&url).await;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO stores (id, name, type, is_active, send_stock, seller_id, api_key, api_secret) VALUES
+               ('00000000-0000-4000-8000-000000000001', 'Trendyol A', 'TRENDYOL', true, true, '3001', '{k}', '{s}'),
+               ('00000000-0000-4000-8000-000000000003', 'Hepsiburada', 'HEPSIBURADA', true, true, 'hb-merchant-1', NULL, '{h}');
+             INSERT INTO products (id, barcode, sku, name, product_type)
+               SELECT gen_random_uuid(), 'BC-' || n, 'SKU-' || n, 'Ürün ' || n, 'SIMPLE' FROM generate_series(1, {products}) n;
+             INSERT INTO product_stores (id, product_id, store_id, sellable_quantity, committed_quantity)
+               SELECT gen_random_uuid(), p.id, s.id, 10, 0 FROM products p CROSS JOIN stores s;",
+            k = SECRETS[0],
+            s = SECRETS[1],
+            h = SECRETS[2],
+        ))
+        .await
+        .unwrap();
+    setup(&url, "rel_large", "rel_large").await;
+    let mut rig = rig_on(url, client, "rel_large", &[("STOCKSYNC_LOG", "info")]).await;
+    rig.service.start();
+    converged(&mut rig, 0, Duration::from_secs(300)).await;
+    let updated = rig
+        .client
+        .execute(
+            "UPDATE product_stores SET sellable_quantity = sellable_quantity + 7",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated as i64, rows);
+    let checked = converged(&mut rig, 0, Duration::from_secs(300)).await;
+    assert_eq!(checked as i64, rows);
+    let peak_kib = rig.service.peak_rss_kib().expect("VmHWM of the service");
+    assert!(
+        peak_kib < 256 * 1024,
+        "peak RSS {peak_kib} KiB for a {rows}-row transaction"
+    );
+    println!(
+        "large transaction: {rows} rows converged, service peak RSS {} MiB",
+        peak_kib / 1024
+    );
+    rig.service.kill9();
+    rig.mock.shutdown().await;
+}
+
+/// Security: the role and grants the README tells DBAs to create are enough to run setup and
+/// the pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn least_privilege_role_from_the_readme_runs_the_pipeline() {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("```sql\nCREATE ROLE stocksync")
+        .expect("README has the role SQL");
+    let block = &readme[start + 7..];
+    let sql = &block[..block.find("```").unwrap()];
+    let url = fresh_database("rel_role");
+    let database = url.rsplit('/').next().unwrap().to_string();
+    {
+        let cluster = cluster().lock().unwrap();
+        cluster
+            .psql(&database, &sql.replace("'...'", "'role-pw'"))
+            .expect("the README's SQL runs");
+    }
+    let admin = connect(&url).await;
+    let mut rng = StdRng::seed_from_u64(1);
+    let catalogue = load_catalogue(&admin, &mut rng, 20, 4).await;
+    let role_url = url.replacen("postgres@", "stocksync:role-pw@", 1);
+    assert_ne!(role_url, url, "URL has the user part to replace: {url}");
+    let setup = std::process::Command::new(binary())
+        .args(["setup"])
+        .env("DATABASE_URL", &role_url)
+        .env("STOCKSYNC_SLOT", "rel_role")
+        .env("STOCKSYNC_PUBLICATION", "stock_sync")
+        .output()
+        .unwrap();
+    assert!(
+        setup.status.success(),
+        "setup as the least-privilege role: {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let mut rig = rig_on(
+        role_url,
+        admin,
+        "rel_role",
+        &[
+            ("STOCKSYNC_PUBLICATION", "stock_sync"),
+            ("STOCKSYNC_HEARTBEAT_INTERVAL", "1s"),
+        ],
+    )
+    .await;
+    rig.service.start();
+    converged(&mut rig, 1, Duration::from_secs(60)).await;
+    let product = catalogue.simple[0];
+    rig.client
+        .execute(
+            "UPDATE product_stores SET sellable_quantity = 77 WHERE product_id = $1",
+            &[&product],
+        )
+        .await
+        .unwrap();
+    let checked = converged(&mut rig, 1, Duration::from_secs(60)).await;
+    let log = std::fs::read_to_string(&rig.service.log).unwrap_or_default();
+    assert!(
+        !log.contains("permission denied"),
+        "no permission errors:\n{}",
+        rig.service.log_tail(30)
+    );
+    println!("least privilege: {checked} pairs checked, 0 mismatches");
     rig.service.kill9();
     rig.mock.shutdown().await;
 }

@@ -138,14 +138,18 @@ async fn execute(command: Command, config: Config) -> Result<ExitCode> {
         }
         Command::Resync { store } => {
             let client = connect(&config).await?;
-            let n = super::resync::resync(&client, store).await?;
+            let n = super::resync::resync(&client, store)
+                .await
+                .context("enqueueing listed pairs")?;
             println!("enqueued {n} listed (product, store) pairs");
             Ok(ExitCode::SUCCESS)
         }
         Command::RetryFailed { store } => {
-            let client = connect(&config).await?;
-            let n = super::resync::retry_failed(&client, store).await?;
-            println!("re-enqueued {n} dead-lettered items; credential pauses lifted");
+            let mut client = connect(&config).await?;
+            let n = super::resync::retry_failed(&mut client, store)
+                .await
+                .context("re-enqueueing dead letters and lifting store pauses")?;
+            println!("re-enqueued {n} dead-lettered (product, store) pairs; store pauses lifted");
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => cmd_run(config).await,

@@ -47,7 +47,9 @@ pub async fn spawn(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (STOCKSYNC_HTTP_ADDR)"))?;
-    tracing::info!(%addr, "HTTP listening: /metrics /healthz /readyz /api/status and the dashboard at /");
+    // The bound address, not the configured one: port 0 picks a free port.
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %bound, "HTTP listening: /metrics /healthz /readyz /api/status and the dashboard at /");
     let app = router(state);
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app)

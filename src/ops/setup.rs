@@ -37,6 +37,7 @@ pub struct Step {
 /// What the database has, as far as setup is concerned.
 #[derive(Debug, Default)]
 struct Observed {
+    schema_exists: bool,
     applied_migrations: Vec<i32>,
     tables_present: Vec<String>,
     identity_full: Vec<String>,
@@ -48,7 +49,17 @@ struct Observed {
 }
 
 async fn observe(client: &Client, slot: &str, publication: &str) -> Result<Observed, SetupError> {
-    let mut o = Observed::default();
+    let schema_exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'stock_sync')",
+            &[],
+        )
+        .await?
+        .get(0);
+    let mut o = Observed {
+        schema_exists,
+        ..Observed::default()
+    };
     let has_table: bool = client
         .query_one(
             "SELECT to_regclass('stock_sync.schema_migrations') IS NOT NULL",
@@ -144,7 +155,14 @@ pub async fn plan(client: &Client, slot: &str, publication: &str) -> Result<Vec<
 
 /// Every step, as on an empty database (also what `--print-sql` shows when it cannot connect).
 pub fn full_plan(slot: &str, publication: &str) -> Vec<Step> {
-    let mut steps = Vec::new();
+    // A separate step, skipped when the schema exists: even CREATE SCHEMA IF NOT EXISTS
+    // needs CREATE on the database, which a least-privilege role that was given its schema
+    // by the DBA does not have.
+    let mut steps = vec![Step {
+        description: "schema stock_sync".into(),
+        sql: "CREATE SCHEMA stock_sync;".into(),
+        transactional: true,
+    }];
     for (version, name, sql) in MIGRATIONS {
         steps.push(Step {
             description: format!("migration {version:03} {name}"),
@@ -186,6 +204,9 @@ pub fn full_plan(slot: &str, publication: &str) -> Vec<Step> {
 
 fn step_needed(step: &Step, o: &Observed) -> bool {
     let d = step.description.as_str();
+    if d == "schema stock_sync" {
+        return !o.schema_exists;
+    }
     if let Some(rest) = d.strip_prefix("migration ") {
         let version: i32 = rest[..3].parse().unwrap_or(0);
         return !o.applied_migrations.contains(&version);

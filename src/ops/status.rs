@@ -38,7 +38,10 @@ pub struct StoreStatus {
     pub in_flight: i64,
     pub dead: i64,
     pub oldest_pending_age_seconds: Option<f64>,
+    /// Queue entries pushed to the marketplace (outcome `sent`) in the last hour.
+    pub sent_last_hour: i64,
     pub paused_reason: Option<String>,
+    pub last_request_at: Option<String>,
     pub last_success_at: Option<String>,
     pub last_error: Option<String>,
 }
@@ -77,14 +80,21 @@ WITH q AS (
            count(*) FILTER (WHERE state = 'dead') AS dead,
            EXTRACT(EPOCH FROM now() - min(enqueued_at) FILTER (WHERE state = 'pending'))::float8 AS oldest
     FROM stock_sync.queue WHERE state <> 'done' GROUP BY store_id
+), sent AS (
+    SELECT store_id, count(*) AS sent
+    FROM stock_sync.queue
+    WHERE state = 'done' AND finished_at > now() - interval '1 hour' AND outcome = 'sent'
+    GROUP BY store_id
 ), ids AS (
     SELECT store_id FROM q UNION SELECT id FROM stores UNION SELECT store_id FROM stock_sync.store_state
 )
 SELECT ids.store_id::text, s.name, s.type,
        coalesce(q.pending, 0), coalesce(q.in_flight, 0), coalesce(q.dead, 0), q.oldest,
-       st.paused_reason, to_char(st.last_success_at, 'YYYY-MM-DD"T"HH24:MI:SS.MSOF'), st.last_error
+       st.paused_reason, to_char(st.last_success_at, 'YYYY-MM-DD"T"HH24:MI:SS.MSOF'), st.last_error,
+       coalesce(sent.sent, 0), to_char(st.last_request_at, 'YYYY-MM-DD"T"HH24:MI:SS.MSOF')
 FROM ids
 LEFT JOIN q ON q.store_id = ids.store_id
+LEFT JOIN sent ON sent.store_id = ids.store_id
 LEFT JOIN stores s ON s.id = ids.store_id
 LEFT JOIN stock_sync.store_state st ON st.store_id = ids.store_id
 ORDER BY s.name NULLS LAST, ids.store_id
@@ -121,7 +131,9 @@ pub async fn read(client: &Client, slot: &str) -> Result<Status, tokio_postgres:
             in_flight: r.get(4),
             dead: r.get(5),
             oldest_pending_age_seconds: r.get(6),
+            sent_last_hour: r.get(10),
             paused_reason: r.get(7),
+            last_request_at: r.get(11),
             last_success_at: r.get(8),
             last_error: r.get(9),
         })
@@ -181,8 +193,8 @@ pub fn render(status: &Status) -> String {
     ));
     out.push_str(&format!("pending entries: {}\n\n", status.pending_total));
     out.push_str(&format!(
-        "{:<38} {:<20} {:<12} {:>8} {:>9} {:>5} {:>10}  {}\n",
-        "store", "name", "type", "pending", "in_flight", "dead", "oldest_s", "state"
+        "{:<38} {:<20} {:<12} {:>8} {:>9} {:>5} {:>10} {:>8}  {}\n",
+        "store", "name", "type", "pending", "in_flight", "dead", "oldest_s", "sent_1h", "state"
     ));
     for st in &status.stores {
         let state = match (&st.paused_reason, &st.last_error) {
@@ -195,7 +207,7 @@ pub fn render(status: &Status) -> String {
                 .unwrap_or_else(|| "ok".into()),
         };
         out.push_str(&format!(
-            "{:<38} {:<20} {:<12} {:>8} {:>9} {:>5} {:>10}  {}\n",
+            "{:<38} {:<20} {:<12} {:>8} {:>9} {:>5} {:>10} {:>8}  {}\n",
             st.store_id,
             st.name.as_deref().unwrap_or("(no stores row)"),
             st.store_type.as_deref().unwrap_or("-"),
@@ -205,6 +217,7 @@ pub fn render(status: &Status) -> String {
             st.oldest_pending_age_seconds
                 .map(|a| format!("{a:.1}"))
                 .unwrap_or_else(|| "-".into()),
+            st.sent_last_hour,
             state
         ));
     }

@@ -141,10 +141,10 @@ pub struct ReplicationStream {
 impl ReplicationStream {
     /// Asks the pump to send a last status update (with the confirmed position) and close
     /// the connection; returns the pump's result.
-    pub async fn finish(self) -> Result<(), StreamError> {
+    pub async fn finish(mut self) -> Result<(), StreamError> {
         self.stop.cancel();
-        drop(self.events);
-        match self.pump.await {
+        self.events.close();
+        match (&mut self.pump).await {
             Ok(result) => result,
             Err(join) => Err(StreamError::Frame(format!(
                 "replication task failed: {join}"
@@ -160,6 +160,16 @@ impl ReplicationStream {
                 "replication task failed: {join}"
             ))),
         }
+    }
+}
+
+/// A stream dropped without [`ReplicationStream::finish`] (the consumer failed) must not
+/// leave its pump behind: a detached pump keeps the replication connection open, answering
+/// the server's keepalives with a position that no longer moves, and the walsender then
+/// waits for it forever (a fast shutdown of the server hangs).
+impl Drop for ReplicationStream {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

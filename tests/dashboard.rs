@@ -1,0 +1,355 @@
+//! The dashboard as an operator sees it: the service runs in-process against a real database
+//! and the project's mock marketplace, headless Chromium loads `/` and runs its script, and
+//! the rendered DOM must show the figures the database holds (store names, queue depth, items
+//! sent, pause reasons, the slot's streaming pid, API log rows), not just the static page.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use stocksync::mock::{MockAccount, MockConfig, MockMarketplace};
+use stocksync::ops::config::Config;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const SLOT: &str = "dashboard";
+const TRENDYOL_SELLER: &str = "3001";
+const HB_MERCHANT: &str = "6a1f0a8e-0000-4000-8000-000000000003";
+const TY_NAME: &str = "Dashboard Trendyol <Outlet>";
+const HB_NAME: &str = "Dashboard Hepsiburada";
+
+/// A free loopback port: `run_until` does not report the address it bound, so the test
+/// picks the port (bind to port 0, read it, release it).
+fn free_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().unwrap()
+}
+
+fn chromium() -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("chromium"))
+        .chain([PathBuf::from("/usr/bin/chromium")])
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "chromium is not installed (looked in PATH and /usr/bin/chromium): \
+             run `apt-get install chromium` (CI installs it)"
+        )
+    })
+}
+
+/// Loads `url` in headless Chromium, lets its scripts run for 5 s of virtual time and
+/// returns the serialised DOM.
+async fn rendered_dom(url: &str) -> String {
+    let profile = std::env::temp_dir().join(format!("stocksync-dashboard-{}", uuid()));
+    let child = tokio::process::Command::new(chromium())
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start chromium ({e}): run `apt-get install chromium`"));
+    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("chromium finished within 90 s")
+        .expect("chromium output");
+    let _ = std::fs::remove_dir_all(&profile);
+    let dom = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success() && dom.contains("</html>"),
+        "chromium failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        dom
+    );
+    dom
+}
+
+/// Text as Chromium serialises it in the DOM (only &, < and > are escaped in text nodes).
+fn html_text(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The inner HTML of the element opened by `open` (up to its closing `close`).
+fn section<'a>(dom: &'a str, open: &str, close: &str) -> &'a str {
+    let start = dom
+        .find(open)
+        .unwrap_or_else(|| panic!("{open} in the DOM:\n{dom}"));
+    let rest = &dom[start + open.len()..];
+    &rest[..rest.find(close).unwrap_or(rest.len())]
+}
+
+/// The `<tr>` of `tbody` whose `data-store` is `store`.
+fn store_row(tbody: &str, store: Uuid) -> &str {
+    let marker = format!("data-store=\"{store}\"");
+    tbody
+        .split("<tr")
+        .find(|row| row.contains(&marker))
+        .unwrap_or_else(|| panic!("a row for store {store} in:\n{tbody}"))
+}
+
+/// The text of the cell marked `data-field="field"` (up to its closing tag).
+fn field<'a>(row: &'a str, field: &str) -> &'a str {
+    let marker = format!("data-field=\"{field}\"");
+    let start = row
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{marker} in:\n{row}"));
+    let rest = &row[start..];
+    let rest = &rest[rest.find('>').unwrap() + 1..];
+    &rest[..rest.find("</td>").unwrap_or(rest.len())]
+}
+
+/// The value (`<b>`) of the replication card marked `data-field="field"`.
+fn card<'a>(cards: &'a str, field: &str) -> &'a str {
+    let marker = format!("data-field=\"{field}\"");
+    let start = cards
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{marker} in:\n{cards}"));
+    let rest = &cards[start..];
+    let rest = &rest[rest.find("<b").unwrap()..];
+    let rest = &rest[rest.find('>').unwrap() + 1..];
+    &rest[..rest.find("</b>").unwrap_or(rest.len())]
+}
+
+async fn count(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> i64 {
+    client.query_one(sql, params).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_renders_the_figures_in_the_database() {
+    // Fail first, before anything starts, when the browser is missing.
+    chromium();
+    let url = fresh_database(SLOT);
+    let client = connect(&url).await;
+    let (ty, hb) = (uuid(), uuid());
+    client
+        .execute(
+            "INSERT INTO stores (id, name, type, is_active, send_stock, seller_id, api_key, api_secret) VALUES \
+             ($1, $3, 'TRENDYOL', true, true, $5, 'ty-key', 'ty-secret'), \
+             ($2, $4, 'HEPSIBURADA', true, true, $6, NULL, 'wrong-secret')",
+            &[&ty, &hb, &TY_NAME, &HB_NAME, &TRENDYOL_SELLER, &HB_MERCHANT],
+        )
+        .await
+        .unwrap();
+    let products = [("DSH-1", 7i32), ("DSH-2", 0), ("DSH-3", 25)];
+    for (code, sellable) in products {
+        let id = uuid();
+        client
+            .execute(
+                "INSERT INTO products (id, barcode, sku, name) VALUES ($1, $2, $2, $2)",
+                &[&id, &code],
+            )
+            .await
+            .unwrap();
+        for store in [ty, hb] {
+            client
+                .execute(
+                    "INSERT INTO product_stores (id, product_id, store_id, sellable_quantity) VALUES ($1, $2, $3, $4)",
+                    &[&uuid(), &id, &store, &sellable],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    setup(&url, SLOT, SLOT).await;
+
+    // The Hepsiburada store's key is refused: it is paused and its entries wait.
+    let mock = MockMarketplace::start(
+        MockConfig {
+            accounts: vec![
+                MockAccount::trendyol(TRENDYOL_SELLER, "ty-key", "ty-secret"),
+                MockAccount::hepsiburada(HB_MERCHANT, "the-right-secret"),
+            ],
+            ..MockConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let http_addr = free_addr();
+    let env: HashMap<&str, String> = [
+        ("DATABASE_URL", url.clone()),
+        ("STOCKSYNC_SLOT", SLOT.to_string()),
+        ("STOCKSYNC_PUBLICATION", SLOT.to_string()),
+        ("STOCKSYNC_HTTP_ADDR", http_addr.to_string()),
+        ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
+        ("STOCKSYNC_HEPSIBURADA_URL", mock.base_url()),
+        ("STOCKSYNC_FLUSH_INTERVAL", "100ms".into()),
+        ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s".into()),
+        ("STOCKSYNC_REQUEST_TIMEOUT", "2s".into()),
+    ]
+    .into_iter()
+    .collect();
+    let config = Config::load_from(None, |k| env.get(k).cloned()).unwrap();
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(stocksync::ops::service::run_until(config, shutdown.clone()));
+
+    // Wait for a settled state: Trendyol has every quantity and no open work or batch; the
+    // Hepsiburada store is paused with all its entries pending.
+    for (code, sellable) in products {
+        eventually(
+            Duration::from_secs(30),
+            &format!("Trendyol {code} = {sellable}"),
+            || async { mock.quantity(TRENDYOL_SELLER, code) == Some(sellable as i64) },
+        )
+        .await;
+    }
+    eventually(Duration::from_secs(30), "a settled queue", || async {
+        let open_ty = count(
+            &client,
+            "SELECT count(*) FROM stock_sync.queue WHERE store_id = $1 AND state <> 'done'",
+            &[&ty],
+        )
+        .await;
+        let polling = count(
+            &client,
+            "SELECT count(*) FROM stock_sync.batches WHERE state = 'polling'",
+            &[],
+        )
+        .await;
+        let hb_pending = count(
+            &client,
+            "SELECT count(*) FROM stock_sync.queue q JOIN stock_sync.store_state s USING (store_id) \
+             WHERE q.store_id = $1 AND q.state = 'pending' AND s.paused_reason IS NOT NULL",
+            &[&hb],
+        )
+        .await;
+        open_ty == 0 && polling == 0 && hb_pending == products.len() as i64
+    })
+    .await;
+
+    // The figures, read with SQL.
+    let sent_ty = count(
+        &client,
+        "SELECT count(*) FROM stock_sync.queue WHERE store_id = $1 AND state = 'done' AND outcome = 'sent'",
+        &[&ty],
+    )
+    .await;
+    let pending_hb = count(
+        &client,
+        "SELECT count(*) FROM stock_sync.queue WHERE store_id = $1 AND state = 'pending'",
+        &[&hb],
+    )
+    .await;
+    let pending_total = count(
+        &client,
+        "SELECT count(*) FROM stock_sync.queue WHERE state = 'pending'",
+        &[],
+    )
+    .await;
+    let api_log_rows = count(&client, "SELECT count(*) FROM stock_sync.api_log", &[]).await;
+    let refused = count(
+        &client,
+        "SELECT count(*) FROM stock_sync.api_log WHERE store_id = $1 AND status_code = 401",
+        &[&hb],
+    )
+    .await;
+    let paused_reason: String = client
+        .query_one(
+            "SELECT paused_reason FROM stock_sync.store_state WHERE store_id = $1",
+            &[&hb],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let active_pid: i32 = client
+        .query_one(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&SLOT],
+        )
+        .await
+        .expect("the service streams the slot")
+        .get(0);
+    assert_eq!(
+        sent_ty,
+        products.len() as i64,
+        "each Trendyol item sent once"
+    );
+    assert!(refused >= 1 && api_log_rows > refused);
+
+    let dom = rendered_dom(&format!("http://{http_addr}/")).await;
+
+    assert!(
+        dom.contains("<span id=\"error\" class=\"bad\"></span>"),
+        "the page could not read the API:\n{dom}"
+    );
+    assert!(dom.contains("<span id=\"updated\">Updated "), "{dom}");
+    let replication = section(&dom, "id=\"replication\">", "<h2>");
+    assert!(
+        replication.contains(&format!("streaming (pid {active_pid})")),
+        "the slot's walsender pid {active_pid}:\n{replication}"
+    );
+    assert_eq!(
+        card(replication, "pending_total"),
+        pending_total.to_string()
+    );
+    assert_eq!(card(replication, "instance"), "streaming");
+
+    let stores = section(&dom, "<tbody id=\"stores\">", "</tbody>");
+    let row = store_row(stores, ty);
+    assert!(
+        field(row, "name").contains(&html_text(TY_NAME)),
+        "store name (escaped, not interpreted):\n{row}"
+    );
+    assert_eq!(field(row, "type"), "TRENDYOL");
+    assert_eq!(field(row, "pending"), "0");
+    assert_eq!(field(row, "sent"), sent_ty.to_string(), "{row}");
+    assert_eq!(field(row, "state"), "active");
+    assert!(!field(row, "last_success").is_empty(), "{row}");
+    let row = store_row(stores, hb);
+    assert!(field(row, "name").contains(HB_NAME), "{row}");
+    assert_eq!(field(row, "pending"), pending_hb.to_string(), "{row}");
+    assert_eq!(field(row, "sent"), "0", "{row}");
+    assert_eq!(
+        field(row, "state"),
+        format!("PAUSED: {}", html_text(&paused_reason)),
+        "{row}"
+    );
+
+    let log = section(&dom, "<tbody id=\"log\">", "</tbody>");
+    let rows = log.matches("<tr data-store=").count() as i64;
+    assert_eq!(rows, api_log_rows.min(50), "API log rows:\n{log}");
+    assert!(log.contains("UPDATE_STOCK"), "{log}");
+    let hb_rows: Vec<&str> = log
+        .split("<tr")
+        .filter(|r| r.contains(&format!("data-store=\"{hb}\"")))
+        .collect();
+    assert!(
+        hb_rows
+            .iter()
+            .any(|r| field(r, "status") == "401" && r.contains(HB_NAME)),
+        "the refused request, with the store's name:\n{log}"
+    );
+
+    shutdown.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(20), service)
+        .await
+        .expect("service stops")
+        .unwrap()
+        .expect("service starts");
+    result.expect("capture ends cleanly");
+    mock.shutdown().await;
+}
