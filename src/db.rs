@@ -341,6 +341,27 @@ pub fn validate_identifier(kind: &str, name: &str) -> Result<(), String> {
     }
 }
 
+/// A database error with the server's message: `tokio_postgres::Error`'s own `Display` says
+/// only "db error" and keeps the message in its source.
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; {detail}"));
+            }
+            if let Some(where_) = db.where_() {
+                text.push_str(&format!(" [{where_}]"));
+            }
+            text
+        }
+        None => match std::error::Error::source(error) {
+            Some(source) => format!("{error}: {source}"),
+            None => error.to_string(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,7 +93,7 @@ impl Default for CaptureSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("database error in capture: {0}")]
+    #[error("database error in capture: {}", crate::db::describe(.0))]
     Database(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Connect(#[from] DbError),
@@ -174,7 +174,7 @@ pub async fn run(
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }
-                if started.elapsed() > Duration::from_secs(30) {
+                if started.elapsed() > Duration::from_secs(30) || e.is_lock_conflict() {
                     backoff = Duration::from_millis(250);
                 }
                 warn!(error = %e, retry_in = ?backoff, "capture interrupted; reconnecting");
@@ -187,6 +187,17 @@ pub async fn run(
                 backoff = (backoff * 2).min(settings.max_backoff);
             }
         }
+    }
+}
+
+impl CaptureError {
+    /// A deadlock or serialization failure: the batch lost a lock conflict with the
+    /// dispatcher or an operator command. Not an outage: retried without growing the backoff.
+    pub fn is_lock_conflict(&self) -> bool {
+        matches!(self, CaptureError::Database(e) if e.code().is_some_and(|c| {
+            *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+                || *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+        }))
     }
 }
 

@@ -13,6 +13,8 @@ use crate::replication::Lsn;
 /// * Sets reached through `product_set_items`, and composition seeds (store NULL), are
 ///   enqueued only where the set is listed (has its own `product_stores` row).
 /// * `UNION` (not `UNION ALL`) in the recursion makes a composition cycle terminate.
+/// * Rows are written in (product, store) order, as every other multi-row upsert of the
+///   queue does, so two of them cannot deadlock on each other's rows.
 /// * One pending entry per pair: a new change raises the priority and keeps the original
 ///   enqueue time. It also lifts a deferral (`not_before`, set by retry backoff or the
 ///   identical-body rule): the new quantity is new information and must not wait behind a
@@ -48,6 +50,7 @@ best AS (
 )
 INSERT INTO stock_sync.queue AS q (product_id, store_id, reason, priority, commit_lsn)
 SELECT product_id, store_id, reason, priority, commit_lsn FROM best
+ORDER BY product_id, store_id
 ON CONFLICT (product_id, store_id) WHERE state = 'pending' DO UPDATE
 SET priority = GREATEST(q.priority, EXCLUDED.priority),
     reason = CASE WHEN EXCLUDED.priority > q.priority THEN EXCLUDED.reason ELSE q.reason END,
@@ -85,6 +88,7 @@ INSERT INTO stock_sync.queue AS q (product_id, store_id, reason, priority)
 SELECT ps.product_id, ps.store_id, $1, $2 FROM product_stores ps
 WHERE ps.product_id IS NOT NULL AND ps.store_id IS NOT NULL
   AND ($3::uuid IS NULL OR ps.store_id = $3)
+ORDER BY ps.product_id, ps.store_id
 ON CONFLICT (product_id, store_id) WHERE state = 'pending' DO UPDATE
 SET priority = GREATEST(q.priority, EXCLUDED.priority), not_before = NULL
 "#;

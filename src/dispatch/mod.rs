@@ -62,7 +62,7 @@ pub const MAX_OPEN_HEPSIBURADA_BATCHES: i64 = 5;
 /// Errors that end one cycle (the dispatcher logs them and goes on).
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
-    #[error("database: {0}")]
+    #[error("database: {}", crate::db::describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("connection pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -322,7 +322,11 @@ async fn due_stores(d: &Dispatcher) -> Result<Vec<Uuid>, DispatchError> {
     let rows = db
         .query(
             sql::DUE_STORES_SQL,
-            &[&d.settings.flush_interval.as_secs_f64(), &batch],
+            &[
+                &d.settings.flush_interval.as_secs_f64(),
+                &batch,
+                &d.settings.min_send_interval.as_secs_f64(),
+            ],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

@@ -2,7 +2,9 @@
 //! intervals with `make_interval(secs => ..)`; every value is a bind parameter.
 
 /// Stores with work that is due: pending entries that are not deferred, and either the oldest
-/// of them is `$1` seconds old or `$2` of them (a full batch) are ready.
+/// of them is `$1` seconds old or `$2` of them (a full batch) are ready. Stores waiting out a
+/// backoff, a Retry-After or the pause re-check (`not_before`), or the minimum gap since
+/// their last request (`$3` seconds), are left out.
 ///
 /// The distinct store ids come from a loose index scan over `queue_pending_age` (one index
 /// probe per store, not a scan of a large backlog), and each store looks at no more than
@@ -32,6 +34,11 @@ CROSS JOIN LATERAL (
 WHERE s.store_id IS NOT NULL
   AND ready.ready > 0
   AND (ready.ready >= $2 OR ready.oldest <= now() - make_interval(secs => $1::float8))
+  AND NOT EXISTS (
+      SELECT 1 FROM stock_sync.store_state st
+      WHERE st.store_id = s.store_id
+        AND (st.not_before > now()
+             OR st.last_request_at > now() - make_interval(secs => $3::float8)))
 "#;
 
 /// Stores with entries claimed more than `$1` seconds ago. Claims live only while a dispatcher
@@ -53,20 +60,23 @@ pub const CLAIMED_IDS_SQL: &str =
 
 /// Puts claimed entries back to pending: `$1` ids, `$2` seconds to defer them (NULL = none), `$3` error
 /// text (NULL keeps the old one), `$4` attempts to add. An entry whose pair got a new pending
-/// entry meanwhile is closed as `superseded` (the pending one recomputes anyway) and lends it
-/// its priority. A capture committing a new pending entry between this statement's snapshot
-/// and its update makes it fail with a unique violation; the caller retries.
+/// entry meanwhile is closed as `superseded` (the pending one recomputes anyway). Pending rows
+/// are only read, never locked: capture holds locks on pending rows while it may wait on the
+/// index entries this statement creates, so locking them here could deadlock. A capture
+/// committing a new pending entry between this statement's snapshot and its update makes it
+/// fail with a unique violation; the caller retries.
 pub const RELEASE_SQL: &str = r#"
 WITH target AS (
-    SELECT q.id, q.product_id, q.store_id, q.priority
+    SELECT q.id, q.product_id, q.store_id
     FROM stock_sync.queue q
     WHERE q.id = ANY($1::bigint[]) AND q.state = 'in_flight'
+    ORDER BY q.product_id, q.store_id
     FOR UPDATE
 ), superseded AS (
-    UPDATE stock_sync.queue p SET priority = GREATEST(p.priority, t.priority)
-    FROM target t
-    WHERE p.state = 'pending' AND p.product_id = t.product_id AND p.store_id = t.store_id
-    RETURNING t.id
+    SELECT t.id FROM target t
+    WHERE EXISTS (
+        SELECT 1 FROM stock_sync.queue p
+        WHERE p.state = 'pending' AND p.product_id = t.product_id AND p.store_id = t.store_id)
 )
 UPDATE stock_sync.queue q
 SET state = CASE WHEN q.id IN (SELECT id FROM superseded) THEN 'done' ELSE 'pending' END,
@@ -96,11 +106,16 @@ WHERE q.id IN (
 RETURNING q.id, q.product_id, q.priority, q.attempts, q.enqueued_at
 "#;
 
-/// Closes every pending entry of a store that must never get requests (`$2` the reason).
+/// Closes pending entries of a store that must never get requests (`$2` the reason). Rows
+/// capture is updating are skipped (never waited for, so no deadlock) and closed next time.
 pub const CLOSE_STORE_SQL: &str = r#"
 UPDATE stock_sync.queue
 SET state = 'done', outcome = $2, finished_at = now(), claimed_by = NULL
-WHERE store_id = $1 AND state = 'pending'
+WHERE id IN (
+    SELECT id FROM stock_sync.queue
+    WHERE store_id = $1 AND state = 'pending'
+    FOR UPDATE SKIP LOCKED
+)
 "#;
 
 /// Marks claimed entries done: `$1` ids, `$2` outcome, `$3` the quantity each was sent or
@@ -136,10 +151,17 @@ SELECT paused_reason, paused_credentials,
 FROM stock_sync.store_state WHERE store_id = $1
 "#;
 
+/// A paused store is looked at again (for changed credentials) after [`PAUSE_RECHECK_SQL`]'s
+/// delay, not on every tick.
 pub const PAUSE_STORE_SQL: &str = r#"
 UPDATE stock_sync.store_state
-SET paused_reason = $2, paused_at = now(), paused_credentials = $3, last_error = $2
+SET paused_reason = $2, paused_at = now(), paused_credentials = $3, last_error = $2,
+    not_before = now() + interval '2 seconds'
 WHERE store_id = $1
+"#;
+
+pub const PAUSE_RECHECK_SQL: &str = r#"
+UPDATE stock_sync.store_state SET not_before = now() + interval '2 seconds' WHERE store_id = $1
 "#;
 
 pub const UNPAUSE_STORE_SQL: &str = r#"
@@ -284,6 +306,7 @@ SELECT u.product_id, $1, 'RETRY', u.priority, u.attempts,
        u.error
 FROM unnest($3::uuid[], $4::int[], $5::int[], $6::float8[], $7::text[])
      AS u(product_id, priority, attempts, delay, error)
+ORDER BY u.product_id
 ON CONFLICT (product_id, store_id) WHERE state = 'pending' DO UPDATE
 SET priority = GREATEST(q.priority, EXCLUDED.priority),
     attempts = GREATEST(q.attempts, EXCLUDED.attempts),

@@ -215,6 +215,7 @@ async fn cycle(
     let fingerprint = store.credentials_as_is(provider).fingerprint();
     if let Some(reason) = &paused_reason {
         if paused_credentials.as_deref() == Some(fingerprint.as_str()) {
+            db.execute(PAUSE_RECHECK_SQL, &[&store_id]).await?;
             return Ok(());
         }
         info!(store = %store_id, previous = %reason, "store credentials changed; resuming the store");

@@ -61,6 +61,9 @@ pub enum Command {
     Resync {
         #[arg(long)]
         store: Option<uuid::Uuid>,
+        /// Then follow delivery until the queue (of that store) is empty.
+        #[arg(long)]
+        wait: bool,
     },
     /// Re-enqueue dead-lettered items and lift credential pauses.
     RetryFailed {
@@ -136,14 +139,7 @@ async fn execute(command: Command, config: Config) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Resync { store } => {
-            let client = connect(&config).await?;
-            let n = super::resync::resync(&client, store)
-                .await
-                .context("enqueueing listed pairs")?;
-            println!("enqueued {n} listed (product, store) pairs");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Resync { store, wait } => cmd_resync(&config, store, wait).await,
         Command::RetryFailed { store } => {
             let mut client = connect(&config).await?;
             let n = super::resync::retry_failed(&mut client, store)
@@ -283,4 +279,59 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
         }
         shutdown.cancel();
     });
+}
+
+/// `resync`: store by store with a progress bar on a terminal; `--wait` follows delivery.
+async fn cmd_resync(config: &Config, store: Option<uuid::Uuid>, wait: bool) -> Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    let client = connect(config).await?;
+    let terminal = std::io::stderr().is_terminal();
+    let n = super::resync::resync_with_progress(&client, store, |done, total, pairs| {
+        if terminal {
+            let label = format!("{done}/{total} stores, {pairs} pairs enqueued");
+            eprint!(
+                "\r{}",
+                super::resync::progress_bar(done as u64, total as u64, &label)
+            );
+            let _ = std::io::stderr().flush();
+        }
+    })
+    .await
+    .context("enqueueing listed pairs")?;
+    if terminal {
+        eprintln!();
+    }
+    println!("enqueued {n} listed (product, store) pairs");
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let total = n.max(1);
+    loop {
+        let (left, paused) = super::resync::outstanding(&client, store)
+            .await
+            .context("reading the queue")?;
+        let sent = total.saturating_sub(left as u64);
+        let label = format!("{left} entries left");
+        if terminal {
+            eprint!("\r{}   ", super::resync::progress_bar(sent, total, &label));
+            let _ = std::io::stderr().flush();
+        }
+        if left == 0 {
+            if terminal {
+                eprintln!();
+            }
+            println!("delivered");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if left == paused {
+            if terminal {
+                eprintln!();
+            }
+            println!(
+                "{paused} entries wait for paused stores (see `stocksync status`; fix the credentials or run `stocksync retry-failed`)"
+            );
+            return Ok(ExitCode::from(1));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }

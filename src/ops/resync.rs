@@ -33,7 +33,7 @@ WITH dead AS (
     FROM dead GROUP BY product_id, store_id
 )
 INSERT INTO stock_sync.queue AS q (product_id, store_id, reason, priority)
-SELECT product_id, store_id, $2::text, priority FROM pairs
+SELECT product_id, store_id, $2::text, priority FROM pairs ORDER BY product_id, store_id
 ON CONFLICT (product_id, store_id) WHERE state = 'pending' DO UPDATE
 SET priority = GREATEST(q.priority, EXCLUDED.priority), not_before = NULL
 "#;
@@ -45,15 +45,76 @@ SET paused_reason = NULL, paused_at = NULL, paused_credentials = NULL, not_befor
 WHERE $1::uuid IS NULL OR store_id = $1
 "#;
 
+/// Stores with listings (one, or all), for a store-by-store resync.
+const LISTED_STORES_SQL: &str = r#"
+SELECT DISTINCT store_id FROM product_stores
+WHERE store_id IS NOT NULL AND ($1::uuid IS NULL OR store_id = $1)
+ORDER BY store_id
+"#;
+
+/// Entries still to deliver (of one store, or all), and how many of them wait for a paused
+/// store (those need an operator, not patience).
+const OUTSTANDING_SQL: &str = r#"
+SELECT count(*),
+       count(*) FILTER (WHERE q.store_id IN (
+           SELECT store_id FROM stock_sync.store_state WHERE paused_reason IS NOT NULL))
+FROM stock_sync.queue q
+WHERE q.state IN ('pending', 'in_flight') AND ($1::uuid IS NULL OR q.store_id = $1)
+"#;
+
 /// Enqueues every listed pair (of one store, or all). Returns the number of pairs.
 pub async fn resync(client: &Client, store: Option<Uuid>) -> Result<u64, tokio_postgres::Error> {
+    resync_with_progress(client, store, |_, _, _| {}).await
+}
+
+/// As [`resync`], store by store, calling `progress(stores_done, stores_total, pairs)` after
+/// each (a store's pairs are one statement, so a large catalogue shows where it is).
+pub async fn resync_with_progress(
+    client: &Client,
+    store: Option<Uuid>,
+    mut progress: impl FnMut(usize, usize, u64),
+) -> Result<u64, tokio_postgres::Error> {
     let reason = Reason::Resync;
-    client
-        .execute(
-            ENQUEUE_ALL_LISTED_SQL,
-            &[&reason.as_str(), &reason.priority(), &store],
-        )
-        .await
+    let stores: Vec<Uuid> = client
+        .query(LISTED_STORES_SQL, &[&store])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut pairs = 0;
+    for (i, store) in stores.iter().enumerate() {
+        pairs += client
+            .execute(
+                ENQUEUE_ALL_LISTED_SQL,
+                &[&reason.as_str(), &reason.priority(), &Some(*store)],
+            )
+            .await?;
+        progress(i + 1, stores.len(), pairs);
+    }
+    Ok(pairs)
+}
+
+/// Entries not yet delivered (of one store, or all), and those of them held by paused stores.
+pub async fn outstanding(
+    client: &Client,
+    store: Option<Uuid>,
+) -> Result<(i64, i64), tokio_postgres::Error> {
+    let row = client.query_one(OUTSTANDING_SQL, &[&store]).await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// A text progress bar: `[#####.....] 50% label`.
+pub fn progress_bar(done: u64, total: u64, label: &str) -> String {
+    const WIDTH: u64 = 30;
+    let filled = (done.min(total) * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH);
+    let percent = (done.min(total) * 100).checked_div(total).unwrap_or(100);
+    format!(
+        "[{}{}] {percent:>3}% {label}",
+        "#".repeat(filled as usize),
+        ".".repeat((WIDTH - filled) as usize)
+    )
 }
 
 /// Re-enqueues dead letters (one pending entry per pair) and lifts store pauses, in one
@@ -73,4 +134,29 @@ pub async fn retry_failed(
     tx.execute(LIFT_PAUSES_SQL, &[&store]).await?;
     tx.commit().await?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_bar;
+
+    #[test]
+    fn progress_bar_fills_with_progress() {
+        assert_eq!(
+            progress_bar(0, 4, "x"),
+            format!("[{}]   0% x", ".".repeat(30))
+        );
+        assert_eq!(
+            progress_bar(2, 4, "x"),
+            format!("[{}{}]  50% x", "#".repeat(15), ".".repeat(15))
+        );
+        assert_eq!(
+            progress_bar(9, 4, ""),
+            format!("[{}] 100% ", "#".repeat(30))
+        );
+        assert_eq!(
+            progress_bar(0, 0, ""),
+            format!("[{}] 100% ", "#".repeat(30))
+        );
+    }
 }
