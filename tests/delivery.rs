@@ -419,3 +419,93 @@ async fn server_errors_and_throttling_recover_and_limits_hold() {
         .all(|r| r.status != 429 && r.status != 403 && r.status != 401));
     stack.stop().await;
 }
+
+/// Pushes to the Trendyol seller, in arrival order, with their arrival time.
+fn trendyol_pushes(
+    mock: &MockMarketplace,
+) -> Vec<(
+    chrono::DateTime<chrono::FixedOffset>,
+    stocksync::mock::RequestRecord,
+)> {
+    mock.requests()
+        .into_iter()
+        .filter(|r| r.seller_id.as_deref() == Some(TRENDYOL_SELLER) && r.method == "POST")
+        .map(|r| (chrono::DateTime::parse_from_rfc3339(&r.time).unwrap(), r))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_send_interval_identical_bodies_and_retry_after_are_honoured() {
+    let s = seed_ids();
+    let stack = start(
+        "delivery_gates",
+        mock_config(),
+        &[("STOCKSYNC_MIN_SEND_INTERVAL", "1s".into())],
+        async |c: &Client| load_seed(c, &s).await,
+    )
+    .await;
+    let mock = &stack.mock;
+    wait_quantity(mock, TRENDYOL_SELLER, "MONT-1", 50).await;
+    let set_mont =
+        "UPDATE product_stores SET sellable_quantity = $1 WHERE product_id = $2 AND store_id = $3";
+    // 60, 61, then 60 again: the third body equals the first and must wait out the 2 s
+    // identical-request window; every push waits 1 s after the previous one.
+    let first = trendyol_pushes(mock).len();
+    for quantity in [60, 61, 60] {
+        stack
+            .exec(set_mont, &[&quantity, &s.mont, &s.trendyol])
+            .await;
+        wait_quantity(mock, TRENDYOL_SELLER, "MONT-1", i64::from(quantity)).await;
+    }
+    let pushes = trendyol_pushes(mock);
+    let ms = |a: &chrono::DateTime<chrono::FixedOffset>,
+              b: &chrono::DateTime<chrono::FixedOffset>| (*b - *a).num_milliseconds();
+    for pair in pushes.windows(2) {
+        assert!(
+            ms(&pair[0].0, &pair[1].0) >= 950,
+            "pushes {} ms apart despite min_send_interval=1s",
+            ms(&pair[0].0, &pair[1].0)
+        );
+    }
+    for (i, (t, r)) in pushes.iter().enumerate() {
+        for (u, o) in &pushes[i + 1..] {
+            assert!(
+                r.body_sha256 != o.body_sha256 || ms(t, u) >= 2000,
+                "identical body sent twice within the window ({} ms)",
+                ms(t, u)
+            );
+        }
+    }
+    let ours = &pushes[first..];
+    assert_eq!(ours.len(), 3, "one push per change: {ours:#?}");
+    assert_eq!(ours[0].1.body_sha256, ours[2].1.body_sha256);
+    assert!(ms(&ours[0].0, &ours[2].0) >= 2000);
+
+    // 429 with Retry-After: 3 s. The next push comes no earlier.
+    mock.set_faults(Faults {
+        throttle_for_ms: Some(3000),
+        retry_after_secs: Some(3),
+        ..Faults::default()
+    });
+    stack.exec(set_mont, &[&70, &s.mont, &s.trendyol]).await;
+    wait_quantity(mock, TRENDYOL_SELLER, "MONT-1", 70).await;
+    let pushes = trendyol_pushes(mock);
+    let throttled = pushes
+        .iter()
+        .position(|(_, r)| r.status == 429)
+        .expect("a push was throttled");
+    let (t429, _) = &pushes[throttled];
+    let (next, record) = &pushes[throttled + 1];
+    assert_eq!(record.status, 200, "{record:#?}");
+    assert!(
+        ms(t429, next) >= 2900,
+        "retried {} ms after a 429 with Retry-After: 3",
+        ms(t429, next)
+    );
+    assert_eq!(
+        pushes.iter().filter(|(_, r)| r.status == 429).count(),
+        1,
+        "no request while the Retry-After lasted"
+    );
+    stack.stop().await;
+}

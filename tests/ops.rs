@@ -440,3 +440,51 @@ async fn retry_failed_revives_one_entry_per_pair_even_with_duplicate_dead_letter
     };
     assert_eq!((dead, pending), (0, 3));
 }
+
+/// A slot that existed (there is a checkpoint) but is gone: `run` stops with exit code 3 and
+/// says to run setup and resync, and does not recreate the slot (that would hide lost changes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_stops_with_exit_code_3_when_the_slot_is_gone() {
+    let (url, client) = prepared("ops_lost").await;
+    client
+        .execute(
+            "INSERT INTO stock_sync.checkpoint (slot_name, lsn) VALUES ('ops_lost', pg_current_wal_lsn())",
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .execute("SELECT pg_drop_replication_slot('ops_lost')", &[])
+        .await
+        .unwrap();
+    let mut command = tokio::process::Command::new(binary());
+    command
+        .arg("run")
+        .env_clear()
+        .env("DATABASE_URL", &url)
+        .env("STOCKSYNC_SLOT", "ops_lost")
+        .env("STOCKSYNC_PUBLICATION", "ops_lost")
+        .env("STOCKSYNC_HTTP_ADDR", "127.0.0.1:0")
+        .env("STOCKSYNC_LOG", "warn")
+        .stdin(std::process::Stdio::null());
+    let output = tokio::time::timeout(std::time::Duration::from_secs(30), command.output())
+        .await
+        .expect("run stops by itself within seconds")
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", describe(&output));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("stocksync setup") && stderr.contains("stocksync resync"),
+        "{}",
+        describe(&output)
+    );
+    let recreated: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ops_lost'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recreated, 0, "the slot must not be recreated silently");
+}

@@ -300,12 +300,72 @@ async fn marketplace_faults_converge_within_limits() {
     rig.mock.shutdown().await;
 }
 
+/// A port free at the moment (the service binds it soon after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Credentials appear nowhere an operator looks: `/metrics`, `/api/status`, `/api/log`, the
+/// dashboard, and `stocksync status`.
+async fn assert_no_secrets_in_outputs(rig: &Rig, http: &str) {
+    let mut outputs = Vec::new();
+    for path in ["/metrics", "/api/status", "/api/log", "/"] {
+        let body = reqwest::get(format!("http://{http}{path}"))
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .text()
+            .await
+            .unwrap();
+        outputs.push((path.to_string(), body));
+    }
+    for args in [&["status"][..], &["status", "--json"][..]] {
+        let out = std::process::Command::new(binary())
+            .args(args)
+            .envs(
+                rig.service
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "stocksync {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outputs.push((
+            format!("stocksync {args:?}"),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ));
+    }
+    assert!(
+        outputs[0].1.contains("stocksync_requests_total"),
+        "metrics served"
+    );
+    for (what, text) in outputs {
+        for secret in SECRETS {
+            assert!(!text.contains(secret), "a credential appears in {what}");
+        }
+    }
+}
+
 /// Scenario 5: bad rows are reported specifically and never block the good ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_data_is_reported_and_blocks_nothing() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    let (mut rig, catalogue) = rig("rel_bad", &mut rng, &[]).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let (mut rig, catalogue) = rig(
+        "rel_bad",
+        &mut rng,
+        &[("STOCKSYNC_HTTP_ADDR", http.as_str())],
+    )
+    .await;
     let c = &rig.client;
     let ty = catalogue.stores[0].id;
     let hb = catalogue.stores[2].id;
@@ -469,6 +529,9 @@ async fn bad_data_is_reported_and_blocks_nothing() {
     );
     let refused = avoidable_refusals(mock);
     assert!(refused.is_empty(), "avoidable refusals: {refused:#?}");
+    assert_no_secrets(&rig);
+    assert_no_secrets_in_db(c).await;
+    assert_no_secrets_in_outputs(&rig, &http).await;
     println!("bad data: {checked} pairs checked, 0 mismatches");
     rig.service.kill9();
     rig.mock.shutdown().await;

@@ -207,8 +207,9 @@ async fn cmd_teardown(config: &Config, purge: bool, print_sql: bool) -> Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-/// Preflight; prints each problem as one sentence.
-async fn preflight_ok(config: &Config, allow_active_slot: bool) -> Result<bool> {
+/// Preflight; prints each problem as one sentence. The exit code for the problems found:
+/// 3 when the slot stocksync consumed is gone or lost, else 2; `None` when there are none.
+async fn preflight_exit(config: &Config, allow_active_slot: bool) -> Result<Option<u8>> {
     let client = connect(config).await?;
     let problems = setup::preflight(
         &client,
@@ -222,21 +223,25 @@ async fn preflight_ok(config: &Config, allow_active_slot: bool) -> Result<bool> 
         eprintln!("stocksync: {}", p.0);
         error!(problem = %p.0, "preflight");
     }
-    Ok(problems.is_empty())
+    Ok(match problems.iter().any(setup::Problem::slot_gone) {
+        _ if problems.is_empty() => None,
+        true => Some(EXIT_SLOT_LOST),
+        false => Some(EXIT_CONFIG),
+    })
 }
 
 async fn cmd_check(config: &Config) -> Result<ExitCode> {
-    if !preflight_ok(config, false).await? {
-        return Ok(ExitCode::from(EXIT_CONFIG));
+    if let Some(code) = preflight_exit(config, false).await? {
+        return Ok(ExitCode::from(code));
     }
     println!("configuration and database setup are valid");
     Ok(ExitCode::SUCCESS)
 }
 
 async fn cmd_run(config: Config) -> Result<ExitCode> {
-    match preflight_ok(&config, true).await {
-        Ok(true) => {}
-        Ok(false) => return Ok(ExitCode::from(EXIT_CONFIG)),
+    match preflight_exit(&config, true).await {
+        Ok(None) => {}
+        Ok(Some(code)) => return Ok(ExitCode::from(code)),
         Err(e) => {
             eprintln!("stocksync: {e:#}");
             return Ok(ExitCode::from(EXIT_CONFIG));

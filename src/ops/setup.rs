@@ -307,9 +307,23 @@ pub fn db_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// One failed preflight check: a sentence naming the fix.
+/// One failed preflight check: a sentence naming the fix, and whether it means the slot
+/// that stocksync was consuming is gone (changes may be lost: exit code 3, not 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem(pub String);
+pub struct Problem(pub String, pub bool);
+
+impl Problem {
+    fn config(message: String) -> Problem {
+        Problem(message, false)
+    }
+
+    pub fn slot_gone(&self) -> bool {
+        self.1
+    }
+}
+
+/// Whether stocksync ever consumed this slot (it has a checkpoint for it).
+const HAD_CHECKPOINT_SQL: &str = "SELECT to_regclass('stock_sync.checkpoint') IS NOT NULL";
 
 /// Preflight: wal_level, publication with both tables, replica identity FULL, slot with
 /// pgoutput, schema migrated. `allow_active_slot` is for `run`, which waits for a slot held
@@ -323,7 +337,7 @@ pub async fn preflight(
     let mut problems = Vec::new();
     let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
     if wal_level != "logical" {
-        problems.push(Problem(format!(
+        problems.push(Problem::config(format!(
             "wal_level is {wal_level:?}, not \"logical\": set wal_level = logical in postgresql.conf \
              (ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL"
         )));
@@ -331,24 +345,24 @@ pub async fn preflight(
     let o = observe(client, slot, publication).await?;
     for table in PUBLISHED_TABLES {
         if !o.tables_present.iter().any(|t| t == table) {
-            problems.push(Problem(format!(
+            problems.push(Problem::config(format!(
                 "table {table} is missing: check that DATABASE_URL names the application's database"
             )));
         } else if !o.identity_full.iter().any(|t| t == table) {
-            problems.push(Problem(format!(
+            problems.push(Problem::config(format!(
                 "table {table} does not have REPLICA IDENTITY FULL: run `stocksync setup` \
                  (or ALTER TABLE {table} REPLICA IDENTITY FULL)"
             )));
         }
     }
     if !o.publication_exists {
-        problems.push(Problem(format!(
+        problems.push(Problem::config(format!(
             "publication {publication:?} does not exist: run `stocksync setup` (see `stocksync setup --print-sql`)"
         )));
     } else {
         for table in PUBLISHED_TABLES {
             if !o.publication_tables.iter().any(|t| t == table) {
-                problems.push(Problem(format!(
+                problems.push(Problem::config(format!(
                     "publication {publication:?} does not include {table}: run `stocksync setup` \
                      (or ALTER PUBLICATION \"{publication}\" ADD TABLE {table})"
                 )));
@@ -357,20 +371,44 @@ pub async fn preflight(
     }
     let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if !o.applied_migrations.contains(&latest) {
-        problems.push(Problem(
+        problems.push(Problem::config(
             "schema stock_sync is missing or not up to date: run `stocksync setup`".into(),
         ));
     }
     match o.slot_plugin.as_deref() {
-        None if o.slot_elsewhere.is_some() => problems.push(Problem(format!(
+        None if o.slot_elsewhere.is_some() => problems.push(Problem::config(format!(
             "replication slot {slot:?} belongs to database {:?}, not this one: choose another \
              STOCKSYNC_SLOT (slot names are cluster-wide)",
             o.slot_elsewhere.as_deref().unwrap_or_default()
         ))),
-        None => problems.push(Problem(format!(
-            "replication slot {slot:?} does not exist: run `stocksync setup` (if it existed before, \
-             run `stocksync resync` afterwards)"
-        ))),
+        None => {
+            let had_checkpoint = client
+                .query_one(HAD_CHECKPOINT_SQL, &[])
+                .await?
+                .get::<_, bool>(0)
+                && client
+                    .query_opt(
+                        "SELECT 1 FROM stock_sync.checkpoint WHERE slot_name = $1",
+                        &[&slot],
+                    )
+                    .await?
+                    .is_some();
+            problems.push(if had_checkpoint {
+                Problem(
+                    format!(
+                        "replication slot {slot:?} is gone although stocksync was consuming it \
+                         (changes since then may be lost): run `stocksync setup`, then \
+                         `stocksync resync` so every listing is sent again"
+                    ),
+                    true,
+                )
+            } else {
+                Problem::config(format!(
+                    "replication slot {slot:?} does not exist: run `stocksync setup` (if it \
+                     existed before, run `stocksync resync` afterwards)"
+                ))
+            })
+        }
         Some("pgoutput") => {
             let row = client
                 .query_one(
@@ -381,21 +419,24 @@ pub async fn preflight(
             let active: bool = row.get(0);
             let wal_status: Option<String> = row.get(2);
             if wal_status.as_deref() == Some("lost") {
-                problems.push(Problem(format!(
-                    "replication slot {slot:?} is lost (wal_status = lost): run `stocksync teardown`, \
-                     `stocksync setup`, then `stocksync resync`"
-                )));
+                problems.push(Problem(
+                    format!(
+                        "replication slot {slot:?} is lost (wal_status = lost): run `stocksync teardown`, \
+                         `stocksync setup`, then `stocksync resync`"
+                    ),
+                    true,
+                ));
             }
             if active && !allow_active_slot {
                 let pid: Option<i32> = row.get(1);
-                problems.push(Problem(format!(
+                problems.push(Problem::config(format!(
                     "replication slot {slot:?} is in use by server process {}: stop the other consumer \
                      (another stocksync, or pg_recvlogical) first",
                     pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
                 )));
             }
         }
-        Some(other) => problems.push(Problem(format!(
+        Some(other) => problems.push(Problem::config(format!(
             "replication slot {slot:?} uses plugin {other:?}: drop it and run `stocksync setup`"
         ))),
     }
