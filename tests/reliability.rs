@@ -74,6 +74,29 @@ async fn rig_on(url: String, client: Client, prefix: &str, extra: &[(&str, &str)
     }
 }
 
+/// Starts `count` workload clients of `transactions` each, pausing up to `pace_ms` between
+/// transactions; client `i` uses seed `seed + 1 + i`.
+fn spawn_clients(
+    rig: &Rig,
+    catalogue: &Arc<Catalogue>,
+    seed: u64,
+    count: u64,
+    transactions: u64,
+    pace_ms: u64,
+) -> Vec<tokio::task::JoinHandle<WorkloadStats>> {
+    (0..count)
+        .map(|i| {
+            tokio::spawn(run_client(
+                rig.url.clone(),
+                catalogue.clone(),
+                seed + 1 + i,
+                transactions,
+                Duration::from_millis(pace_ms),
+            ))
+        })
+        .collect()
+}
+
 /// Waits until the queue is idle and the oracle agrees with the mock; panics with the
 /// differences, the seed and the service's log otherwise. Returns the pairs checked.
 async fn converged(rig: &mut Rig, seed: u64, timeout: Duration) -> usize {
@@ -147,18 +170,7 @@ async fn random_workload_under_kill_nine_converges() {
     let (mut rig, catalogue) = rig("rel_kill", &mut rng, &[]).await;
     rig.service.start();
     let per_client = 300 * soak_scale();
-    let clients: Vec<_> = (0..3)
-        .map(|i| {
-            let pace = Duration::from_millis(60);
-            tokio::spawn(run_client(
-                rig.url.clone(),
-                catalogue.clone(),
-                seed + 1 + i,
-                per_client,
-                pace,
-            ))
-        })
-        .collect();
+    let clients = spawn_clients(&rig, &catalogue, seed, 3, per_client, 60);
     let mut kills = 0;
     while kills < 20 || clients.iter().any(|c| !c.is_finished()) {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(150..900))).await;
@@ -211,18 +223,7 @@ async fn marketplace_faults_converge_within_limits() {
     )
     .await;
     rig.service.start();
-    let clients: Vec<_> = (0..2)
-        .map(|i| {
-            let pace = Duration::from_millis(100);
-            tokio::spawn(run_client(
-                rig.url.clone(),
-                catalogue.clone(),
-                seed + 1 + i,
-                200 * soak_scale(),
-                pace,
-            ))
-        })
-        .collect();
+    let clients = spawn_clients(&rig, &catalogue, seed, 2, 200 * soak_scale(), 100);
     let phases = [
         Faults {
             error_rate: 0.3,
@@ -555,18 +556,7 @@ async fn database_restarts_during_workload_converge() {
     setup(&url, "restarts", "restarts").await;
     let mut rig = rig_on(url, client, "restarts", &[]).await;
     rig.service.start();
-    let clients: Vec<_> = (0..2)
-        .map(|i| {
-            let pace = Duration::from_millis(40);
-            tokio::spawn(run_client(
-                rig.url.clone(),
-                catalogue.clone(),
-                seed + 1 + i,
-                200 * soak_scale(),
-                pace,
-            ))
-        })
-        .collect();
+    let clients = spawn_clients(&rig, &catalogue, seed, 2, 200 * soak_scale(), 40);
     for mode in ["fast", "immediate"] {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(1500..3000))).await;
         let cluster_ref = &mut cluster;
