@@ -12,7 +12,11 @@ CREATE TABLE IF NOT EXISTS stock_sync.store_state (
     consecutive_failures integer NOT NULL DEFAULT 0,
     last_request_at    timestamptz,
     last_success_at    timestamptz,
-    last_error         text
+    last_error         text,
+    -- Why the store's entries were last closed without requests (store_inactive,
+    -- store_type_ignored, store_missing). The stores table is not replicated, so dispatch
+    -- looks for such stores becoming sendable and resyncs them.
+    gated_reason       text
 );
 
 -- Every request sent (or about to be sent), for the rate limit and the identical-body rule.

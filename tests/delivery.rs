@@ -509,3 +509,53 @@ async fn min_send_interval_identical_bodies_and_retry_after_are_honoured() {
     );
     stack.stop().await;
 }
+
+/// The `stores` table is not replicated: a store switched back on (or given a marketplace
+/// type) is noticed by dispatch and gets every listing sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_switched_on_gets_its_listings() {
+    let s = seed_ids();
+    let mut config = mock_config();
+    config
+        .accounts
+        .push(MockAccount::trendyol("2002", "k", "s"));
+    let stack = start("delivery_reopen", config, &[], async |c: &Client| {
+        load_seed(c, &s).await
+    })
+    .await;
+    let mock = &stack.mock;
+    wait_quantity(mock, TRENDYOL_SELLER, "SET-001", 15).await;
+    eventually(Duration::from_secs(10), "inactive store's entries closed", || async {
+        stack
+            .client
+            .query_one(
+                "SELECT count(*) FROM stock_sync.queue WHERE store_id = $1 AND outcome = 'store_inactive'",
+                &[&s.inactive],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 4
+    })
+    .await;
+    assert_eq!(
+        mock.quantity("2002", "SET-001"),
+        None,
+        "nothing sent while inactive"
+    );
+    stack
+        .exec(
+            "UPDATE stores SET is_active = true WHERE id = $1",
+            &[&s.inactive],
+        )
+        .await;
+    for (key, quantity) in [
+        ("SET-001", 15),
+        ("MONT-1", 50),
+        ("ELD-1", 30),
+        ("ATK-1", 40),
+    ] {
+        wait_quantity(mock, "2002", key, quantity).await;
+    }
+    stack.stop().await;
+}

@@ -8,7 +8,8 @@
 //!    instance holding it means "skip"); every `in_flight` entry of the store found now is
 //!    an orphan of a crash and goes back to pending;
 //! 2. reads the `stores` row: missing, foreign type, `is_active = false` or
-//!    `send_stock = false` close the pending entries with that outcome and send nothing;
+//!    `send_stock = false` close the pending entries with that outcome and send nothing
+//!    (and when such a store becomes sendable, every listing of it is enqueued again);
 //!    missing credentials pause the store; a pause for refused credentials lasts until the
 //!    credentials change (or `retry-failed`);
 //! 3. honours the store's gates: Retry-After / 5xx backoff (`not_before`),
@@ -287,6 +288,9 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
                 Ok(stale) => due.extend(stale),
                 Err(e) => debug!(error = %e, "cannot read stale claims"),
             }
+            if let Err(e) = resync_reopened_stores(&dispatcher).await {
+                debug!(error = %e, "cannot check for reopened stores");
+            }
         }
         for store in due {
             if active.len() >= dispatcher.settings.concurrency {
@@ -330,6 +334,33 @@ async fn due_stores(d: &Dispatcher) -> Result<Vec<Uuid>, DispatchError> {
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// A store whose entries were closed because it was inactive, of another type or missing,
+/// and that is now an active marketplace store, gets every listing enqueued again: the
+/// `stores` table is not replicated, so this is the only way its stock catches up.
+async fn resync_reopened_stores(d: &Dispatcher) -> Result<(), DispatchError> {
+    let mut db = d.pool.get().await?;
+    let reopened: Vec<(Uuid, String)> = db
+        .query(sql::REOPENED_STORES_SQL, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let reason = crate::capture::seeds::Reason::Resync;
+    for (store, was) in reopened {
+        let tx = db.transaction().await?;
+        let pairs = tx
+            .execute(
+                crate::capture::queue::ENQUEUE_ALL_LISTED_SQL,
+                &[&reason.as_str(), &reason.priority(), &Some(store)],
+            )
+            .await?;
+        tx.execute(sql::CLEAR_GATED_SQL, &[&store]).await?;
+        tx.commit().await?;
+        info!(store = %store, previously = %was, pairs, "store can be sent to again; its listings are enqueued");
+    }
+    Ok(())
 }
 
 async fn stale_claim_stores(d: &Dispatcher) -> Result<Vec<Uuid>, DispatchError> {

@@ -139,6 +139,26 @@ pub const STORE_SQL: &str = r#"
 SELECT type, is_active, send_stock, seller_id, api_key, api_secret FROM stores WHERE id = $1
 "#;
 
+/// Remembers that a store's entries were closed without requests (`$2` why).
+pub const MARK_GATED_SQL: &str = r#"
+INSERT INTO stock_sync.store_state (store_id, gated_reason) VALUES ($1, $2)
+ON CONFLICT (store_id) DO UPDATE SET gated_reason = EXCLUDED.gated_reason
+"#;
+
+/// Stores whose entries were closed as inactive / foreign / missing and that are now active
+/// marketplace stores: their listings must be sent again.
+pub const REOPENED_STORES_SQL: &str = r#"
+SELECT st.store_id, st.gated_reason
+FROM stock_sync.store_state st
+JOIN stores s ON s.id = st.store_id
+WHERE st.gated_reason IS NOT NULL
+  AND s.is_active AND s.send_stock
+  AND upper(btrim(s.type)) IN ('TRENDYOL', 'HEPSIBURADA')
+"#;
+
+pub const CLEAR_GATED_SQL: &str =
+    "UPDATE stock_sync.store_state SET gated_reason = NULL WHERE store_id = $1";
+
 pub const ENSURE_STORE_STATE_SQL: &str =
     "INSERT INTO stock_sync.store_state (store_id) VALUES ($1) ON CONFLICT DO NOTHING";
 

@@ -842,6 +842,7 @@ pub(super) fn outcome_message(outcome: &PushOutcome) -> Option<String> {
 }
 
 async fn close_store(db: &Client, store_id: Uuid, outcome: &str) -> Result<(), DispatchError> {
+    db.execute(MARK_GATED_SQL, &[&store_id, &outcome]).await?;
     let n = db.execute(CLOSE_STORE_SQL, &[&store_id, &outcome]).await?;
     if n > 0 {
         debug!(store = %store_id, entries = n, outcome, "entries closed without a request");
