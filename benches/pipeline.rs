@@ -14,7 +14,8 @@
 //!   `flush_interval=0`, p50 and p99 over 100 changes spaced to stay within the default rate
 //!   limit (target p99 < 250 ms), vs. the bare HTTP push of the same one-item body.
 //!
-//! Sizes can be reduced for a quick look: `STOCKSYNC_BENCH_SCALE=0.1 cargo bench --bench pipeline`.
+//! Sizes can be reduced for a quick look: `STOCKSYNC_BENCH_SCALE=0.1 cargo bench --bench pipeline`;
+//! `STOCKSYNC_BENCH_ONLY=capture,large` runs a subset.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -92,11 +93,23 @@ async fn run_all() -> Vec<Row> {
     cluster
         .remove_when_process_exits(std::process::id())
         .expect("watchdog");
+    // STOCKSYNC_BENCH_ONLY=capture,latency runs a subset (names: capture, large, recompute,
+    // latency).
+    let only = std::env::var("STOCKSYNC_BENCH_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     let mut rows = Vec::new();
-    rows.push(capture_bench(&cluster).await);
-    rows.push(large_transaction_bench(&cluster).await);
-    rows.push(recompute_bench(&cluster).await);
-    rows.push(latency_bench(&cluster).await);
+    if wanted("capture") {
+        rows.push(capture_bench(&cluster).await);
+    }
+    if wanted("large") {
+        rows.push(large_transaction_bench(&cluster).await);
+    }
+    if wanted("recompute") {
+        rows.push(recompute_bench(&cluster).await);
+    }
+    if wanted("latency") {
+        rows.push(latency_bench(&cluster).await);
+    }
     rows
 }
 

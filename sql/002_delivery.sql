@@ -86,3 +86,9 @@ ALTER TABLE stock_sync.listing_state
 -- The dispatcher's "is this store due?" check reads the oldest pending entries per store.
 CREATE INDEX IF NOT EXISTS queue_pending_age
     ON stock_sync.queue (store_id, enqueued_at) WHERE state = 'pending';
+
+-- The queue is a hot table: a new change of a pending pair rewrites its row (priority,
+-- commit_lsn). Free space on each page lets those updates stay HOT (no new index entries),
+-- and vacuum keeps up with the churn of done entries.
+ALTER TABLE stock_sync.queue SET (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.05,
+                                  autovacuum_analyze_scale_factor = 0.05);

@@ -395,7 +395,9 @@ impl Writer {
 
     /// Commits the batch: seeds, capture log, checkpoint — one transaction.
     async fn commit(&mut self, batch: &mut Batch) -> Result<(), tokio_postgres::Error> {
+        let started = Instant::now();
         self.write_seeds(&mut batch.seeds).await?;
+        let seeds_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.begin().await?;
         if !batch.transactions.is_empty() {
             let t = &batch.transactions;
@@ -412,8 +414,15 @@ impl Writer {
         self.client
             .execute(&self.advance, &[&self.slot, &position])
             .await?;
+        let before_commit = Instant::now();
         self.client.batch_execute("COMMIT").await?;
         self.in_transaction = false;
+        debug!(
+            seeds_ms,
+            commit_ms = before_commit.elapsed().as_secs_f64() * 1000.0,
+            total_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "capture transaction written"
+        );
         Ok(())
     }
 

@@ -9,7 +9,8 @@ use crate::replication::Lsn;
 /// Enqueues seeds and every set that contains them, directly or through nested sets.
 ///
 /// * A seed with a store (a `product_stores` change) names its own pair, listed or not: a
-///   deleted row must be pushed as 0 once.
+///   deleted row must be pushed as 0 once. Only the sets above it (`via_set`) and
+///   composition seeds need the listing lookup.
 /// * Sets reached through `product_set_items`, and composition seeds (store NULL), are
 ///   enqueued only where the set is listed (has its own `product_stores` row).
 /// * `UNION` (not `UNION ALL`) in the recursion makes a composition cycle terminate.
@@ -24,10 +25,10 @@ WITH RECURSIVE seed(product_id, store_id, priority, reason, commit_lsn) AS (
     SELECT p, s, pr, r, l::pg_lsn
     FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[]) AS u(p, s, pr, r, l)
 ),
-reach(product_id, store_id, priority, reason, commit_lsn) AS (
-    SELECT product_id, store_id, priority, reason, commit_lsn FROM seed
+reach(product_id, store_id, priority, reason, commit_lsn, via_set) AS (
+    SELECT product_id, store_id, priority, reason, commit_lsn, false FROM seed
     UNION
-    SELECT psi.set_product_id, r.store_id, r.priority, r.reason, r.commit_lsn
+    SELECT psi.set_product_id, r.store_id, r.priority, r.reason, r.commit_lsn, true
     FROM reach r
     JOIN product_set_items psi ON psi.component_product_id = r.product_id
 ),
@@ -37,7 +38,8 @@ target AS (
     SELECT r.product_id, ps.store_id, r.priority, r.reason, r.commit_lsn
     FROM reach r
     JOIN product_stores ps ON ps.product_id = r.product_id
-    WHERE r.store_id IS NULL OR ps.store_id = r.store_id
+    WHERE (r.via_set OR r.store_id IS NULL)
+      AND (r.store_id IS NULL OR ps.store_id = r.store_id)
 ),
 -- One row per pair: the highest priority (and its reason) and the newest commit, which may
 -- come from different seeds.
