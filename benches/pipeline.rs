@@ -130,12 +130,7 @@ async fn latency_bench(cluster: &LocalCluster) -> Row {
     use stocksync::mock::{MockAccount, MockConfig, MockMarketplace};
     let changes = ((100.0 * scale()) as usize).max(10);
     let name = "bench_latency";
-    cluster
-        .psql("postgres", &format!("CREATE DATABASE {name}"))
-        .unwrap();
-    cluster.psql(name, APP_SCHEMA).unwrap();
-    let url = cluster.url_for("postgres", name);
-    let client = DbConfig::from_url(&url).unwrap().connect().await.unwrap();
+    let (url, client) = empty_database(cluster, name).await;
     let store = Uuid::new_v4();
     client
         .batch_execute(&format!(
@@ -247,15 +242,21 @@ async fn latency_bench(cluster: &LocalCluster) -> Row {
     }
 }
 
-/// A database with `products` listed products in one store, set up with slot = publication =
-/// `name` (slot names are cluster-wide).
-async fn database(cluster: &LocalCluster, name: &str, products: usize) -> (String, Client, Uuid) {
+/// A new database with the application schema: its URL and a connection.
+async fn empty_database(cluster: &LocalCluster, name: &str) -> (String, Client) {
     cluster
         .psql("postgres", &format!("CREATE DATABASE {name}"))
         .unwrap();
     cluster.psql(name, APP_SCHEMA).unwrap();
     let url = cluster.url_for("postgres", name);
     let client = DbConfig::from_url(&url).unwrap().connect().await.unwrap();
+    (url, client)
+}
+
+/// A database with `products` listed products in one store, set up with slot = publication =
+/// `name` (slot names are cluster-wide).
+async fn database(cluster: &LocalCluster, name: &str, products: usize) -> (String, Client, Uuid) {
+    let (url, client) = empty_database(cluster, name).await;
     let store = Uuid::new_v4();
     // A store type stocksync ignores: dispatch closes entries without requests, so the
     // figures are capture's.
@@ -584,13 +585,7 @@ async fn naive_quantity(client: &Client, product: Uuid, store: Uuid) -> i64 {
 async fn recompute_bench(cluster: &LocalCluster) -> Row {
     let products = (250_000.0 * scale()) as i32;
     let sets = (20_000.0 * scale()) as i32;
-    let name = "bench_recompute";
-    cluster
-        .psql("postgres", &format!("CREATE DATABASE {name}"))
-        .unwrap();
-    cluster.psql(name, APP_SCHEMA).unwrap();
-    let url = cluster.url_for("postgres", name);
-    let client = DbConfig::from_url(&url).unwrap().connect().await.unwrap();
+    let (_url, client) = empty_database(cluster, "bench_recompute").await;
     client
         .batch_execute(&format!(
             "INSERT INTO stores (id, name, type) SELECT gen_random_uuid(), 'store ' || g, 'TRENDYOL' FROM generate_series(1, 4) g;
