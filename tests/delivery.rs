@@ -559,3 +559,56 @@ async fn a_store_switched_on_gets_its_listings() {
     }
     stack.stop().await;
 }
+
+/// A body the marketplace refused with a 5xx was not taken: its retry is not held back by
+/// the identical-body window (60 s here), only by the store's short backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_refused_with_a_server_error_is_retried_without_waiting_the_identical_window() {
+    let s = seed_ids();
+    let mut config = mock_config();
+    config.identical_window = Duration::from_secs(60);
+    let stack = start(
+        "delivery_retry_body",
+        config,
+        &[("STOCKSYNC_IDENTICAL_REQUEST_WINDOW", "60s".into())],
+        async |c: &Client| load_seed(c, &s).await,
+    )
+    .await;
+    let mock = &stack.mock;
+    wait_quantity(mock, TRENDYOL_SELLER, "MONT-1", 50).await;
+    mock.set_faults(Faults {
+        error_rate: 1.0,
+        scope: stocksync::mock::FaultScope::Push,
+        ..Faults::default()
+    });
+    stack
+        .exec(
+            "UPDATE product_stores SET sellable_quantity = 77 WHERE product_id = $1 AND store_id = $2",
+            &[&s.mont, &s.trendyol],
+        )
+        .await;
+    eventually(
+        Duration::from_secs(10),
+        "the push failed with 500",
+        || async { trendyol_pushes(mock).iter().any(|(_, r)| r.status == 500) },
+    )
+    .await;
+    mock.set_faults(Faults::default());
+    let started = std::time::Instant::now();
+    wait_quantity(mock, TRENDYOL_SELLER, "MONT-1", 77).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the retry waited {:?}",
+        started.elapsed()
+    );
+    let pushes = trendyol_pushes(mock);
+    let (failed, ok) = (
+        pushes.iter().rev().find(|(_, r)| r.status == 500).unwrap(),
+        pushes.last().unwrap(),
+    );
+    assert_eq!(
+        failed.1.body_sha256, ok.1.body_sha256,
+        "the same body was retried"
+    );
+    stack.stop().await;
+}

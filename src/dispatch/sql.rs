@@ -238,9 +238,18 @@ HAVING count(*) > 0
 pub const RECORD_REQUEST_SQL: &str = r#"
 WITH recorded AS (
     INSERT INTO stock_sync.sent_requests (store_id, endpoint, body_sha256) VALUES ($1, $2, $3)
+    RETURNING id
+), touched AS (
+    UPDATE stock_sync.store_state SET last_request_at = now() WHERE store_id = $1
 )
-UPDATE stock_sync.store_state SET last_request_at = now() WHERE store_id = $1
+SELECT id FROM recorded
 "#;
+
+/// The marketplace answered that it did not take the body (429, 401/403, a 400, a 5xx): it
+/// still counts for the rate limit, but not for the identical-body rule, so the retry of the
+/// same body is not held back for a whole window.
+pub const FORGET_BODY_SQL: &str =
+    "UPDATE stock_sync.sent_requests SET body_sha256 = NULL WHERE id = $1";
 
 /// A batch result read: counts against the status endpoint's window only (not the store's
 /// minimum gap between pushes).

@@ -574,12 +574,22 @@ impl StoreContext<'_> {
         let products: Vec<Uuid> = group.iter().map(|o| o.claim.product_id).collect();
         db.execute(MARK_IN_DOUBT_SQL, &[&self.store_id, &products])
             .await?;
-        db.execute(
-            RECORD_REQUEST_SQL,
-            &[&self.store_id, &endpoint, &request.body_sha256],
-        )
-        .await?;
+        let request_id: i64 = db
+            .query_one(
+                RECORD_REQUEST_SQL,
+                &[&self.store_id, &endpoint, &request.body_sha256],
+            )
+            .await?
+            .get(0);
         let (outcome, exchange) = self.d.client.push(&self.creds, &request).await;
+        // Only a body the marketplace may have taken counts for the identical-body rule; a
+        // lost answer (transport) may hide an accepted one, so it keeps counting.
+        if !matches!(
+            outcome,
+            PushOutcome::Accepted { .. } | PushOutcome::Transport { .. }
+        ) {
+            db.execute(FORGET_BODY_SQL, &[&request_id]).await?;
+        }
         let label = outcome_label(&outcome);
         m.requests_sent
             .with_label_values(&[&self.store_label, "push", label])
