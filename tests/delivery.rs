@@ -612,3 +612,71 @@ async fn a_body_refused_with_a_server_error_is_retried_without_waiting_the_ident
     );
     stack.stop().await;
 }
+
+/// `STOCKSYNC_DRY_RUN=true`: the payloads are computed and written to the API log, nothing
+/// is sent and the marketplace's last accepted quantities are not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_logs_payloads_and_sends_nothing() {
+    let s = seed_ids();
+    let stack = start(
+        "delivery_dry",
+        mock_config(),
+        &[("STOCKSYNC_DRY_RUN", "true".into())],
+        async |c: &Client| load_seed(c, &s).await,
+    )
+    .await;
+    let client = &stack.client;
+    eventually(
+        Duration::from_secs(30),
+        "every listing handled in dry run",
+        || async {
+            client
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE outcome = 'dry_run') = 8 \
+                        AND count(*) FILTER (WHERE state <> 'done') = 0 \
+                 FROM stock_sync.queue",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        },
+    )
+    .await;
+    let bodies: Vec<String> = client
+        .query(
+            "SELECT request_body FROM stock_sync.api_log WHERE type = 'DRY_RUN' AND store_id = $1",
+            &[&s.trendyol],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b.contains(r#"{"barcode":"SET-001","quantity":15}"#)),
+        "the would-be Trendyol payload is logged: {bodies:#?}"
+    );
+    let dry: i64 = client
+        .query_one(
+            "SELECT count(*) FROM stock_sync.queue WHERE outcome = 'dry_run'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        dry, 8,
+        "4 listings in each of the 2 active marketplace stores"
+    );
+    assert!(stack.mock.requests().is_empty(), "nothing sent");
+    let told: i64 = client
+        .query_one("SELECT count(*) FROM stock_sync.listing_state", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(told, 0, "nothing counts as told in a dry run");
+    stack.stop().await;
+}
