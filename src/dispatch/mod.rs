@@ -21,8 +21,9 @@
 //!    told, and entries without a marketplace key (reported);
 //! 6. sends the rest: a body identical to one sent within `identical_request_window` is
 //!    re-ordered or deferred; at most `rate_limit_requests` per `rate_limit_window` per
-//!    endpoint (counted in `sent_requests`, written *before* the request leaves); a 400 is
-//!    split in halves until the offending item is alone.
+//!    endpoint (counted in `sent_requests`, written *before* the request leaves; a body the
+//!    marketplace answered 429/401/403/4xx/5xx stops counting for the identical-body rule, a
+//!    lost answer keeps counting); a 400 is split in halves until the offending item is alone.
 //!
 //! # Invariants
 //! * An entry is `in_flight` only while a cycle holding the store's lock owns it; every exit
