@@ -156,21 +156,14 @@ async fn latency_bench(cluster: &LocalCluster) -> Row {
     )
     .await
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stocksync"))
-        .arg("run")
-        .env("DATABASE_URL", &url)
-        .env("STOCKSYNC_SLOT", name)
-        .env("STOCKSYNC_PUBLICATION", name)
-        .env("STOCKSYNC_HTTP_ADDR", "127.0.0.1:0")
-        .env("STOCKSYNC_TRENDYOL_URL", mock.base_url())
-        .env("STOCKSYNC_FLUSH_INTERVAL", "0s")
-        .env(
-            "STOCKSYNC_LOG",
-            std::env::var("STOCKSYNC_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn stocksync");
+    let mut child = spawn_stocksync(
+        &url,
+        name,
+        &[
+            ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
+            ("STOCKSYNC_FLUSH_INTERVAL", "0s".into()),
+        ],
+    );
     // The first run sends every listing; wait for it, and for the window to clear.
     while mock.quantity("4001", "L200") != Some(5) {
         if let Ok(Some(status)) = child.try_wait() {
@@ -288,13 +281,15 @@ async fn database(cluster: &LocalCluster, name: &str, products: usize) -> (Strin
     (url, client, store)
 }
 
-fn spawn_stocksync(url: &str, slot: &str) -> Child {
+/// `stocksync run` (the release binary) on `slot`, with `extra` settings.
+fn spawn_stocksync(url: &str, slot: &str, extra: &[(&str, String)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_stocksync"))
         .arg("run")
         .env("DATABASE_URL", url)
         .env("STOCKSYNC_SLOT", slot)
         .env("STOCKSYNC_PUBLICATION", slot)
         .env("STOCKSYNC_HTTP_ADDR", "127.0.0.1:0")
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
         .env(
             "STOCKSYNC_LOG",
             std::env::var("STOCKSYNC_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
@@ -329,7 +324,7 @@ async fn current_lsn(client: &Client) -> String {
 
 /// Waits for the first run (snapshot + first checkpoint), then stops the service cleanly.
 async fn prime(url: &str, slot: &str, client: &Client) {
-    let mut child = spawn_stocksync(url, slot);
+    let mut child = spawn_stocksync(url, slot, &[]);
     let target = current_lsn(client).await;
     while !checkpoint_reached(client, &mut child, &target).await {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -437,7 +432,7 @@ async fn capture_bench(cluster: &LocalCluster) -> Row {
         .unwrap();
 
     let started = Instant::now();
-    let mut child = spawn_stocksync(&url, slot);
+    let mut child = spawn_stocksync(&url, slot, &[]);
     while !checkpoint_reached(&client, &mut child, &end).await {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -504,7 +499,7 @@ async fn large_transaction_bench(cluster: &LocalCluster) -> Row {
     assert!(status.success());
 
     let started = Instant::now();
-    let mut child = spawn_stocksync(&url, slot);
+    let mut child = spawn_stocksync(&url, slot, &[]);
     let pid = child.id();
     let mut peak = 0;
     while !checkpoint_reached(&client, &mut child, &end).await {

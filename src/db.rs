@@ -341,18 +341,23 @@ pub fn validate_identifier(kind: &str, name: &str) -> Result<(), String> {
     }
 }
 
-/// A database error with the server's message: `tokio_postgres::Error`'s own `Display` says
-/// only "db error" and keeps the message in its source.
+/// A database error as operators should see it: the server's message with its detail, hint,
+/// SQLSTATE and context (`tokio_postgres::Error`'s own `Display` says only "db error").
 pub fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => {
-            let mut text = format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+            let mut text = db.message().to_string();
             if let Some(detail) = db.detail() {
-                text.push_str(&format!("; {detail}"));
+                text.push_str(&format!(" ({detail})"));
             }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!(" Hint: {hint}"));
+            }
+            text.push_str(&format!(" [SQLSTATE {}", db.code().code()));
             if let Some(where_) = db.where_() {
-                text.push_str(&format!(" [{where_}]"));
+                text.push_str(&format!("; {where_}"));
             }
+            text.push(']');
             text
         }
         None => match std::error::Error::source(error) {

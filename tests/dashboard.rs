@@ -22,13 +22,6 @@ const HB_MERCHANT: &str = "6a1f0a8e-0000-4000-8000-000000000003";
 const TY_NAME: &str = "Dashboard Trendyol <Outlet>";
 const HB_NAME: &str = "Dashboard Hepsiburada";
 
-/// A free loopback port: `run_until` does not report the address it bound, so the test
-/// picks the port (bind to port 0, read it, release it).
-fn free_addr() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().unwrap()
-}
-
 fn chromium() -> PathBuf {
     let found = std::env::var_os("PATH")
         .into_iter()

@@ -117,21 +117,6 @@ async fn leader(http: &reqwest::Client, addrs: [SocketAddr; 2]) -> Option<usize>
     }
 }
 
-async fn count(client: &Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
-
-/// Nothing pending, claimed or awaiting a batch result.
-async fn settled(client: &Client) -> bool {
-    count(
-        client,
-        "SELECT (SELECT count(*) FROM stock_sync.queue WHERE state IN ('pending', 'in_flight')) \
-              + (SELECT count(*) FROM stock_sync.batches WHERE state = 'polling')",
-    )
-    .await
-        == 0
-}
-
 async fn set_quantity(client: &Client, product: Uuid, store: Uuid, sellable: i32) {
     client
         .execute(
@@ -243,7 +228,7 @@ async fn the_standby_takes_over_after_a_kill_and_nothing_is_sent_twice() {
     )
     .await;
     eventually(Duration::from_secs(20), "a settled queue", || {
-        settled(&client)
+        common::workload::queue_idle(&client)
     })
     .await;
     instances.assert_running(second);
@@ -280,7 +265,7 @@ async fn the_standby_takes_over_after_a_kill_and_nothing_is_sent_twice() {
     )
     .await;
     eventually(Duration::from_secs(20), "a settled queue", || {
-        settled(&client)
+        common::workload::queue_idle(&client)
     })
     .await;
     instances.assert_running(second);

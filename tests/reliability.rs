@@ -301,15 +301,6 @@ async fn marketplace_faults_converge_within_limits() {
     rig.mock.shutdown().await;
 }
 
-/// A port free at the moment (the service binds it soon after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Credentials appear nowhere an operator looks: `/metrics`, `/api/status`, `/api/log`, the
 /// dashboard, and `stocksync status`.
 async fn assert_no_secrets_in_outputs(rig: &Rig, http: &str) {
@@ -360,7 +351,7 @@ async fn assert_no_secrets_in_outputs(rig: &Rig, http: &str) {
 async fn bad_data_is_reported_and_blocks_nothing() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    let http = format!("127.0.0.1:{}", free_port());
+    let http = free_addr().to_string();
     let (mut rig, catalogue) = rig(
         "rel_bad",
         &mut rng,

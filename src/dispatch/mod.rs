@@ -196,6 +196,8 @@ pub(crate) struct Dispatcher {
 /// Claims older than this are checked for orphans (a live cycle holds its lock, so checking
 /// early is harmless; checking often is wasted work).
 const STALE_CLAIM_AFTER: Duration = Duration::from_secs(5);
+/// How often the slow checks run: stale claims, and stores that became sendable again.
+const SLOW_CHECK_EVERY: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Runs dispatch until `shutdown`: store cycles, the batch poller and pruning. Database
@@ -250,7 +252,7 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
     let poller = tokio::spawn(batches::run(dispatcher.clone(), stop.clone()));
     let mut ticker = tokio::time::interval(dispatcher.settings.tick());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_stale_check = tokio::time::Instant::now();
+    let mut last_slow_check = tokio::time::Instant::now();
     let mut last_prune: Option<tokio::time::Instant> = None;
     let stopped = loop {
         tokio::select! {
@@ -283,8 +285,8 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
                 continue;
             }
         };
-        if last_stale_check.elapsed() >= STALE_CLAIM_AFTER {
-            last_stale_check = tokio::time::Instant::now();
+        if last_slow_check.elapsed() >= SLOW_CHECK_EVERY {
+            last_slow_check = tokio::time::Instant::now();
             match stale_claim_stores(&dispatcher).await {
                 Ok(stale) => due.extend(stale),
                 Err(e) => debug!(error = %e, "cannot read stale claims"),

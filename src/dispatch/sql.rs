@@ -91,19 +91,24 @@ FROM target t
 WHERE q.id = t.id
 "#;
 
-/// Claims up to `$3` due pending entries of store `$1` for instance `$2`, in priority then
-/// age order. SKIP LOCKED keeps capture's upserts and other claimers from waiting on us.
+/// Claims up to `$3` due pending entries of store `$1` for instance `$2`, returned in the
+/// order they are to be sent (priority, then age). SKIP LOCKED keeps capture's upserts and
+/// other claimers from waiting on us.
 pub const CLAIM_SQL: &str = r#"
-UPDATE stock_sync.queue q
-SET state = 'in_flight', claimed_by = $2, claimed_at = now()
-WHERE q.id IN (
-    SELECT id FROM stock_sync.queue
-    WHERE store_id = $1 AND state = 'pending' AND (not_before IS NULL OR not_before <= now())
-    ORDER BY priority DESC, enqueued_at, id
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
+WITH claimed AS (
+    UPDATE stock_sync.queue q
+    SET state = 'in_flight', claimed_by = $2, claimed_at = now()
+    WHERE q.id IN (
+        SELECT id FROM stock_sync.queue
+        WHERE store_id = $1 AND state = 'pending' AND (not_before IS NULL OR not_before <= now())
+        ORDER BY priority DESC, enqueued_at, id
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING q.id, q.product_id, q.priority, q.attempts, q.enqueued_at
 )
-RETURNING q.id, q.product_id, q.priority, q.attempts, q.enqueued_at
+SELECT id, product_id, priority, attempts FROM claimed
+ORDER BY priority DESC, enqueued_at, id
 "#;
 
 /// Closes pending entries of a store that must never get requests (`$2` the reason). Rows

@@ -30,7 +30,7 @@ const RATE_WINDOW_SLACK: Duration = Duration::from_millis(250);
 /// 5xx / transport backoff: first delay and cap.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(120);
-/// 429 without Retry-After: wait one rate window.
+/// Tries of a release that loses a race with capture (a unique violation, see RELEASE_SQL).
 const RELEASE_RETRIES: usize = 5;
 
 /// Items per push for a provider.
@@ -250,32 +250,20 @@ async fn cycle(
     }
 
     let limit = batch_size(&d.settings, provider) as i64;
-    let mut claims: Vec<(Claim, chrono::DateTime<chrono::Utc>)> = db
+    let claims: Vec<Claim> = db
         .query(CLAIM_SQL, &[&store_id, &d.settings.instance_id, &limit])
         .await?
         .iter()
-        .map(|r| {
-            (
-                Claim {
-                    id: r.get(0),
-                    product_id: r.get(1),
-                    priority: r.get(2),
-                    attempts: r.get(3),
-                },
-                r.get(4),
-            )
+        .map(|r| Claim {
+            id: r.get(0),
+            product_id: r.get(1),
+            priority: r.get(2),
+            attempts: r.get(3),
         })
         .collect();
     if claims.is_empty() {
         return Ok(());
     }
-    claims.sort_by(|(a, at), (b, bt)| {
-        b.priority
-            .cmp(&a.priority)
-            .then(at.cmp(bt))
-            .then(a.id.cmp(&b.id))
-    });
-    let claims: Vec<Claim> = claims.into_iter().map(|(c, _)| c).collect();
     let ids: Vec<i64> = claims.iter().map(|c| c.id).collect();
     let ctx = StoreContext {
         d,
@@ -376,14 +364,14 @@ impl StoreContext<'_> {
             .collect();
 
         let mut unchanged: (Vec<i64>, Vec<Option<i32>>) = Default::default();
-        let mut without_key: Vec<&Claim> = Vec::new();
+        let mut without_key: Vec<(&Claim, String)> = Vec::new();
         let mut duplicate_key: Vec<(&Claim, String)> = Vec::new();
         let mut outgoing: Vec<Outgoing> = Vec::new();
         let mut keys_in_request: HashSet<String> = HashSet::new();
         for claim in &claims {
             let quantity = quantity_of.get(&claim.product_id).copied().unwrap_or(0);
             let Some(key) = keys.get(&claim.product_id).cloned().flatten() else {
-                without_key.push(claim);
+                without_key.push((claim, claim.product_id.to_string()));
                 continue;
             };
             if told.get(&claim.product_id).copied().flatten() == Some(quantity) {
@@ -392,7 +380,7 @@ impl StoreContext<'_> {
                 continue;
             }
             if !keys_in_request.insert(key.clone()) {
-                duplicate_key.push((claim, key));
+                duplicate_key.push((claim, format!("{} ({key})", claim.product_id)));
                 continue;
             }
             outgoing.push(Outgoing {
@@ -405,42 +393,14 @@ impl StoreContext<'_> {
             finish(db, &unchanged.0, "unchanged", &unchanged.1).await?;
             self.count_items("unchanged", unchanged.0.len());
         }
-        if !without_key.is_empty() {
-            let field = match self.provider {
-                Provider::Trendyol => "products.barcode",
-                Provider::Hepsiburada => "products.sku",
-            };
-            let ids: Vec<i64> = without_key.iter().map(|c| c.id).collect();
-            let products: Vec<String> = without_key
-                .iter()
-                .map(|c| c.product_id.to_string())
-                .collect();
-            let message = format!(
-                "{} product(s) skipped: {field} is empty or the product row is missing: {}",
-                products.len(),
-                products.join(", ")
-            );
-            warn!(store = %self.store_id, "{message}");
-            self.problem(db, products.len(), &message).await;
-            finish(db, &ids, "no_key", &vec![None; ids.len()]).await?;
-            self.count_items("no_key", ids.len());
-        }
-        if !duplicate_key.is_empty() {
-            let ids: Vec<i64> = duplicate_key.iter().map(|(c, _)| c.id).collect();
-            let detail: Vec<String> = duplicate_key
-                .iter()
-                .map(|(c, k)| format!("{} ({k})", c.product_id))
-                .collect();
-            let message = format!(
-                "{} product(s) skipped: another product of this store has the same marketplace key: {}",
-                detail.len(),
-                detail.join(", ")
-            );
-            warn!(store = %self.store_id, "{message}");
-            self.problem(db, detail.len(), &message).await;
-            finish(db, &ids, "duplicate_key", &vec![None; ids.len()]).await?;
-            self.count_items("duplicate_key", ids.len());
-        }
+        let field = match self.provider {
+            Provider::Trendyol => "products.barcode",
+            Provider::Hepsiburada => "products.sku",
+        };
+        let why = format!("{field} is empty or the product row is missing");
+        self.skip(db, &without_key, "no_key", &why).await?;
+        let why = "another product of this store has the same marketplace key";
+        self.skip(db, &duplicate_key, "duplicate_key", why).await?;
         if outgoing.is_empty() {
             return Ok(());
         }
@@ -477,6 +437,32 @@ impl StoreContext<'_> {
             .items_sent
             .with_label_values(&[&self.store_label, outcome])
             .inc_by(n as u64);
+    }
+
+    /// Closes claims that cannot be sent (`outcome`) with one report naming each product
+    /// (`(claim, how the report names it)`) and why.
+    async fn skip(
+        &self,
+        db: &Client,
+        skipped: &[(&Claim, String)],
+        outcome: &str,
+        why: &str,
+    ) -> Result<(), DispatchError> {
+        if skipped.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = skipped.iter().map(|(c, _)| c.id).collect();
+        let names: Vec<&str> = skipped.iter().map(|(_, name)| name.as_str()).collect();
+        let message = format!(
+            "{} product(s) skipped: {why}: {}",
+            skipped.len(),
+            names.join(", ")
+        );
+        warn!(store = %self.store_id, "{message}");
+        self.problem(db, skipped.len(), &message).await;
+        finish(db, &ids, outcome, &vec![None; ids.len()]).await?;
+        self.count_items(outcome, ids.len());
+        Ok(())
     }
 
     async fn problem(&self, db: &Client, items: usize, message: &str) {
@@ -528,6 +514,8 @@ impl StoreContext<'_> {
         let settings = &self.d.settings;
         // With the same slack as the rate window: our record precedes the arrival.
         let window = (settings.identical_request_window + RATE_WINDOW_SLACK).as_secs_f64();
+        // The claims of this group, whatever order its items take below.
+        let ids: Vec<i64> = group.iter().map(|o| o.claim.id).collect();
         let mut request = prepare(self.provider, &stock_items(&group));
         let mut rotations = 0;
         loop {
@@ -544,7 +532,6 @@ impl StoreContext<'_> {
                     .with_label_values(&[&self.store_label, "identical_body"])
                     .inc();
                 debug!(store = %self.store_id, wait_s = wait, "identical body sent recently; deferring");
-                let ids: Vec<i64> = group.iter().map(|o| o.claim.id).collect();
                 release(db, &ids, Some(wait.max(0.0) + 0.01), None, 0).await?;
                 return Ok(GroupEnd::Next);
             }
@@ -565,7 +552,6 @@ impl StoreContext<'_> {
         )
         .await?
         {
-            let ids: Vec<i64> = group.iter().map(|o| o.claim.id).collect();
             release(db, &ids, None, None, 0).await?;
             return Ok(GroupEnd::StopStore);
         }
@@ -619,7 +605,6 @@ impl StoreContext<'_> {
             },
         )
         .await;
-        let ids: Vec<i64> = group.iter().map(|o| o.claim.id).collect();
         Ok(match outcome {
             PushOutcome::Accepted { batch_ref } => {
                 self.accepted(db, &group, &request, &batch_ref).await?;

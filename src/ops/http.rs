@@ -102,7 +102,7 @@ async fn api_status(State(state): State<AppState>) -> Response {
         Ok(status) => axum::Json(status).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("status query failed: {e}"),
+            format!("status query failed: {}", crate::db::describe(&e)),
         )
             .into_response(),
     }
@@ -149,7 +149,7 @@ async fn api_log(State(state): State<AppState>) -> Response {
         }
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("api log query failed: {e}"),
+            format!("api log query failed: {}", crate::db::describe(&e)),
         )
             .into_response(),
     }

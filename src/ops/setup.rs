@@ -236,11 +236,19 @@ pub async fn apply(client: &Client, steps: &[Step]) -> Result<(), SetupError> {
                 .batch_execute(&format!("BEGIN;\n{}\nCOMMIT;", step.sql))
                 .await
                 .map_err(|e| {
-                    SetupError::Refused(format!("{} failed: {}", step.description, db_message(&e)))
+                    SetupError::Refused(format!(
+                        "{} failed: {}",
+                        step.description,
+                        crate::db::describe(&e)
+                    ))
                 })?;
         } else {
             client.batch_execute(&step.sql).await.map_err(|e| {
-                SetupError::Refused(format!("{} failed: {}", step.description, db_message(&e)))
+                SetupError::Refused(format!(
+                    "{} failed: {}",
+                    step.description,
+                    crate::db::describe(&e)
+                ))
             })?;
         }
     }
@@ -290,23 +298,6 @@ pub fn teardown_plan(slot: &str, publication: &str, purge: bool) -> Vec<Step> {
     steps
 }
 
-/// The server's message with detail and hint, for errors shown to operators.
-pub fn db_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut m = db.message().to_string();
-            if let Some(detail) = db.detail() {
-                m.push_str(&format!(" ({detail})"));
-            }
-            if let Some(hint) = db.hint() {
-                m.push_str(&format!(" Hint: {hint}"));
-            }
-            m
-        }
-        None => e.to_string(),
-    }
-}
-
 /// One failed preflight check: a sentence naming the fix, and whether it means the slot
 /// that stocksync was consuming is gone (changes may be lost: exit code 3, not 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,9 +312,6 @@ impl Problem {
         self.1
     }
 }
-
-/// Whether stocksync ever consumed this slot (it has a checkpoint for it).
-const HAD_CHECKPOINT_SQL: &str = "SELECT to_regclass('stock_sync.checkpoint') IS NOT NULL";
 
 /// Preflight: wal_level, publication with both tables, replica identity FULL, slot with
 /// pgoutput, schema migrated. `allow_active_slot` is for `run`, which waits for a slot held
@@ -382,15 +370,10 @@ pub async fn preflight(
             o.slot_elsewhere.as_deref().unwrap_or_default()
         ))),
         None => {
-            let had_checkpoint = client
-                .query_one(HAD_CHECKPOINT_SQL, &[])
-                .await?
-                .get::<_, bool>(0)
-                && client
-                    .query_opt(
-                        "SELECT 1 FROM stock_sync.checkpoint WHERE slot_name = $1",
-                        &[&slot],
-                    )
+            // stocksync consumed the slot when it has a checkpoint for it (migration 1
+            // created the checkpoint table).
+            let had_checkpoint = o.applied_migrations.contains(&1)
+                && crate::capture::queue::read_checkpoint(client, slot)
                     .await?
                     .is_some();
             problems.push(if had_checkpoint {

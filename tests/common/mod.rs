@@ -82,6 +82,15 @@ pub fn uuid() -> uuid::Uuid {
     uuid::Uuid::new_v4()
 }
 
+/// A loopback address with a port free at the moment (bound to port 0, read, released): the
+/// service does not report the address it bound, so tests choose it.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .unwrap()
+}
+
 /// Path of the built `stocksync` binary (cargo builds it for integration tests).
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_stocksync")
