@@ -488,3 +488,52 @@ async fn run_stops_with_exit_code_3_when_the_slot_is_gone() {
         .get(0);
     assert_eq!(recreated, 0, "the slot must not be recreated silently");
 }
+
+/// The log reader going away (a pipe to a collector that died, `stocksync run | head`) must
+/// not cost the ability to stop: log lines that cannot be written are dropped, and SIGTERM
+/// still ends `run` cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_stops_on_sigterm_after_its_log_reader_went_away() {
+    use tokio::io::AsyncBufReadExt;
+    let (url, _client) = prepared("ops_closed_log").await;
+    let mut child = tokio::process::Command::new(binary())
+        .arg("run")
+        .env_clear()
+        .env("DATABASE_URL", &url)
+        .env("STOCKSYNC_SLOT", "ops_closed_log")
+        .env("STOCKSYNC_PUBLICATION", "ops_closed_log")
+        .env("STOCKSYNC_HTTP_ADDR", "127.0.0.1:0")
+        .env("STOCKSYNC_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("streaming") {
+                return;
+            }
+        }
+        panic!("stocksync ended before streaming");
+    })
+    .await
+    .expect("streaming within 30 s");
+    // Both ends of its output are gone now.
+    drop(lines);
+    drop(child.stdout.take());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let pid = child.id().expect("still running").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("run stops within 20 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "clean stop expected, got {status:?}");
+}
