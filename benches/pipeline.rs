@@ -439,7 +439,7 @@ async fn capture_bench(cluster: &LocalCluster) -> Row {
     let ours = started.elapsed();
     stop(&mut child);
     let captured: i64 = client
-        .query_one("SELECT count(*) FROM stock_sync.capture_log", &[])
+        .query_one("SELECT count(*) FROM stock_sync.captured_transactions", &[])
         .await
         .unwrap()
         .get(0);

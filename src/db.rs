@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -75,7 +76,7 @@ pub struct DbConfig {
     pub sslrootcert: Option<PathBuf>,
     pub application_name: String,
     pub connect_timeout: Duration,
-    /// Built once: loading the system trust store costs a good part of a second.
+    /// Built once, on first use: loading the system trust store costs tens of milliseconds.
     tls_cache: Arc<OnceLock<native_tls::TlsConnector>>,
 }
 
@@ -181,7 +182,8 @@ impl DbConfig {
         self.host.starts_with('/')
     }
 
-    /// The TLS connector for this sslmode, or `None` for `disable`.
+    /// The TLS connector for this sslmode, or `None` for `disable`. Call it only once the
+    /// server has accepted TLS: the first call loads the system trust store.
     pub fn tls_connector(&self) -> Result<Option<native_tls::TlsConnector>, DbError> {
         if self.sslmode == SslMode::Disable || self.is_unix_socket() {
             return Ok(None);
@@ -256,14 +258,7 @@ impl DbConfig {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match self.tls_connector()? {
-            Some(connector) => Manager::from_config(
-                self.pg_config(),
-                postgres_native_tls::MakeTlsConnector::new(connector),
-                manager_config,
-            ),
-            None => Manager::from_config(self.pg_config(), tokio_postgres::NoTls, manager_config),
-        };
+        let manager = Manager::from_config(self.pg_config(), self.lazy_tls(), manager_config);
         Pool::builder(manager)
             .max_size(max_size)
             .wait_timeout(Some(Duration::from_secs(30)))
@@ -279,31 +274,75 @@ impl DbConfig {
             url: self.redacted_url(),
             source,
         };
-        match self.tls_connector()? {
-            Some(connector) => {
-                let tls = postgres_native_tls::MakeTlsConnector::new(connector);
-                let (client, connection) = self.pg_config().connect(tls).await.map_err(err)?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "database connection closed");
-                    }
-                });
-                Ok(client)
+        let (client, connection) = self
+            .pg_config()
+            .connect(self.lazy_tls())
+            .await
+            .map_err(err)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "database connection closed");
             }
-            None => {
-                let (client, connection) = self
-                    .pg_config()
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(err)?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "database connection closed");
-                    }
-                });
-                Ok(client)
-            }
-        }
+        });
+        Ok(client)
+    }
+
+    /// TLS for tokio-postgres, set up only when a server accepts it (see [`LazyTls`]).
+    fn lazy_tls(&self) -> LazyTls {
+        LazyTls(self.clone())
+    }
+}
+
+/// TLS for tokio-postgres connections whose connector is built on first use. tokio-postgres
+/// asks for it only after the server answered the SSLRequest with yes, so with
+/// `sslmode=prefer` against a server without TLS (and with `disable`) the system trust
+/// store — tens of milliseconds of CPU — is never loaded. Built once per [`DbConfig`].
+#[derive(Clone)]
+pub struct LazyTls(DbConfig);
+
+/// The per-connection half of [`LazyTls`].
+pub struct LazyTlsConnect {
+    config: DbConfig,
+    domain: String,
+}
+
+type TlsBoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S> MakeTlsConnect<S> for LazyTls
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = postgres_native_tls::TlsStream<S>;
+    type TlsConnect = LazyTlsConnect;
+    type Error = TlsBoxError;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<LazyTlsConnect, TlsBoxError> {
+        Ok(LazyTlsConnect {
+            config: self.0.clone(),
+            domain: domain.to_string(),
+        })
+    }
+}
+
+impl<S> TlsConnect<S> for LazyTlsConnect
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = postgres_native_tls::TlsStream<S>;
+    type Error = TlsBoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Stream, TlsBoxError>> + Send>,
+    >;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move {
+            let connector = self
+                .config
+                .tls_connector()?
+                .ok_or("TLS requested with sslmode=disable")?;
+            let tls = postgres_native_tls::TlsConnector::new(connector, &self.domain);
+            Ok(TlsConnect::connect(tls, stream).await?)
+        })
     }
 }
 

@@ -328,7 +328,7 @@ async fn seed_example_enqueues_products_and_every_set_containing_them() {
     running.stop().await.expect("clean stop");
     // Every captured transaction appears once in the capture log, with increasing LSNs.
     let n: i64 = client
-        .query_one("SELECT count(*) FROM stock_sync.capture_log", &[])
+        .query_one("SELECT count(*) FROM stock_sync.captured_transactions", &[])
         .await
         .unwrap()
         .get(0);
@@ -356,14 +356,14 @@ async fn restart_skips_captured_transactions_and_resumes() {
     wait_caught_up(&client, "restart_slot").await;
     running.stop().await.unwrap();
     let logged: i64 = client
-        .query_one("SELECT count(*) FROM stock_sync.capture_log", &[])
+        .query_one("SELECT count(*) FROM stock_sync.captured_transactions", &[])
         .await
         .unwrap()
         .get(0);
     assert_eq!(logged, 20);
 
     // Changes while stopped are captured after restart; nothing twice (the capture log's
-    // primary key would stop capture with an error).
+    // exclusion constraint would stop capture with an error).
     for i in 0..5 {
         client
             .execute("UPDATE product_stores SET sellable_quantity = $1 WHERE product_id = $2 AND store_id = $3", &[&(500 + i), &c.unrelated, &c.store])
@@ -374,11 +374,28 @@ async fn restart_skips_captured_transactions_and_resumes() {
     wait_caught_up(&client, "restart_slot").await;
     running.stop().await.expect("no double capture");
     let logged: i64 = client
-        .query_one("SELECT count(*) FROM stock_sync.capture_log", &[])
+        .query_one("SELECT count(*) FROM stock_sync.captured_transactions", &[])
         .await
         .unwrap()
         .get(0);
     assert_eq!(logged, 25);
+
+    // The guard itself: a batch claiming a transaction that is already logged is refused
+    // with the exclusion violation capture treats as fatal.
+    let replay = client
+        .execute(
+            "INSERT INTO stock_sync.capture_batches (lsns, transactions, row_changes, xids, commit_lsns)
+             SELECT stock_sync.lsn_range(commit_lsn, commit_lsn + 1), 1, 1, ARRAY[xid], ARRAY[commit_lsn]
+             FROM stock_sync.captured_transactions ORDER BY commit_lsn DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .expect_err("a second capture of a logged transaction");
+    assert_eq!(
+        replay.code(),
+        Some(&tokio_postgres::error::SqlState::EXCLUSION_VIOLATION),
+        "{replay}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,7 +624,7 @@ async fn kill_nine_loop_loses_nothing_and_captures_nothing_twice() {
 
     // Exactly once: every workload xid captured once.
     let captured: HashMap<i64, (i64, String)> = client
-        .query("SELECT xid, count(*) OVER (PARTITION BY xid), commit_lsn::text FROM stock_sync.capture_log", &[])
+        .query("SELECT xid, count(*) OVER (PARTITION BY xid), commit_lsn::text FROM stock_sync.captured_transactions", &[])
         .await
         .unwrap()
         .iter()

@@ -2,9 +2,9 @@
 //! queue entries, exactly once across crashes and restarts.
 //!
 //! # Exactly-once rules (each is tested in `tests/capture.rs`)
-//! 1. A WAL transaction is *captured* when its queue rows, its `capture_log` row and the new
-//!    checkpoint (its commit end LSN) are committed in one database transaction. Nothing
-//!    else counts. Many small WAL transactions share one such transaction (bounded by
+//! 1. A WAL transaction is *captured* when its queue rows, its batch's `capture_batches` row
+//!    and the new checkpoint (its commit end LSN) are committed in one database transaction.
+//!    Nothing else counts. Many small WAL transactions share one such transaction (bounded by
 //!    `batch_max_transactions` and `batch_max_delay`); a large one is written in chunks
 //!    (`spill_threshold` seeds) inside the same open transaction, so memory stays bounded
 //!    and a crash mid-way leaves nothing behind.
@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
+use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -127,8 +128,8 @@ impl CaptureError {
             | CaptureError::WrongPlugin { .. }
             | CaptureError::Invariant(_) => true,
             CaptureError::Database(e) => {
-                // 23505 on capture_log: the same transaction captured twice.
-                e.code().map(|c| c.code() == "23505").unwrap_or(false)
+                // The capture log's exclusion constraint: a transaction captured twice.
+                e.code() == Some(&tokio_postgres::error::SqlState::EXCLUSION_VIOLATION)
             }
             _ => false,
         }
@@ -342,22 +343,27 @@ struct Writer {
     client: Client,
     slot: String,
     in_transaction: bool,
-    enqueue: Statement,
-    capture_log: Statement,
+    enqueue_pairs: Statement,
+    enqueue_sets: Statement,
+    capture_batch: Statement,
     advance: Statement,
 }
 
 impl Writer {
     async fn new(client: Client, slot: String) -> Result<Writer, tokio_postgres::Error> {
-        let enqueue = client.prepare(queue::ENQUEUE_SQL).await?;
-        let capture_log = client.prepare(queue::CAPTURE_LOG_SQL).await?;
-        let advance = client.prepare(queue::ADVANCE_CHECKPOINT_SQL).await?;
+        let (enqueue_pairs, enqueue_sets, capture_batch, advance) = futures_util::try_join!(
+            client.prepare(queue::ENQUEUE_PAIRS_SQL),
+            client.prepare(queue::ENQUEUE_SETS_SQL),
+            client.prepare(queue::CAPTURE_BATCH_SQL),
+            client.prepare(queue::ADVANCE_CHECKPOINT_SQL),
+        )?;
         Ok(Writer {
             client,
             slot,
             in_transaction: false,
-            enqueue,
-            capture_log,
+            enqueue_pairs,
+            enqueue_sets,
+            capture_batch,
             advance,
         })
     }
@@ -376,21 +382,20 @@ impl Writer {
         }
         self.begin().await?;
         let c = seeds.drain_columns();
-        let n = self
-            .client
-            .execute(
-                &self.enqueue,
-                &[
-                    &c.product_ids,
-                    &c.store_ids,
-                    &c.priorities,
-                    &c.reasons,
-                    &c.commit_lsns,
-                ],
-            )
-            .await?;
-        metrics().queue_entries_written.inc_by(n);
-        Ok(n)
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+            &c.product_ids,
+            &c.store_ids,
+            &c.priorities,
+            &c.reasons,
+            &c.commit_lsns,
+        ];
+        // Both statements are sent at once (the connection pipelines them); they run in order.
+        let (pairs, sets) = futures_util::try_join!(
+            self.client.execute(&self.enqueue_pairs, &params),
+            self.client.execute(&self.enqueue_sets, &params),
+        )?;
+        metrics().queue_entries_written.inc_by(pairs + sets);
+        Ok(pairs + sets)
     }
 
     /// Commits the batch: seeds, capture log, checkpoint — one transaction.
@@ -399,21 +404,30 @@ impl Writer {
         self.write_seeds(&mut batch.seeds).await?;
         let seeds_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.begin().await?;
-        if !batch.transactions.is_empty() {
-            let t = &batch.transactions;
-            let commit: Vec<String> = t.iter().map(|t| t.commit_lsn.to_string()).collect();
-            let end: Vec<String> = t.iter().map(|t| t.end_lsn.to_string()).collect();
-            let xid: Vec<i64> = t.iter().map(|t| i64::from(t.xid)).collect();
-            let time: Vec<DateTime<Utc>> = t.iter().map(|t| t.commit_time).collect();
-            let rows: Vec<i32> = t.iter().map(|t| t.row_changes).collect();
-            self.client
-                .execute(&self.capture_log, &[&commit, &end, &xid, &time, &rows])
-                .await?;
-        }
         let position = batch.position.to_string();
-        self.client
-            .execute(&self.advance, &[&self.slot, &position])
-            .await?;
+        let advance_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&self.slot, &position];
+        let advance = self.client.execute(&self.advance, &advance_params);
+        if let (Some(first), Some(last)) = (batch.transactions.first(), batch.transactions.last()) {
+            let t = &batch.transactions;
+            let span = (first.commit_lsn.to_string(), last.end_lsn.to_string());
+            let xids: Vec<i64> = t.iter().map(|t| i64::from(t.xid)).collect();
+            let commit_lsns: Vec<PgLsn> = t.iter().map(|t| PgLsn::from(t.commit_lsn.0)).collect();
+            let row_changes: i32 = t.iter().map(|t| t.row_changes).sum();
+            let log_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+                &span.0,
+                &span.1,
+                &xids,
+                &row_changes,
+                &commit_lsns,
+                &last.commit_time,
+            ];
+            // Sent together; they run in order.
+            let logged = self.client.execute(&self.capture_batch, &log_params);
+            futures_util::try_join!(logged, advance)?;
+        } else {
+            advance.await?;
+        }
         let before_commit = Instant::now();
         self.client.batch_execute("COMMIT").await?;
         self.in_transaction = false;
@@ -540,7 +554,7 @@ impl Capture<'_> {
                 .opened_at
                 .filter(|_| self.current.is_none())
                 .map(|t| t + self.settings.batch_max_delay);
-            let event = tokio::select! {
+            let chunk = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
                     if self.current.is_none() {
@@ -562,14 +576,16 @@ impl Capture<'_> {
                     self.commit_batch(&stream).await?;
                     continue;
                 }
-                event = stream.events.recv() => event,
+                chunk = stream.events.recv() => chunk,
             };
-            let Some(event) = event else {
+            let Some(chunk) = chunk else {
                 // The pump ended: report its error.
                 stream.pump_result().await?;
                 return Err(StreamError::Ended.into());
             };
-            self.handle(event, &stream).await?;
+            for event in chunk {
+                self.handle(event, &stream).await?;
+            }
         }
     }
 

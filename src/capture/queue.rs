@@ -6,65 +6,88 @@ use tokio_postgres::Client;
 
 use crate::replication::Lsn;
 
-/// Enqueues seeds and every set that contains them, directly or through nested sets.
-///
-/// * A seed with a store (a `product_stores` change) names its own pair, listed or not: a
-///   deleted row must be pushed as 0 once. Only the sets above it (`via_set`) and
-///   composition seeds need the listing lookup.
-/// * Sets reached through `product_set_items`, and composition seeds (store NULL), are
-///   enqueued only where the set is listed (has its own `product_stores` row).
-/// * `UNION` (not `UNION ALL`) in the recursion makes a composition cycle terminate.
-/// * Rows are written in (product, store) order, as every other multi-row upsert of the
-///   queue does, so two of them cannot deadlock on each other's rows.
-/// * One pending entry per pair: a new change raises the priority and keeps the original
-///   enqueue time. It also lifts a deferral (`not_before`, set by retry backoff or the
-///   identical-body rule): the new quantity is new information and must not wait behind a
-///   stale one.
-pub const ENQUEUE_SQL: &str = r#"
-WITH RECURSIVE seed(product_id, store_id, priority, reason, commit_lsn) AS (
-    SELECT p, s, pr, r, l::pg_lsn
-    FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[]) AS u(p, s, pr, r, l)
-),
-reach(product_id, store_id, priority, reason, commit_lsn, via_set) AS (
-    SELECT product_id, store_id, priority, reason, commit_lsn, false FROM seed
-    UNION
-    SELECT psi.set_product_id, r.store_id, r.priority, r.reason, r.commit_lsn, true
-    FROM reach r
-    JOIN product_set_items psi ON psi.component_product_id = r.product_id
-),
-target AS (
-    SELECT product_id, store_id, priority, reason, commit_lsn FROM seed WHERE store_id IS NOT NULL
-    UNION ALL
-    SELECT r.product_id, ps.store_id, r.priority, r.reason, r.commit_lsn
-    FROM reach r
-    JOIN product_stores ps ON ps.product_id = r.product_id
-    WHERE (r.via_set OR r.store_id IS NULL)
-      AND (r.store_id IS NULL OR ps.store_id = r.store_id)
-),
--- One row per pair: the highest priority (and its reason) and the newest commit, which may
--- come from different seeds.
-best AS (
-    SELECT product_id, store_id, max(priority) AS priority,
-           (array_agg(reason ORDER BY priority DESC))[1] AS reason,
-           max(commit_lsn) AS commit_lsn
-    FROM target
-    GROUP BY product_id, store_id
-)
-INSERT INTO stock_sync.queue AS q (product_id, store_id, reason, priority, commit_lsn)
-SELECT product_id, store_id, reason, priority, commit_lsn FROM best
-ORDER BY product_id, store_id
+/// The upsert shared by every statement that writes capture's queue rows: one pending entry
+/// per pair; a new change raises the priority and keeps the original enqueue time. It also
+/// lifts a deferral (`not_before`, set by retry backoff or the identical-body rule): the new
+/// quantity is new information and must not wait behind a stale one.
+macro_rules! upsert_pending {
+    () => {
+        r#"
 ON CONFLICT (product_id, store_id) WHERE state = 'pending' DO UPDATE
 SET priority = GREATEST(q.priority, EXCLUDED.priority),
     reason = CASE WHEN EXCLUDED.priority > q.priority THEN EXCLUDED.reason ELSE q.reason END,
     commit_lsn = GREATEST(q.commit_lsn, EXCLUDED.commit_lsn),
     not_before = NULL
-"#;
+"#
+    };
+}
 
-/// One row per captured WAL transaction (primary key: commit LSN).
-pub const CAPTURE_LOG_SQL: &str = r#"
-INSERT INTO stock_sync.capture_log (commit_lsn, end_lsn, xid, commit_time, row_changes)
-SELECT c::pg_lsn, e::pg_lsn, x, t, n
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::int[]) AS u(c, e, x, t, n)
+/// The seeds that name their own pair (`product_stores` changes), listed or not: a deleted
+/// row must be pushed as 0 once. The seeds are unique per pair (see `SeedSet`), so a plain
+/// upsert suffices. Rows are written in (product, store) order, as every other multi-row
+/// upsert of the queue does, so two of them cannot deadlock on each other's rows.
+///
+/// Parameters (one element per seed, shared with [`ENQUEUE_SETS_SQL`]): `$1` product,
+/// `$2` store (NULL for a composition seed), `$3` priority, `$4` reason, `$5` commit LSN.
+pub const ENQUEUE_PAIRS_SQL: &str = concat!(
+    r#"
+INSERT INTO stock_sync.queue AS q (product_id, store_id, reason, priority, commit_lsn)
+SELECT p, s, r, pr, l
+FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::pg_lsn[]) AS u(p, s, pr, r, l)
+WHERE s IS NOT NULL
+ORDER BY p, s"#,
+    upsert_pending!()
+);
+
+/// Every set above the seeds, directly or through nested sets, and the sets of composition
+/// seeds (store NULL), where they are listed (have their own `product_stores` row): in the
+/// seed's store, or in every store for a composition seed.
+///
+/// * A separate statement from [`ENQUEUE_PAIRS_SQL`] so the common seed — a product in no
+///   set — costs one index probe here instead of a trip through the recursion and grouping.
+/// * `UNION` (not `UNION ALL`) in the recursion makes a composition cycle terminate.
+/// * One row per pair: the highest priority (and its reason) and the newest commit, which may
+///   come from different seeds.
+pub const ENQUEUE_SETS_SQL: &str = concat!(
+    r#"
+WITH RECURSIVE seed(product_id, store_id, priority, reason, commit_lsn) AS (
+    SELECT p, s, pr, r, l
+    FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::pg_lsn[]) AS u(p, s, pr, r, l)
+),
+reach(product_id, store_id, priority, reason, commit_lsn) AS (
+    SELECT product_id, store_id, priority, reason, commit_lsn FROM seed WHERE store_id IS NULL
+    UNION
+    SELECT psi.set_product_id, sd.store_id, sd.priority, sd.reason, sd.commit_lsn
+    FROM seed sd
+    JOIN product_set_items psi ON psi.component_product_id = sd.product_id
+    UNION
+    SELECT psi.set_product_id, r.store_id, r.priority, r.reason, r.commit_lsn
+    FROM reach r
+    JOIN product_set_items psi ON psi.component_product_id = r.product_id
+),
+best AS (
+    SELECT r.product_id, ps.store_id, max(r.priority) AS priority,
+           (array_agg(r.reason ORDER BY r.priority DESC))[1] AS reason,
+           max(r.commit_lsn) AS commit_lsn
+    FROM reach r
+    JOIN product_stores ps ON ps.product_id = r.product_id
+    WHERE r.store_id IS NULL OR ps.store_id = r.store_id
+    GROUP BY r.product_id, ps.store_id
+)
+INSERT INTO stock_sync.queue AS q (product_id, store_id, reason, priority, commit_lsn)
+SELECT product_id, store_id, reason, priority, commit_lsn FROM best
+ORDER BY product_id, store_id"#,
+    upsert_pending!()
+);
+
+/// One row per capture batch: its LSN span `[$1, $2)` (first commit, last end), and per
+/// transaction its xid (`$3`) and commit LSN (`$5`). The span's exclusion constraint rejects a second
+/// capture of any transaction (SQLSTATE 23P01).
+pub const CAPTURE_BATCH_SQL: &str = r#"
+INSERT INTO stock_sync.capture_batches
+    (lsns, transactions, row_changes, xids, commit_lsns, last_commit_time)
+VALUES (stock_sync.lsn_range($1::text::pg_lsn, $2::text::pg_lsn), cardinality($3::bigint[]), $4,
+        $3, $5::pg_lsn[], $6)
 "#;
 
 /// The checkpoint never moves backwards.

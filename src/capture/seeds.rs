@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use tokio_postgres::types::PgLsn;
 use uuid::Uuid;
 
 use crate::replication::pgoutput::{ColumnValue, Relation, TupleData};
@@ -342,7 +343,7 @@ impl SeedSet {
             columns.store_ids.push(store_id);
             columns.priorities.push(reason.priority());
             columns.reasons.push(reason.as_str().to_string());
-            columns.commit_lsns.push(lsn.to_string());
+            columns.commit_lsns.push(PgLsn::from(lsn.0));
         }
         columns
     }
@@ -354,7 +355,7 @@ pub struct SeedColumns {
     pub store_ids: Vec<Option<Uuid>>,
     pub priorities: Vec<i32>,
     pub reasons: Vec<String>,
-    pub commit_lsns: Vec<String>,
+    pub commit_lsns: Vec<PgLsn>,
 }
 
 #[cfg(test)]
@@ -404,7 +405,7 @@ mod tests {
         let cols = set.drain_columns();
         assert_eq!(cols.reasons, vec!["ORDER_CREATED".to_string()]);
         assert_eq!(cols.priorities, vec![100]);
-        assert_eq!(cols.commit_lsns, vec![Lsn(20).to_string()]);
+        assert_eq!(cols.commit_lsns, vec![PgLsn::from(20)]);
         assert!(set.is_empty());
     }
 }

@@ -96,7 +96,7 @@ pub struct DispatchSettings {
     pub concurrency: usize,
     /// First gap between two polls of a batch result (grows 1.5x per poll, up to 30 s).
     pub first_poll_delay: Duration,
-    /// Days of finished queue entries and batches kept.
+    /// Days of finished queue entries, result batches and capture batch log kept.
     pub retention_days: i32,
     /// Days of API log kept.
     pub api_log_retention_days: i32,
@@ -390,6 +390,10 @@ async fn prune(d: &Dispatcher) {
     let results = [
         db.execute(sql::PRUNE_QUEUE_SQL, &[&s.retention_days]).await,
         db.execute(sql::PRUNE_BATCHES_SQL, &[&s.retention_days])
+            .await,
+        db.execute(sql::PRUNE_CAPTURE_BATCHES_SQL, &[&s.retention_days])
+            .await,
+        db.execute(sql::PRUNE_LEGACY_CAPTURE_LOG_SQL, &[&s.retention_days])
             .await,
         db.execute(sql::PRUNE_API_LOG_SQL, &[&s.api_log_retention_days])
             .await,

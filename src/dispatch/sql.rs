@@ -2,9 +2,12 @@
 //! intervals with `make_interval(secs => ..)`; every value is a bind parameter.
 
 /// Stores with work that is due: pending entries that are not deferred, and either the oldest
-/// of them is `$1` seconds old or `$2` of them (a full batch) are ready. Stores waiting out a
-/// backoff, a Retry-After or the pause re-check (`not_before`), or the minimum gap since
-/// their last request (`$3` seconds), are left out.
+/// of them is `$1` seconds old or `$2` of them (a full batch) are ready. A store whose entries
+/// were last closed without requests (`gated_reason`: inactive, another type, missing) has no
+/// batch to fill: it is due by age only, so a busy store nobody is told about costs one close
+/// per `flush_interval` instead of one per tick (and repeated changes of a pair update one
+/// pending row). Stores waiting out a backoff, a Retry-After or the pause re-check
+/// (`not_before`), or the minimum gap since their last request (`$3` seconds), are left out.
 ///
 /// The distinct store ids come from a loose index scan over `queue_pending_age` (one index
 /// probe per store, not a scan of a large backlog), and each store looks at no more than
@@ -33,7 +36,10 @@ CROSS JOIN LATERAL (
 ) ready
 WHERE s.store_id IS NOT NULL
   AND ready.ready > 0
-  AND (ready.ready >= $2 OR ready.oldest <= now() - make_interval(secs => $1::float8))
+  AND (ready.oldest <= now() - make_interval(secs => $1::float8)
+       OR (ready.ready >= $2
+           AND NOT EXISTS (SELECT 1 FROM stock_sync.store_state g
+                           WHERE g.store_id = s.store_id AND g.gated_reason IS NOT NULL)))
   AND NOT EXISTS (
       SELECT 1 FROM stock_sync.store_state st
       WHERE st.store_id = s.store_id
@@ -386,6 +392,12 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 pub const PRUNE_QUEUE_SQL: &str = "DELETE FROM stock_sync.queue WHERE state = 'done' AND finished_at < now() - make_interval(days => $1::int)";
 /// Retention of finished batches (`$1` days).
 pub const PRUNE_BATCHES_SQL: &str = "DELETE FROM stock_sync.batches WHERE state <> 'polling' AND finished_at < now() - make_interval(days => $1::int)";
+/// Retention of capture's batch log (`$1` days). Its exclusion guard only has to cover what
+/// the slot could still send again, which is never older than the checkpoint.
+pub const PRUNE_CAPTURE_BATCHES_SQL: &str = "DELETE FROM stock_sync.capture_batches WHERE captured_at < now() - make_interval(days => $1::int)";
+/// The per-transaction capture log of versions before migration 003 (kept for rollbacks).
+pub const PRUNE_LEGACY_CAPTURE_LOG_SQL: &str =
+    "DELETE FROM stock_sync.capture_log WHERE captured_at < now() - make_interval(days => $1::int)";
 /// Retention of the API log (`$1` days).
 pub const PRUNE_API_LOG_SQL: &str =
     "DELETE FROM stock_sync.api_log WHERE created_at < now() - make_interval(days => $1::int)";

@@ -12,6 +12,11 @@ use tokio_postgres::Client;
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "capture", include_str!("../../sql/001_capture.sql")),
     (2, "delivery", include_str!("../../sql/002_delivery.sql")),
+    (
+        3,
+        "capture_batches",
+        include_str!("../../sql/003_capture_batches.sql"),
+    ),
 ];
 
 /// The application tables stocksync reads through the slot.

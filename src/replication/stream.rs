@@ -3,10 +3,11 @@
 //!
 //! [`open`] connects, issues `START_REPLICATION` and spawns a pump task that reads CopyData,
 //! decodes pgoutput, resolves relations through its relation cache and hands
-//! [`StreamEvent`]s to the consumer over a bounded channel (back-pressure reaches the server
-//! through TCP). Events arrive in WAL order: Begin, changes, Commit, with keepalives only
-//! between transactions as far as the consumer is concerned (a keepalive that arrives inside
-//! a transaction is still forwarded, and the consumer ignores it).
+//! [`StreamEvent`]s to the consumer over a bounded channel, in chunks of what one socket read
+//! brought (one channel operation and wake-up per chunk, not per event; back-pressure reaches
+//! the server through TCP). Events arrive in WAL order: Begin, changes, Commit, with
+//! keepalives only between transactions as far as the consumer is concerned (a keepalive that
+//! arrives inside a transaction is still forwarded, and the consumer ignores it).
 //!
 //! Feedback rule: the pump reports to the server `flush = apply =` the position the consumer
 //! confirmed through [`Feedback::confirm`] — never anything the consumer has not durably
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::copy::{self, ReplicationMessage};
 use super::pgoutput::{self, PgOutputMessage, Relation, TupleData};
-use super::wire::{ReplicationConnection, WireError};
+use super::wire::{Received, ReplicationConnection, WireError};
 use super::Lsn;
 use crate::db::DbConfig;
 
@@ -126,12 +127,17 @@ pub struct StreamSettings {
     pub publication: String,
     pub start: Lsn,
     pub status_interval: Duration,
+    /// Events buffered between the pump and the consumer (rounded to whole chunks).
     pub channel_capacity: usize,
 }
 
-/// A running stream: events, feedback, and the pump task.
+/// Events are handed over in chunks of at most this many: whatever the frames already read
+/// from the socket decode to.
+const MAX_CHUNK: usize = 512;
+
+/// A running stream: events (in WAL order, chunked), feedback, and the pump task.
 pub struct ReplicationStream {
-    pub events: mpsc::Receiver<StreamEvent>,
+    pub events: mpsc::Receiver<Vec<StreamEvent>>,
     pub feedback: Arc<Feedback>,
     pump: JoinHandle<Result<(), StreamError>>,
     stop: CancellationToken,
@@ -187,7 +193,7 @@ pub async fn open(
         .start_replication(&settings.slot, settings.start, &options)
         .await?;
     let backend_pid = connection.backend_pid;
-    let (sender, events) = mpsc::channel(settings.channel_capacity.max(16));
+    let (sender, events) = mpsc::channel((settings.channel_capacity / MAX_CHUNK).max(4));
     let feedback = Arc::new(Feedback::default());
     feedback.confirm(settings.start);
     feedback.received.store(settings.start.0, Ordering::Release);
@@ -197,6 +203,7 @@ pub async fn open(
         sender,
         feedback: feedback.clone(),
         relations: HashMap::new(),
+        pending: Vec::with_capacity(MAX_CHUNK),
         status_interval: settings.status_interval,
         stop: stop.clone(),
     };
@@ -212,9 +219,11 @@ pub async fn open(
 
 struct Pump {
     connection: ReplicationConnection,
-    sender: mpsc::Sender<StreamEvent>,
+    sender: mpsc::Sender<Vec<StreamEvent>>,
     feedback: Arc<Feedback>,
     relations: HashMap<u32, Arc<Relation>>,
+    /// Decoded events not handed over yet.
+    pending: Vec<StreamEvent>,
     status_interval: Duration,
     stop: CancellationToken,
 }
@@ -232,9 +241,25 @@ impl Pump {
                 _ = ticker.tick() => self.send_status(false).await?,
                 _ = feedback.wake.notified() => self.send_status(false).await?,
                 frame = self.connection.recv() => {
-                    match frame? {
-                        Some(frame) => self.handle_frame(frame, &mut ticker).await?,
-                        None => break Err(StreamError::Ended),
+                    let Some(frame) = frame? else {
+                        break Err(StreamError::Ended);
+                    };
+                    self.handle_frame(frame).await?;
+                    // Everything else the same read brought, without a trip through select.
+                    let mut ended = false;
+                    while self.pending.len() < MAX_CHUNK {
+                        match self.connection.recv_buffered()? {
+                            Some(Received::Data(frame)) => self.handle_frame(frame).await?,
+                            Some(Received::Ended) => {
+                                ended = true;
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    self.deliver_pending(&mut ticker).await?;
+                    if ended {
+                        break Err(StreamError::Ended);
                     }
                 }
             }
@@ -260,11 +285,8 @@ impl Pump {
         self.connection.send_copy_data(&body).await
     }
 
-    async fn handle_frame(
-        &mut self,
-        frame: Bytes,
-        ticker: &mut tokio::time::Interval,
-    ) -> Result<(), StreamError> {
+    /// Decodes one CopyData frame into `pending` (answering a keepalive that asks for it).
+    async fn handle_frame(&mut self, frame: Bytes) -> Result<(), StreamError> {
         let message =
             copy::parse_copy_data(frame).map_err(|e| StreamError::Frame(e.to_string()))?;
         match message {
@@ -279,8 +301,8 @@ impl Pump {
                 if reply_requested {
                     self.send_status(false).await?;
                 }
-                self.deliver(StreamEvent::Keepalive { wal_end }, ticker)
-                    .await
+                self.pending.push(StreamEvent::Keepalive { wal_end });
+                Ok(())
             }
             ReplicationMessage::XLogData {
                 wal_start, data, ..
@@ -295,7 +317,7 @@ impl Pump {
                             .received
                             .fetch_max(end_lsn.0, Ordering::AcqRel);
                     }
-                    self.deliver(event, ticker).await?;
+                    self.pending.push(event);
                 }
                 Ok(())
             }
@@ -365,20 +387,27 @@ impl Pump {
         }))
     }
 
-    /// Hands an event to the consumer, still answering the server while the consumer is busy.
-    async fn deliver(
+    /// Hands the pending events to the consumer, still answering the server while the
+    /// consumer is busy.
+    async fn deliver_pending(
         &mut self,
-        event: StreamEvent,
         ticker: &mut tokio::time::Interval,
     ) -> Result<(), StreamError> {
-        let mut event = Some(event);
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(MAX_CHUNK));
+        let mut chunk = match self.sender.try_send(chunk) {
+            // Closed: the consumer is gone (shutting down): nothing more to deliver.
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(chunk)) => Some(chunk),
+        };
         let sender = self.sender.clone();
         loop {
             tokio::select! {
                 permit = sender.reserve() => {
-                    // Err: the consumer is gone (shutting down): nothing more to deliver.
                     if let Ok(permit) = permit {
-                        permit.send(event.take().expect("event sent once"));
+                        permit.send(chunk.take().expect("chunk sent once"));
                     }
                     return Ok(());
                 }

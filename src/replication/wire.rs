@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::Lsn;
-use crate::db::DbConfig;
+use crate::db::{DbConfig, SslMode};
 
 /// SQLSTATE 55006: the slot is active for another process.
 pub const SQLSTATE_OBJECT_IN_USE: &str = "55006";
@@ -104,6 +104,18 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Spare room kept in the read buffer before each socket read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What the replication stream delivered.
+#[derive(Debug)]
+pub enum Received {
+    /// A CopyData payload (XLogData or a keepalive).
+    Data(Bytes),
+    /// The server ended the copy.
+    Ended,
+}
+
 /// A backend message of interest, parsed from the read buffer.
 enum Incoming {
     Message(Message),
@@ -148,12 +160,10 @@ impl ReplicationConnection {
                 .await
                 .map_err(io_err)?;
             tcp.set_nodelay(true).map_err(io_err)?;
-            match config
-                .tls_connector()
-                .map_err(|e| WireError::TlsConfig(e.to_string()))?
-            {
-                Some(connector) => negotiate_tls(tcp, connector, config, &url).await?,
-                None => Stream(Box::new(tcp)),
+            if config.sslmode == SslMode::Disable {
+                Stream(Box::new(tcp))
+            } else {
+                negotiate_tls(tcp, config, &url).await?
             }
         };
         let mut conn = ReplicationConnection {
@@ -383,11 +393,28 @@ impl ReplicationConnection {
     /// copy. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, WireError> {
         loop {
-            match self.next_message().await? {
-                Incoming::Message(Message::CopyData(body)) => return Ok(Some(body.into_bytes())),
+            if let Some(received) = self.recv_buffered()? {
+                return Ok(match received {
+                    Received::Data(body) => Some(body),
+                    Received::Ended => None,
+                });
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Like [`recv`](Self::recv), but only from bytes already read: `None` when the next
+    /// message is not complete yet. Lets a reader take everything one socket read brought
+    /// without going back to the runtime for each message.
+    pub fn recv_buffered(&mut self) -> Result<Option<Received>, WireError> {
+        while let Some(incoming) = self.parse_buffered()? {
+            match incoming {
+                Incoming::Message(Message::CopyData(body)) => {
+                    return Ok(Some(Received::Data(body.into_bytes())))
+                }
                 Incoming::Message(Message::CopyDone) => {
                     self.in_copy = false;
-                    return Ok(None);
+                    return Ok(Some(Received::Ended));
                 }
                 Incoming::Message(Message::ErrorResponse(body)) => {
                     return Err(server_error(body.fields()))
@@ -397,7 +424,7 @@ impl ReplicationConnection {
                 Incoming::Message(Message::CommandComplete(_))
                 | Incoming::Message(Message::ReadyForQuery(_)) => {
                     if !self.in_copy {
-                        return Ok(None);
+                        return Ok(Some(Received::Ended));
                     }
                 }
                 _ => {
@@ -407,6 +434,7 @@ impl ReplicationConnection {
                 }
             }
         }
+        Ok(None)
     }
 
     /// Sends one CopyData message (a standby status update) and flushes it.
@@ -447,18 +475,28 @@ impl ReplicationConnection {
             if let Some(message) = self.parse_buffered()? {
                 return Ok(message);
             }
-            let n = self
-                .stream
-                .read_buf(&mut self.read_buf)
-                .await
-                .map_err(|source| WireError::Io {
-                    url: self.url.clone(),
-                    source,
-                })?;
-            if n == 0 {
-                return Err(WireError::Closed);
-            }
+            self.fill().await?;
         }
+    }
+
+    /// Reads what the socket has (at least one byte) into the read buffer.
+    async fn fill(&mut self) -> Result<(), WireError> {
+        // Room for a large read: a full buffer would make `read_buf` read a few bytes at a time.
+        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        let n = self
+            .stream
+            .read_buf(&mut self.read_buf)
+            .await
+            .map_err(|source| WireError::Io {
+                url: self.url.clone(),
+                source,
+            })?;
+        if n == 0 {
+            return Err(WireError::Closed);
+        }
+        Ok(())
     }
 
     fn parse_buffered(&mut self) -> Result<Option<Incoming>, WireError> {
@@ -482,9 +520,10 @@ impl ReplicationConnection {
     }
 }
 
+/// SSLRequest; the TLS connector (and with it the system trust store) is loaded only when
+/// the server accepts.
 async fn negotiate_tls(
     mut tcp: TcpStream,
-    connector: native_tls::TlsConnector,
     config: &DbConfig,
     url: &str,
 ) -> Result<Stream, WireError> {
@@ -499,6 +538,10 @@ async fn negotiate_tls(
     tcp.read_exact(&mut answer).await.map_err(io_err)?;
     match answer[0] {
         b'S' => {
+            let connector = config
+                .tls_connector()
+                .map_err(|e| WireError::TlsConfig(e.to_string()))?
+                .ok_or_else(|| WireError::TlsConfig("TLS with sslmode=disable".into()))?;
             let connector = tokio_native_tls::TlsConnector::from(connector);
             let tls = connector.connect(&config.host, tcp).await?;
             Ok(Stream(Box::new(tls)))
