@@ -680,3 +680,87 @@ async fn dry_run_logs_payloads_and_sends_nothing() {
     assert_eq!(told, 0, "nothing counts as told in a dry run");
     stack.stop().await;
 }
+
+/// A batch row whose stored items cannot be read (edited by hand) is not polled forever: it
+/// is expired, and the listings it was the last push of are sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_unreadable_items_is_expired_and_its_listings_sent_again() {
+    let s = seed_ids();
+    let stack = start(
+        "delivery_bad_batch",
+        mock_config(),
+        &[],
+        async |c: &Client| load_seed(c, &s).await,
+    )
+    .await;
+    let mock = &stack.mock;
+    wait_quantity(mock, TRENDYOL_SELLER, "MONT-1", 50).await;
+    eventually(Duration::from_secs(30), "first results read", || async {
+        let polling: i64 = stack
+            .client
+            .query_one(
+                "SELECT count(*) FROM stock_sync.batches WHERE state = 'polling'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        polling == 0
+    })
+    .await;
+    let before = trendyol_pushes(mock).len();
+
+    let batch: i64 = stack
+        .client
+        .query_one(
+            "INSERT INTO stock_sync.batches (store_id, provider, batch_ref, items, next_poll_at)
+             VALUES ($1, 'TRENDYOL', 'hand-edited', '{\"not\": \"items\"}', now()) RETURNING id",
+            &[&s.trendyol],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    stack
+        .exec(
+            "UPDATE stock_sync.listing_state SET sent_quantity = 50, sent_batch_id = $3
+             WHERE store_id = $1 AND product_id = $2",
+            &[&s.trendyol, &s.mont, &batch],
+        )
+        .await;
+
+    eventually(Duration::from_secs(30), "the batch expired", || async {
+        let state: String = stack
+            .client
+            .query_one(
+                "SELECT state FROM stock_sync.batches WHERE id = $1",
+                &[&batch],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        state == "expired"
+    })
+    .await;
+    eventually(Duration::from_secs(30), "MONT-1 sent again", || async {
+        trendyol_pushes(mock)[before..]
+            .iter()
+            .any(|(_, r)| r.status == 200 && r.item_count == 1 && r.unchanged_items == 1)
+    })
+    .await;
+    let retried: i64 = stack
+        .client
+        .query_one(
+            "SELECT count(*) FROM stock_sync.queue
+             WHERE store_id = $1 AND product_id = $2 AND reason = 'RETRY' AND last_error LIKE '%unreadable%'",
+            &[&s.trendyol, &s.mont],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(retried, 1);
+    // Only that listing: nothing else of the store was sent again.
+    let pushes = trendyol_pushes(mock);
+    let again: usize = pushes[before..].iter().map(|(_, r)| r.item_count).sum();
+    assert_eq!(again, 1, "{:#?}", &pushes[before..]);
+    stack.stop().await;
+}

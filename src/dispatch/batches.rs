@@ -89,11 +89,10 @@ async fn poll_due(d: &Dispatcher, stop: &CancellationToken) -> Result<(), Dispat
 }
 
 async fn poll_one(d: &Dispatcher, db: &mut Object, b: &DueBatch) -> Result<(), DispatchError> {
-    let items: Vec<BatchItem> =
-        serde_json::from_str(&b.items).map_err(|e| DispatchError::BatchItems {
-            batch_id: b.id,
-            message: e.to_string(),
-        })?;
+    let items: Vec<BatchItem> = match serde_json::from_str(&b.items) {
+        Ok(items) => items,
+        Err(e) => return expire_unreadable(d, db, b, e.to_string()).await,
+    };
     let timed_out = b.age >= d.settings.batch_result_timeout;
     let give_up = |why: String| {
         (0..items.len())
@@ -208,6 +207,40 @@ async fn poll_one(d: &Dispatcher, db: &mut Object, b: &DueBatch) -> Result<(), D
             Ok(())
         }
     }
+}
+
+/// A batch whose stored items cannot be read (this code writes them with serde, so the row was
+/// edited by hand) cannot be applied item by item, and polling it again changes nothing. Its
+/// pairs are still known: every listing whose last push was this batch. They fail as a whole
+/// (in doubt and re-enqueued, to be recomputed and sent again) and the batch is expired.
+async fn expire_unreadable(
+    d: &Dispatcher,
+    db: &mut Object,
+    b: &DueBatch,
+    error: String,
+) -> Result<(), DispatchError> {
+    let rows = db.query(SENT_IN_BATCH_SQL, &[&b.store_id, &b.id]).await?;
+    warn!(batch = b.id, batch_ref = %b.batch_ref, error = %error, listings = rows.len(),
+        "stored batch items are unreadable; expiring the batch and sending its listings again");
+    let reason = crate::capture::seeds::Reason::Resync;
+    let items: Vec<BatchItem> = rows
+        .iter()
+        .map(|r| BatchItem {
+            queue_id: 0,
+            product_id: r.get(0),
+            key: String::new(),
+            quantity: r.get(1),
+            attempts: 0,
+            priority: reason.priority(),
+        })
+        .collect();
+    // Whether the marketplace applied them is unknown: resend even an unchanged quantity.
+    let products: Vec<Uuid> = items.iter().map(|i| i.product_id).collect();
+    db.execute(MARK_IN_DOUBT_SQL, &[&b.store_id, &products])
+        .await?;
+    let why = format!("batch {} items unreadable: {error}", b.id);
+    let outcomes = (0..items.len()).map(|i| (i, Err(why.clone()))).collect();
+    apply(d, db, b, &items, outcomes, "expired").await
 }
 
 /// Applies item outcomes (`(request position, Ok | Err(reason))`) and closes the batch with

@@ -68,8 +68,6 @@ pub enum DispatchError {
     Db(#[from] tokio_postgres::Error),
     #[error("connection pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("batch {batch_id}: unreadable items: {message}")]
-    BatchItems { batch_id: i64, message: String },
 }
 
 /// What dispatch needs from the configuration.

@@ -324,6 +324,13 @@ SET accepted_quantity = EXCLUDED.accepted_quantity,
 WHERE l.accepted_batch_id IS NULL OR l.accepted_batch_id <= EXCLUDED.accepted_batch_id
 "#;
 
+/// Listings of store `$1` whose last push was batch `$2`, with the quantity sent.
+pub const SENT_IN_BATCH_SQL: &str = r#"
+SELECT product_id, sent_quantity FROM stock_sync.listing_state
+WHERE store_id = $1 AND sent_batch_id = $2 AND sent_quantity IS NOT NULL
+ORDER BY product_id
+"#;
+
 /// Item failure in batch `$3`: the marketplace did not take the quantity, so it is no longer
 /// "told".
 pub const ITEM_FAILED_SQL: &str = r#"
