@@ -3,7 +3,8 @@
 //! Every figure is measured side by side with a baseline in the same run:
 //! * capture: 100,000 single-row updates drained by `pg_recvlogical` (to /dev/null) from a
 //!   fresh slot vs. stocksync (the release binary, `stocksync run`) until its checkpoint passes
-//!   the same end LSN;
+//!   the same end LSN; once with a store of a type stocksync ignores (capture alone) and once
+//!   with a Trendyol store whose changes dispatch pushes to the mock marketplace meanwhile;
 //! * recompute: quantities of every listed pair of 250,000 products (20,000 sets of 2-5
 //!   components) in 4 stores with `stock::compute_store`, vs. a naive per-item loop like the
 //!   seed's `calculateSetStock` (one query per product, one per set item) over a sample,
@@ -99,7 +100,8 @@ async fn run_all() -> Vec<Row> {
     let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     let mut rows = Vec::new();
     if wanted("capture") {
-        rows.push(capture_bench(&cluster).await);
+        rows.push(capture_bench(&cluster, false).await);
+        rows.push(capture_bench(&cluster, true).await);
     }
     if wanted("large") {
         rows.push(large_transaction_bench(&cluster).await);
@@ -249,14 +251,29 @@ async fn empty_database(cluster: &LocalCluster, name: &str) -> (String, Client) 
 /// A database with `products` listed products in one store, set up with slot = publication =
 /// `name` (slot names are cluster-wide).
 async fn database(cluster: &LocalCluster, name: &str, products: usize) -> (String, Client, Uuid) {
+    database_with_store(cluster, name, products, false).await
+}
+
+/// Seller id and credentials of the Trendyol store of [`database_with_store`].
+const BENCH_SELLER: &str = "4001";
+
+/// `products` products listed in one store: by default of a type stocksync ignores (dispatch
+/// closes its entries without requests, so the figures are capture's); with `live`, a Trendyol
+/// store (seller [`BENCH_SELLER`], key `k`, secret `s`) that dispatch really pushes to.
+async fn database_with_store(
+    cluster: &LocalCluster,
+    name: &str,
+    products: usize,
+    live: bool,
+) -> (String, Client, Uuid) {
     let (url, client) = empty_database(cluster, name).await;
     let store = Uuid::new_v4();
-    // A store type stocksync ignores: dispatch closes entries without requests, so the
-    // figures are capture's.
+    let store_type = if live { "TRENDYOL" } else { "OTHER" };
     client
         .execute(
-            "INSERT INTO stores (id, name, type) VALUES ($1, 'bench', 'OTHER')",
-            &[&store],
+            "INSERT INTO stores (id, name, type, is_active, send_stock, seller_id, api_key, api_secret)
+             VALUES ($1, 'bench', $2, true, true, $3, 'k', 's')",
+            &[&store, &store_type, &BENCH_SELLER],
         )
         .await
         .unwrap();
@@ -324,7 +341,12 @@ async fn current_lsn(client: &Client) -> String {
 
 /// Waits for the first run (snapshot + first checkpoint), then stops the service cleanly.
 async fn prime(url: &str, slot: &str, client: &Client) {
-    let mut child = spawn_stocksync(url, slot, &[]);
+    prime_with(url, slot, client, &[]).await;
+}
+
+/// Runs stocksync (with `extra` settings) until its first run is captured.
+async fn prime_with(url: &str, slot: &str, client: &Client, extra: &[(&str, String)]) {
+    let mut child = spawn_stocksync(url, slot, extra);
     let target = current_lsn(client).await;
     while !checkpoint_reached(client, &mut child, &target).await {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -348,11 +370,28 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-async fn capture_bench(cluster: &LocalCluster) -> Row {
+/// With `live_store`, the store is a Trendyol store pushed to the mock marketplace, so
+/// dispatch (claims, quantities, requests) shares the two cores with capture.
+async fn capture_bench(cluster: &LocalCluster, live_store: bool) -> Row {
+    use stocksync::mock::{MockAccount, MockConfig, MockMarketplace};
     let updates = (100_000.0 * scale()) as usize;
-    let slot = "bench_capture";
-    let (url, client, _store) = database(cluster, slot, 10_000).await;
-    prime(&url, slot, &client).await;
+    let slot = if live_store {
+        "bench_capture_live"
+    } else {
+        "bench_capture"
+    };
+    let (url, client, _store) = database_with_store(cluster, slot, 10_000, live_store).await;
+    let mock = MockMarketplace::start(
+        MockConfig {
+            accounts: vec![MockAccount::trendyol(BENCH_SELLER, "k", "s")],
+            ..MockConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let marketplace = [("STOCKSYNC_TRENDYOL_URL", mock.base_url())];
+    prime_with(&url, slot, &client, &marketplace).await;
     client
         .execute(
             "SELECT pg_create_logical_replication_slot('bench_recvlogical', 'pgoutput')",
@@ -431,13 +470,16 @@ async fn capture_bench(cluster: &LocalCluster) -> Row {
         .await
         .unwrap();
 
+    let requests_before = mock.requests().len();
     let started = Instant::now();
-    let mut child = spawn_stocksync(&url, slot, &[]);
+    let mut child = spawn_stocksync(&url, slot, &marketplace);
     while !checkpoint_reached(&client, &mut child, &end).await {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let ours = started.elapsed();
     stop(&mut child);
+    let requests = mock.requests().len() - requests_before;
+    mock.shutdown().await;
     let captured: i64 = client
         .query_one("SELECT count(*) FROM stock_sync.captured_transactions", &[])
         .await
@@ -447,8 +489,13 @@ async fn capture_bench(cluster: &LocalCluster) -> Row {
         captured as usize >= updates,
         "captured {captured} of {updates}"
     );
+    let store = if live_store {
+        format!("a Trendyol store, dispatch pushing to the mock meanwhile ({requests} requests)")
+    } else {
+        "a store of an ignored type".to_string()
+    };
     Row {
-        workload: format!("capture {updates} single-row update transactions (until checkpoint passes the end LSN)"),
+        workload: format!("capture {updates} single-row update transactions, {store} (until checkpoint passes the end LSN)"),
         stocksync: format!("{:.2} s", ours.as_secs_f64()),
         baseline: format!("{:.2} s (pg_recvlogical to /dev/null)", baseline.as_secs_f64()),
         ratio: format!("{:.2}x", ours.as_secs_f64() / baseline.as_secs_f64()),
