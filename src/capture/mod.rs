@@ -410,9 +410,9 @@ impl Writer {
         let advance = self.client.execute(&self.advance, &advance_params);
         if let (Some(first), Some(last)) = (batch.transactions.first(), batch.transactions.last()) {
             let t = &batch.transactions;
-            let span = (first.commit_lsn.to_string(), last.end_lsn.to_string());
+            let span = (PgLsn::from(first.commit_lsn), PgLsn::from(last.end_lsn));
             let xids: Vec<i64> = t.iter().map(|t| i64::from(t.xid)).collect();
-            let commit_lsns: Vec<PgLsn> = t.iter().map(|t| PgLsn::from(t.commit_lsn.0)).collect();
+            let commit_lsns: Vec<PgLsn> = t.iter().map(|t| t.commit_lsn.into()).collect();
             let row_changes: i32 = t.iter().map(|t| t.row_changes).sum();
             let log_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
                 &span.0,

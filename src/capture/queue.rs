@@ -81,12 +81,12 @@ ORDER BY product_id, store_id"#,
 );
 
 /// One row per capture batch: its LSN span `[$1, $2)` (first commit, last end), and per
-/// transaction its xid (`$3`) and commit LSN (`$5`). The span's exclusion constraint rejects a second
-/// capture of any transaction (SQLSTATE 23P01).
+/// transaction its xid (`$3`) and commit LSN (`$5`). The span's exclusion constraint rejects
+/// a second capture of any transaction (SQLSTATE 23P01).
 pub const CAPTURE_BATCH_SQL: &str = r#"
 INSERT INTO stock_sync.capture_batches
     (lsns, transactions, row_changes, xids, commit_lsns, last_commit_time)
-VALUES (stock_sync.lsn_range($1::text::pg_lsn, $2::text::pg_lsn), cardinality($3::bigint[]), $4,
+VALUES (stock_sync.lsn_range($1::pg_lsn, $2::pg_lsn), cardinality($3::bigint[]), $4,
         $3, $5::pg_lsn[], $6)
 "#;
 

@@ -343,7 +343,7 @@ impl SeedSet {
             columns.store_ids.push(store_id);
             columns.priorities.push(reason.priority());
             columns.reasons.push(reason.as_str().to_string());
-            columns.commit_lsns.push(PgLsn::from(lsn.0));
+            columns.commit_lsns.push(lsn.into());
         }
         columns
     }

@@ -94,11 +94,7 @@ async fn poll_one(d: &Dispatcher, db: &mut Object, b: &DueBatch) -> Result<(), D
         Err(e) => return expire_unreadable(d, db, b, e.to_string()).await,
     };
     let timed_out = b.age >= d.settings.batch_result_timeout;
-    let give_up = |why: String| {
-        (0..items.len())
-            .map(move |i| (i, Err(why.clone())))
-            .collect::<Vec<_>>()
-    };
+    let give_up = |why: String| fail_all(items.len(), why);
     let Some(provider) = Provider::from_store_type(&b.provider) else {
         return apply(
             d,
@@ -239,8 +235,12 @@ async fn expire_unreadable(
     db.execute(MARK_IN_DOUBT_SQL, &[&b.store_id, &products])
         .await?;
     let why = format!("batch {} items unreadable: {error}", b.id);
-    let outcomes = (0..items.len()).map(|i| (i, Err(why.clone()))).collect();
-    apply(d, db, b, &items, outcomes, "expired").await
+    apply(d, db, b, &items, fail_all(items.len(), why), "expired").await
+}
+
+/// The same failure for each of `count` items, as [`apply`] takes outcomes.
+fn fail_all(count: usize, why: String) -> Vec<(usize, Result<(), String>)> {
+    (0..count).map(|i| (i, Err(why.clone()))).collect()
 }
 
 /// Applies item outcomes (`(request position, Ok | Err(reason))`) and closes the batch with

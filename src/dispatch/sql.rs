@@ -34,17 +34,13 @@ CROSS JOIN LATERAL (
         LIMIT $2
     ) w
 ) ready
+LEFT JOIN stock_sync.store_state st ON st.store_id = s.store_id
 WHERE s.store_id IS NOT NULL
   AND ready.ready > 0
   AND (ready.oldest <= now() - make_interval(secs => $1::float8)
-       OR (ready.ready >= $2
-           AND NOT EXISTS (SELECT 1 FROM stock_sync.store_state g
-                           WHERE g.store_id = s.store_id AND g.gated_reason IS NOT NULL)))
-  AND NOT EXISTS (
-      SELECT 1 FROM stock_sync.store_state st
-      WHERE st.store_id = s.store_id
-        AND (st.not_before > now()
-             OR st.last_request_at > now() - make_interval(secs => $3::float8)))
+       OR (ready.ready >= $2 AND st.gated_reason IS NULL))
+  AND COALESCE(st.not_before > now(), false) IS FALSE
+  AND COALESCE(st.last_request_at > now() - make_interval(secs => $3::float8), false) IS FALSE
 "#;
 
 /// Stores with entries claimed more than `$1` seconds ago. Claims live only while a dispatcher

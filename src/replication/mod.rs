@@ -18,6 +18,13 @@ impl Lsn {
     pub const ZERO: Lsn = Lsn(0);
 }
 
+/// For binding an LSN as a `pg_lsn` parameter (binary, no text parsing on the server).
+impl From<Lsn> for tokio_postgres::types::PgLsn {
+    fn from(lsn: Lsn) -> Self {
+        tokio_postgres::types::PgLsn::from(lsn.0)
+    }
+}
+
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
