@@ -12,13 +12,16 @@
 //! marketplace used by tests, staging and the demo; `localpg` starts private PostgreSQL
 //! clusters for tests, benchmarks and the demo.
 
+pub mod backoff;
 pub mod capture;
 pub mod db;
 pub mod dispatch;
 pub mod localpg;
+pub mod locks;
 pub mod marketplace;
 pub mod metrics;
 pub mod mock;
 pub mod ops;
+pub mod queue;
 pub mod replication;
 pub mod stock;

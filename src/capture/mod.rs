@@ -26,7 +26,6 @@
 //! the checkpoint; schema drift, a missing or lost slot and broken invariants stop capture
 //! with a [`CaptureError`] that says what to do.
 
-pub mod queue;
 pub mod seeds;
 
 use std::collections::HashMap;
@@ -35,24 +34,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
-use tokio_postgres::types::PgLsn;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::backoff::BackoffPolicy;
 use crate::db::{DbConfig, DbError};
 use crate::metrics::metrics;
+use crate::queue::capture::{CaptureWriter, CapturedTransaction, FirstRun, TruncatedTable};
 use crate::replication::stream::{
     self, ReplicationStream, StreamError, StreamEvent, StreamSettings,
 };
 use crate::replication::wire::{WireError, SQLSTATE_OBJECT_IN_USE, SQLSTATE_UNDEFINED_OBJECT};
 use crate::replication::Lsn;
-use seeds::{Reason, SchemaError, SeedSet, WatchedTable};
-
-/// Advisory lock namespace for "who streams this slot" (`pg_try_advisory_lock(int, int)`).
-const LEADER_LOCK_NAMESPACE: i32 = 0x5354_4B53; // "STKS"
-
-const TRY_LEADER_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1, hashtext($2))";
+use seeds::{SchemaError, SeedSet, WatchedTable};
 
 const SLOT_INFO_SQL: &str = r#"
 SELECT plugin, active, active_pid, confirmed_flush_lsn::text, wal_status
@@ -73,7 +68,7 @@ pub struct CaptureSettings {
     pub status_interval: Duration,
     /// How often an idle keepalive position is also persisted as the checkpoint.
     pub idle_checkpoint_interval: Duration,
-    /// Longest wait between reconnect attempts.
+    /// Longest wait between reconnect attempts before jitter (which may double it).
     pub max_backoff: Duration,
 }
 
@@ -159,7 +154,10 @@ pub async fn run(
     shutdown: CancellationToken,
     health: Arc<CaptureHealth>,
 ) -> Result<(), CaptureError> {
-    let mut backoff = Duration::from_millis(250);
+    // Reconnects start at a quarter second (a restarted server or a killed walsender is
+    // usually back at once) and double up to `max_backoff` (jittered, so standbys and the
+    // dispatcher do not reconnect in lockstep).
+    let mut backoff = BackoffPolicy::new(Duration::from_millis(250), settings.max_backoff).start();
     loop {
         let started = Instant::now();
         let result = session(&db, &settings, &shutdown, &health).await;
@@ -176,16 +174,16 @@ pub async fn run(
                     return Ok(());
                 }
                 if started.elapsed() > Duration::from_secs(30) || e.is_lock_conflict() {
-                    backoff = Duration::from_millis(250);
+                    backoff.reset();
                 }
-                warn!(error = %e, retry_in = ?backoff, "capture interrupted; reconnecting");
+                let wait = backoff.next_delay();
+                warn!(error = %e, retry_in = ?wait, "capture interrupted; reconnecting");
                 *health.last_error.lock().expect("health lock") = Some(e.to_string());
                 metrics().capture_reconnects.inc();
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(settings.max_backoff);
             }
         }
     }
@@ -200,11 +198,6 @@ impl CaptureError {
                 || *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
         }))
     }
-}
-
-fn jitter(d: Duration) -> Duration {
-    let factor = 0.8 + rand::random::<f64>() * 0.4;
-    d.mul_f64(factor)
 }
 
 struct SlotInfo {
@@ -237,8 +230,8 @@ async fn session(
     loop {
         let locked: bool = client
             .query_one(
-                TRY_LEADER_LOCK_SQL,
-                &[&LEADER_LOCK_NAMESPACE, &settings.slot],
+                crate::locks::TRY_LOCK_TEXT_SQL,
+                &[&crate::locks::CAPTURE_LEADER, &settings.slot],
             )
             .await?
             .get(0);
@@ -289,10 +282,23 @@ async fn session(
         })));
     }
 
-    let mut writer = Writer::new(client, settings.slot.clone()).await?;
-    let checkpoint = match queue::read_checkpoint(&writer.client, &settings.slot).await? {
+    let mut writer = CaptureWriter::new(client, settings.slot.clone()).await?;
+    let checkpoint = match crate::queue::read_checkpoint(writer.client(), &settings.slot).await? {
         Some(lsn) => lsn,
-        None => writer.first_run().await?,
+        None => match writer.first_run().await? {
+            FirstRun::Snapshot { checkpoint, .. } => checkpoint,
+            FirstRun::AlreadyDone(Some(checkpoint)) => checkpoint,
+            FirstRun::AlreadyDone(None) => {
+                return Err(CaptureError::Invariant(
+                    "checkpoint vanished during first run".into(),
+                ))
+            }
+            FirstRun::SlotMissing => {
+                return Err(CaptureError::SlotMissing {
+                    slot: settings.slot.clone(),
+                })
+            }
+        },
     };
     let start = checkpoint.max(slot.confirmed_flush.unwrap_or(Lsn::ZERO));
     let stream_settings = StreamSettings {
@@ -338,171 +344,6 @@ async fn session(
     capture.consume(stream, shutdown).await
 }
 
-/// Capture's own connection with its prepared statements and transaction state.
-struct Writer {
-    client: Client,
-    slot: String,
-    in_transaction: bool,
-    enqueue_pairs: Statement,
-    enqueue_sets: Statement,
-    capture_batch: Statement,
-    advance: Statement,
-}
-
-impl Writer {
-    async fn new(client: Client, slot: String) -> Result<Writer, tokio_postgres::Error> {
-        let (enqueue_pairs, enqueue_sets, capture_batch, advance) = futures_util::try_join!(
-            client.prepare(queue::ENQUEUE_PAIRS_SQL),
-            client.prepare(queue::ENQUEUE_SETS_SQL),
-            client.prepare(queue::CAPTURE_BATCH_SQL),
-            client.prepare(queue::ADVANCE_CHECKPOINT_SQL),
-        )?;
-        Ok(Writer {
-            client,
-            slot,
-            in_transaction: false,
-            enqueue_pairs,
-            enqueue_sets,
-            capture_batch,
-            advance,
-        })
-    }
-
-    async fn begin(&mut self) -> Result<(), tokio_postgres::Error> {
-        if !self.in_transaction {
-            self.client.batch_execute("BEGIN").await?;
-            self.in_transaction = true;
-        }
-        Ok(())
-    }
-
-    async fn write_seeds(&mut self, seeds: &mut SeedSet) -> Result<u64, tokio_postgres::Error> {
-        if seeds.is_empty() {
-            return Ok(0);
-        }
-        self.begin().await?;
-        let c = seeds.drain_columns();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
-            &c.product_ids,
-            &c.store_ids,
-            &c.priorities,
-            &c.reasons,
-            &c.commit_lsns,
-        ];
-        // Both statements are sent at once (the connection pipelines them); they run in order.
-        let (pairs, sets) = futures_util::try_join!(
-            self.client.execute(&self.enqueue_pairs, &params),
-            self.client.execute(&self.enqueue_sets, &params),
-        )?;
-        metrics().queue_entries_written.inc_by(pairs + sets);
-        Ok(pairs + sets)
-    }
-
-    /// Commits the batch: seeds, capture log, checkpoint — one transaction.
-    async fn commit(&mut self, batch: &mut Batch) -> Result<(), tokio_postgres::Error> {
-        let started = Instant::now();
-        self.write_seeds(&mut batch.seeds).await?;
-        let seeds_ms = started.elapsed().as_secs_f64() * 1000.0;
-        self.begin().await?;
-        let position = batch.position.to_string();
-        let advance_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-            [&self.slot, &position];
-        let advance = self.client.execute(&self.advance, &advance_params);
-        if let (Some(first), Some(last)) = (batch.transactions.first(), batch.transactions.last()) {
-            let t = &batch.transactions;
-            let span = (PgLsn::from(first.commit_lsn), PgLsn::from(last.end_lsn));
-            let xids: Vec<i64> = t.iter().map(|t| i64::from(t.xid)).collect();
-            let commit_lsns: Vec<PgLsn> = t.iter().map(|t| t.commit_lsn.into()).collect();
-            let row_changes: i32 = t.iter().map(|t| t.row_changes).sum();
-            let log_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
-                &span.0,
-                &span.1,
-                &xids,
-                &row_changes,
-                &commit_lsns,
-                &last.commit_time,
-            ];
-            // Sent together; they run in order.
-            let logged = self.client.execute(&self.capture_batch, &log_params);
-            futures_util::try_join!(logged, advance)?;
-        } else {
-            advance.await?;
-        }
-        let before_commit = Instant::now();
-        self.client.batch_execute("COMMIT").await?;
-        self.in_transaction = false;
-        debug!(
-            seeds_ms,
-            commit_ms = before_commit.elapsed().as_secs_f64() * 1000.0,
-            total_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "capture transaction written"
-        );
-        Ok(())
-    }
-
-    /// Persists an idle keepalive position (autocommit).
-    async fn advance_idle(&mut self, position: Lsn) -> Result<(), tokio_postgres::Error> {
-        debug_assert!(!self.in_transaction);
-        let position = position.to_string();
-        self.client
-            .execute(&self.advance, &[&self.slot, &position])
-            .await?;
-        Ok(())
-    }
-
-    /// No checkpoint yet: snapshot every listed pair and write the first checkpoint together.
-    async fn first_run(&mut self) -> Result<Lsn, CaptureError> {
-        self.client.batch_execute("BEGIN").await?;
-        let confirmed: Option<String> = self
-            .client
-            .query_opt(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&self.slot],
-            )
-            .await?
-            .and_then(|r| r.get(0));
-        let Some(confirmed) = confirmed.and_then(|t| t.parse::<Lsn>().ok()) else {
-            self.client.batch_execute("ROLLBACK").await?;
-            return Err(CaptureError::SlotMissing {
-                slot: self.slot.clone(),
-            });
-        };
-        let reason = Reason::InitialSync;
-        let enqueued = self
-            .client
-            .execute(
-                queue::ENQUEUE_ALL_LISTED_SQL,
-                &[&reason.as_str(), &reason.priority(), &None::<uuid::Uuid>],
-            )
-            .await?;
-        let position = confirmed.to_string();
-        let created = self
-            .client
-            .execute(queue::FIRST_CHECKPOINT_SQL, &[&self.slot, &position])
-            .await?;
-        if created == 0 {
-            // Another instance finished its first run meanwhile; use its checkpoint.
-            self.client.batch_execute("ROLLBACK").await?;
-            return queue::read_checkpoint(&self.client, &self.slot)
-                .await?
-                .ok_or_else(|| {
-                    CaptureError::Invariant("checkpoint vanished during first run".into())
-                });
-        }
-        self.client.batch_execute("COMMIT").await?;
-        info!(pairs = enqueued, checkpoint = %confirmed, "first run: every listed pair enqueued");
-        Ok(confirmed)
-    }
-}
-
-struct CapturedTransaction {
-    commit_lsn: Lsn,
-    end_lsn: Lsn,
-    xid: u32,
-    commit_time: DateTime<Utc>,
-    row_changes: i32,
-}
-
 /// Work received but not yet committed.
 #[derive(Default)]
 struct Batch {
@@ -533,7 +374,7 @@ struct Current {
 
 struct Capture<'a> {
     settings: &'a CaptureSettings,
-    writer: Writer,
+    writer: CaptureWriter,
     checkpoint: Lsn,
     watched: HashMap<u32, WatchedTable>,
     current: Option<Current>,
@@ -647,7 +488,9 @@ impl Capture<'_> {
                 }
                 if self.batch.seeds.len() >= self.settings.spill_threshold {
                     let started = Instant::now();
-                    self.writer.write_seeds(&mut self.batch.seeds).await?;
+                    self.writer
+                        .write_seeds(&self.batch.seeds.drain_columns())
+                        .await?;
                     debug!(
                         elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
                         "seeds spilled"
@@ -660,15 +503,16 @@ impl Capture<'_> {
                     return Ok(());
                 };
                 current.row_changes += 1;
-                let lsn = current.final_lsn.to_string();
-                self.writer.write_seeds(&mut self.batch.seeds).await?;
-                self.writer.begin().await?;
+                let lsn = current.final_lsn;
+                self.writer
+                    .write_seeds(&self.batch.seeds.drain_columns())
+                    .await?;
                 for relation in relations {
-                    let sql = match WatchedTable::from_relation(&relation)? {
-                        WatchedTable::ProductStores { .. } => queue::TRUNCATE_PRODUCT_STORES_SQL,
-                        WatchedTable::ProductSetItems { .. } => queue::TRUNCATE_SET_ITEMS_SQL,
+                    let table = match WatchedTable::from_relation(&relation)? {
+                        WatchedTable::ProductStores { .. } => TruncatedTable::ProductStores,
+                        WatchedTable::ProductSetItems { .. } => TruncatedTable::ProductSetItems,
                     };
-                    let n = self.writer.client.execute(sql, &[&lsn]).await?;
+                    let n = self.writer.truncate(table, lsn).await?;
                     info!(table = %relation.qualified_name(), enqueued = n, "TRUNCATE captured");
                 }
                 self.batch.wrote = true;
@@ -744,7 +588,10 @@ impl Capture<'_> {
         self.batch.position = self.batch.position.max(self.checkpoint);
         let started = Instant::now();
         let seeds = self.batch.seeds.len();
-        self.writer.commit(&mut self.batch).await?;
+        let seed_columns = self.batch.seeds.drain_columns();
+        self.writer
+            .commit(&seed_columns, &self.batch.transactions, self.batch.position)
+            .await?;
         debug!(
             transactions = self.batch.transactions.len(),
             seeds,

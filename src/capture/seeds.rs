@@ -3,70 +3,31 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::types::PgLsn;
 use uuid::Uuid;
 
+use crate::queue::capture::SeedColumns;
+use crate::queue::Reason;
 use crate::replication::pgoutput::{ColumnValue, Relation, TupleData};
 use crate::replication::stream::{ChangeKind, RowChange};
 use crate::replication::Lsn;
 
-/// Why a pair was enqueued. The priority order is the seed plan's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    OrderCreated,
-    OrderCancelled,
-    StockRemoved,
-    StockAdded,
-    /// A set's composition changed (items added, removed or re-quantified).
-    CompositionChanged,
-    /// The first run's snapshot of every listed pair.
-    InitialSync,
-    /// `stocksync resync` or `retry-failed`.
-    Resync,
-}
-
-impl Reason {
-    pub fn priority(self) -> i32 {
-        match self {
-            Reason::OrderCreated => 100,
-            Reason::OrderCancelled => 90,
-            Reason::StockRemoved => 80,
-            Reason::StockAdded => 70,
-            Reason::CompositionChanged => 60,
-            Reason::InitialSync | Reason::Resync => 50,
-        }
+/// Reason of a `product_stores` change from old and new (sellable, committed) values.
+/// `None` when sellable quantity did not change.
+pub fn infer_reason(old: (i64, i64), new: (i64, i64)) -> Option<Reason> {
+    let ((old_sellable, old_committed), (new_sellable, new_committed)) = (old, new);
+    if old_sellable == new_sellable {
+        return None;
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::OrderCreated => "ORDER_CREATED",
-            Reason::OrderCancelled => "ORDER_CANCELLED",
-            Reason::StockRemoved => "STOCK_REMOVED",
-            Reason::StockAdded => "STOCK_ADDED",
-            Reason::CompositionChanged => "COMPOSITION_CHANGED",
-            Reason::InitialSync => "INITIAL_SYNC",
-            Reason::Resync => "RESYNC",
-        }
-    }
-
-    /// Reason of a `product_stores` change from old and new (sellable, committed) values.
-    /// `None` when sellable quantity did not change.
-    pub fn infer(old: (i64, i64), new: (i64, i64)) -> Option<Reason> {
-        let ((old_sellable, old_committed), (new_sellable, new_committed)) = (old, new);
-        if old_sellable == new_sellable {
-            return None;
-        }
-        let sellable_up = new_sellable > old_sellable;
-        Some(if !sellable_up && new_committed > old_committed {
-            Reason::OrderCreated
-        } else if sellable_up && new_committed < old_committed {
-            Reason::OrderCancelled
-        } else if sellable_up {
-            Reason::StockAdded
-        } else {
-            Reason::StockRemoved
-        })
-    }
+    let sellable_up = new_sellable > old_sellable;
+    Some(if !sellable_up && new_committed > old_committed {
+        Reason::OrderCreated
+    } else if sellable_up && new_committed < old_committed {
+        Reason::OrderCancelled
+    } else if sellable_up {
+        Reason::StockAdded
+    } else {
+        Reason::StockRemoved
+    })
 }
 
 /// A pair to recompute. `store_id = None` means "every store where the product is listed"
@@ -268,7 +229,7 @@ pub fn seeds_for_change(
                         // The row moved to another product or store: both pairs are stale.
                         out.push(pair(op, os, Reason::StockRemoved));
                         out.push(pair(np, ns, Reason::StockAdded));
-                    } else if let Some(reason) = Reason::infer((osell, ocomm), (nsell, ncomm)) {
+                    } else if let Some(reason) = infer_reason((osell, ocomm), (nsell, ncomm)) {
                         out.push(pair(np, ns, reason));
                     }
                 }
@@ -335,27 +296,14 @@ impl SeedSet {
         self.seeds.is_empty()
     }
 
-    /// Empties the set into column arrays for the enqueue statement.
+    /// Empties the set into column arrays for the enqueue statements.
     pub fn drain_columns(&mut self) -> SeedColumns {
         let mut columns = SeedColumns::default();
         for ((product_id, store_id), (reason, lsn)) in self.seeds.drain() {
-            columns.product_ids.push(product_id);
-            columns.store_ids.push(store_id);
-            columns.priorities.push(reason.priority());
-            columns.reasons.push(reason.as_str().to_string());
-            columns.commit_lsns.push(lsn.into());
+            columns.push(product_id, store_id, reason, lsn);
         }
         columns
     }
-}
-
-#[derive(Debug, Default)]
-pub struct SeedColumns {
-    pub product_ids: Vec<Uuid>,
-    pub store_ids: Vec<Option<Uuid>>,
-    pub priorities: Vec<i32>,
-    pub reasons: Vec<String>,
-    pub commit_lsns: Vec<PgLsn>,
 }
 
 #[cfg(test)]
@@ -365,17 +313,13 @@ mod tests {
     #[test]
     fn reasons_follow_the_seed_rules() {
         // committed up, sellable down: an order reserved stock
-        assert_eq!(Reason::infer((10, 0), (8, 2)), Some(Reason::OrderCreated));
+        assert_eq!(infer_reason((10, 0), (8, 2)), Some(Reason::OrderCreated));
         // committed down, sellable up: an order was cancelled
-        assert_eq!(Reason::infer((8, 2), (10, 0)), Some(Reason::OrderCancelled));
-        assert_eq!(Reason::infer((8, 2), (20, 2)), Some(Reason::StockAdded));
-        assert_eq!(Reason::infer((8, 2), (5, 2)), Some(Reason::StockRemoved));
+        assert_eq!(infer_reason((8, 2), (10, 0)), Some(Reason::OrderCancelled));
+        assert_eq!(infer_reason((8, 2), (20, 2)), Some(Reason::StockAdded));
+        assert_eq!(infer_reason((8, 2), (5, 2)), Some(Reason::StockRemoved));
         // committed moved but sellable did not: nothing to tell the marketplace
-        assert_eq!(Reason::infer((8, 2), (8, 5)), None);
-        assert_eq!(Reason::OrderCreated.priority(), 100);
-        assert_eq!(Reason::OrderCancelled.priority(), 90);
-        assert_eq!(Reason::StockRemoved.priority(), 80);
-        assert_eq!(Reason::StockAdded.priority(), 70);
+        assert_eq!(infer_reason((8, 2), (8, 5)), None);
     }
 
     #[test]
@@ -405,7 +349,10 @@ mod tests {
         let cols = set.drain_columns();
         assert_eq!(cols.reasons, vec!["ORDER_CREATED".to_string()]);
         assert_eq!(cols.priorities, vec![100]);
-        assert_eq!(cols.commit_lsns, vec![PgLsn::from(20)]);
+        assert_eq!(
+            cols.commit_lsns,
+            vec![tokio_postgres::types::PgLsn::from(20)]
+        );
         assert!(set.is_empty());
     }
 }

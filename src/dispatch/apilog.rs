@@ -5,10 +5,20 @@
 //!
 //! Writing the log never fails dispatch: an error is logged and the work goes on.
 
+use tokio_postgres::GenericClient;
 use tracing::warn;
 use uuid::Uuid;
 
-use super::sql::INSERT_API_LOG_SQL;
+const INSERT_SQL: &str = r#"
+INSERT INTO stock_sync.api_log
+    (provider, type, store_id, item_count, status_code, duration_ms, batch_id, success,
+     request_body, response_body, error_message)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+"#;
+
+/// Retention of the API log (`$1` days).
+const PRUNE_SQL: &str =
+    "DELETE FROM stock_sync.api_log WHERE created_at < now() - make_interval(days => $1::int)";
 
 /// Longest body kept, in characters.
 pub const BODY_LIMIT: usize = 4000;
@@ -41,7 +51,7 @@ pub struct Entry<'a> {
 }
 
 /// Writes `entry`; failures are logged, not returned.
-pub async fn write(client: &tokio_postgres::Client, entry: Entry<'_>) {
+pub async fn write(client: &impl GenericClient, entry: Entry<'_>) {
     let item_count = entry
         .item_count
         .map(|n| i32::try_from(n).unwrap_or(i32::MAX));
@@ -54,7 +64,7 @@ pub async fn write(client: &tokio_postgres::Client, entry: Entry<'_>) {
     let error = entry.error_message.map(|b| cut(b, BODY_LIMIT));
     if let Err(e) = client
         .execute(
-            INSERT_API_LOG_SQL,
+            INSERT_SQL,
             &[
                 &entry.provider,
                 &entry.kind,
@@ -73,6 +83,11 @@ pub async fn write(client: &tokio_postgres::Client, entry: Entry<'_>) {
     {
         warn!(error = %e, kind = entry.kind, "could not write the API log");
     }
+}
+
+/// Deletes entries older than `days`.
+pub async fn prune(client: &impl GenericClient, days: i32) -> Result<u64, tokio_postgres::Error> {
+    client.execute(PRUNE_SQL, &[&days]).await
 }
 
 /// At most `limit` characters, marked when cut.

@@ -1,5 +1,6 @@
-//! The batch poller: reads Trendyol batch results and Hepsiburada upload statuses until they
-//! are final, then applies them per item in one transaction per batch.
+//! Batch results: `stock_sync.batches` holds every accepted push whose per-item result is
+//! not known yet; the poller reads Trendyol batch results and Hepsiburada upload statuses
+//! until they are final, then applies them per item in one transaction per batch.
 //!
 //! * Item success moves the quantity to `listing_state.accepted_quantity` (guarded by the
 //!   batch id, so an older result never overwrites a newer one).
@@ -15,23 +16,118 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::Object;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{Client, GenericClient};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::apilog::{self, kind, Entry};
-use super::sql::*;
-use super::store_cycle::{
-    outcome_label, outcome_message, rate_window_wait, retry_delay, store_credentials, BatchItem,
-};
-use super::{DispatchError, Dispatcher};
+use super::limiter::{Limiter, RequestKind};
+use super::outcome::{label, message, retry_delay};
+use super::{gates, DispatchError, Dispatcher};
+use crate::backoff::BackoffPolicy;
 use crate::marketplace::{BatchStatus, Provider};
 use crate::metrics::metrics;
+use crate::queue::{self, Reason, RequeuedItem};
 
 const TICK: Duration = Duration::from_millis(250);
-/// Longest gap between two polls of one batch.
+/// How long a claimed poll is leased to its poller (other instances skip it meanwhile).
+const POLL_LEASE: Duration = Duration::from_secs(30);
+/// Gaps between two polls of one batch: from `first_poll_delay`, doubling, at most 30 s —
+/// results usually come within seconds, and a slow one should not cost a read a second.
 const MAX_POLL_GAP: Duration = Duration::from_secs(30);
+
+const INSERT_SQL: &str = r#"
+INSERT INTO stock_sync.batches (store_id, provider, batch_ref, items, next_poll_at)
+VALUES ($1, $2, $3, $4::text::jsonb, now() + make_interval(secs => $5::float8))
+RETURNING id
+"#;
+
+/// Batches whose result is due, leased for `$1` seconds, so other instances skip them.
+const DUE_SQL: &str = r#"
+UPDATE stock_sync.batches b
+SET next_poll_at = now() + make_interval(secs => $1::float8), polls = b.polls + 1
+WHERE b.id IN (
+    SELECT id FROM stock_sync.batches
+    WHERE state = 'polling' AND next_poll_at <= now()
+    ORDER BY next_poll_at
+    LIMIT 16
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING b.id, b.store_id, b.provider, b.batch_ref, b.items::text,
+          EXTRACT(EPOCH FROM now() - b.created_at)::float8, b.polls
+"#;
+
+/// The next poll of a batch whose result is still pending, `$2` seconds from now.
+const SCHEDULE_SQL: &str = r#"
+UPDATE stock_sync.batches SET next_poll_at = now() + make_interval(secs => $2::float8)
+WHERE id = $1 AND state = 'polling'
+"#;
+
+/// Locks a batch for finishing; only a batch still polling is finished (once).
+const LOCK_SQL: &str = "SELECT state FROM stock_sync.batches WHERE id = $1 FOR UPDATE";
+
+const FINISH_SQL: &str =
+    "UPDATE stock_sync.batches SET state = $2, finished_at = now() WHERE id = $1";
+
+/// Batches of a store whose result is still open (Hepsiburada allows only a few).
+const OPEN_SQL: &str =
+    "SELECT count(*) FROM stock_sync.batches WHERE store_id = $1 AND state = 'polling'";
+
+/// Retention of finished batches (`$1` days).
+const PRUNE_SQL: &str = "DELETE FROM stock_sync.batches WHERE state <> 'polling' AND finished_at < now() - make_interval(days => $1::int)";
+
+/// What a batch row remembers of each request item (`batches.items`, in request order).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct BatchItem {
+    pub queue_id: i64,
+    pub product_id: Uuid,
+    pub key: String,
+    pub quantity: i32,
+    pub attempts: i32,
+    pub priority: i32,
+}
+
+/// Records an accepted push to poll. Returns the batch's id.
+pub(super) async fn insert(
+    db: &impl GenericClient,
+    store: Uuid,
+    provider: Provider,
+    batch_ref: &str,
+    items: &[BatchItem],
+    first_poll: Duration,
+) -> Result<i64, DispatchError> {
+    let items_json = serde_json::to_string(items).expect("batch items serialise");
+    Ok(db
+        .query_one(
+            INSERT_SQL,
+            &[
+                &store,
+                &provider.as_str(),
+                &batch_ref,
+                &items_json,
+                &first_poll.as_secs_f64(),
+            ],
+        )
+        .await?
+        .get(0))
+}
+
+/// Uploads of a store whose result is still open.
+pub(super) async fn open_batches(
+    db: &impl GenericClient,
+    store: Uuid,
+) -> Result<i64, DispatchError> {
+    Ok(db.query_one(OPEN_SQL, &[&store]).await?.get(0))
+}
+
+pub(super) async fn prune(
+    db: &impl GenericClient,
+    retention_days: i32,
+) -> Result<u64, DispatchError> {
+    Ok(db.execute(PRUNE_SQL, &[&retention_days]).await?)
+}
 
 struct DueBatch {
     id: i64,
@@ -40,18 +136,27 @@ struct DueBatch {
     batch_ref: String,
     items: String,
     age: Duration,
+    polls: i32,
 }
 
+/// Polls due batches until `stop`.
 pub(super) async fn run(d: Arc<Dispatcher>, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        if let Err(e) = poll_due(&d, &stop).await {
-            debug!(error = %e, "batch polling failed; will retry");
+        match poll_due(&d, &stop).await {
+            Ok(()) => failing = false,
+            // Warned once per stretch of failures, not on every tick.
+            Err(e) if !failing => {
+                warn!(error = %e, "batch polling failed; will retry");
+                failing = true;
+            }
+            Err(e) => debug!(error = %e, "batch polling still failing"),
         }
     }
 }
@@ -59,13 +164,7 @@ pub(super) async fn run(d: Arc<Dispatcher>, stop: CancellationToken) {
 async fn poll_due(d: &Dispatcher, stop: &CancellationToken) -> Result<(), DispatchError> {
     let mut db = d.pool.get().await?;
     let due: Vec<DueBatch> = db
-        .query(
-            DUE_BATCHES_SQL,
-            &[
-                &d.settings.first_poll_delay.as_secs_f64(),
-                &MAX_POLL_GAP.as_secs_f64(),
-            ],
-        )
+        .query(DUE_SQL, &[&POLL_LEASE.as_secs_f64()])
         .await?
         .iter()
         .map(|r| DueBatch {
@@ -75,6 +174,7 @@ async fn poll_due(d: &Dispatcher, stop: &CancellationToken) -> Result<(), Dispat
             batch_ref: r.get(3),
             items: r.get(4),
             age: Duration::from_secs_f64(r.get::<_, f64>(5).max(0.0)),
+            polls: r.get(6),
         })
         .collect();
     for batch in due {
@@ -88,7 +188,12 @@ async fn poll_due(d: &Dispatcher, stop: &CancellationToken) -> Result<(), Dispat
     Ok(())
 }
 
-async fn poll_one(d: &Dispatcher, db: &mut Object, b: &DueBatch) -> Result<(), DispatchError> {
+/// The gap before the next poll of a batch polled `polls` times.
+fn next_poll_gap(d: &Dispatcher, polls: i32) -> Duration {
+    BackoffPolicy::exact(d.settings.first_poll_delay, MAX_POLL_GAP).delay_after(polls.max(1) as u32)
+}
+
+async fn poll_one(d: &Dispatcher, db: &mut Client, b: &DueBatch) -> Result<(), DispatchError> {
     let items: Vec<BatchItem> = match serde_json::from_str(&b.items) {
         Ok(items) => items,
         Err(e) => return expire_unreadable(d, db, b, e.to_string()).await,
@@ -96,44 +201,35 @@ async fn poll_one(d: &Dispatcher, db: &mut Object, b: &DueBatch) -> Result<(), D
     let timed_out = b.age >= d.settings.batch_result_timeout;
     let give_up = |why: String| fail_all(items.len(), why);
     let Some(provider) = Provider::from_store_type(&b.provider) else {
-        return apply(
-            d,
-            db,
-            b,
-            &items,
-            give_up(format!("unknown provider {}", b.provider)),
-            "expired",
-        )
-        .await;
+        let why = format!("unknown provider {}", b.provider);
+        return apply(d, db, b, &items, give_up(why), "expired").await;
     };
-    let Some(creds) = store_credentials(db, b.store_id, provider).await? else {
+    let Some(creds) = gates::store_credentials(db, b.store_id, provider).await? else {
         if timed_out {
             let why = "the store has no usable credentials to read the batch result".to_string();
             return apply(d, db, b, &items, give_up(why), "expired").await;
         }
-        return Ok(());
+        return schedule(db, d, b).await;
     };
     let endpoint = provider.status_endpoint();
-    if rate_window_wait(db, &d.settings, b.store_id, endpoint)
-        .await?
-        .is_some()
-    {
-        // Polled again after the lease the claim took.
-        return Ok(());
+    let limiter = Limiter::new(&d.settings, b.store_id);
+    if limiter.window_wait(db, endpoint).await?.is_some() {
+        return schedule(db, d, b).await;
     }
-    db.execute(RECORD_STATUS_REQUEST_SQL, &[&b.store_id, &endpoint])
+    limiter
+        .record(db, endpoint, RequestKind::Status, None)
         .await?;
     let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
     let (status, exchange) = d.client.batch_status(&creds, &b.batch_ref, &keys).await;
     let m = metrics();
     let store_label = b.store_id.to_string();
-    let (label, error) = match &status {
+    let (outcome_label, error) = match &status {
         BatchStatus::Pending | BatchStatus::Done(_) => ("2xx", None),
         BatchStatus::NotFound => ("404", Some("batch unknown to the marketplace".to_string())),
-        BatchStatus::Failed(outcome) => (outcome_label(outcome), outcome_message(outcome)),
+        BatchStatus::Failed(outcome) => (label(outcome), message(outcome)),
     };
     m.requests_sent
-        .with_label_values(&[&store_label, "status", label])
+        .with_label_values(&[&store_label, "status", outcome_label])
         .inc();
     m.request_duration_seconds
         .with_label_values(&[provider.as_str(), "status"])
@@ -180,15 +276,8 @@ async fn poll_one(d: &Dispatcher, db: &mut Object, b: &DueBatch) -> Result<(), D
             apply(d, db, b, &items, outcomes, "done").await
         }
         BatchStatus::NotFound => {
-            apply(
-                d,
-                db,
-                b,
-                &items,
-                give_up("the marketplace does not know this batch".into()),
-                "expired",
-            )
-            .await
+            let why = "the marketplace does not know this batch".to_string();
+            apply(d, db, b, &items, give_up(why), "expired").await
         }
         BatchStatus::Pending | BatchStatus::Failed(_) if timed_out => {
             let why = format!(
@@ -197,12 +286,19 @@ async fn poll_one(d: &Dispatcher, db: &mut Object, b: &DueBatch) -> Result<(), D
             );
             apply(d, db, b, &items, give_up(why), "expired").await
         }
-        BatchStatus::Pending => Ok(()),
+        BatchStatus::Pending => schedule(db, d, b).await,
         BatchStatus::Failed(outcome) => {
             debug!(batch = %b.batch_ref, outcome = ?outcome, "batch result unreadable for now");
-            Ok(())
+            schedule(db, d, b).await
         }
     }
+}
+
+async fn schedule(db: &Client, d: &Dispatcher, b: &DueBatch) -> Result<(), DispatchError> {
+    let gap = next_poll_gap(d, b.polls);
+    db.execute(SCHEDULE_SQL, &[&b.id, &gap.as_secs_f64()])
+        .await?;
+    Ok(())
 }
 
 /// A batch whose stored items cannot be read (this code writes them with serde, so the row was
@@ -211,29 +307,27 @@ async fn poll_one(d: &Dispatcher, db: &mut Object, b: &DueBatch) -> Result<(), D
 /// (in doubt and re-enqueued, to be recomputed and sent again) and the batch is expired.
 async fn expire_unreadable(
     d: &Dispatcher,
-    db: &mut Object,
+    db: &mut Client,
     b: &DueBatch,
     error: String,
 ) -> Result<(), DispatchError> {
-    let rows = db.query(SENT_IN_BATCH_SQL, &[&b.store_id, &b.id]).await?;
-    warn!(batch = b.id, batch_ref = %b.batch_ref, error = %error, listings = rows.len(),
+    let sent = queue::sent_in_batch(db, b.store_id, b.id).await?;
+    warn!(batch = b.id, batch_ref = %b.batch_ref, error = %error, listings = sent.len(),
         "stored batch items are unreadable; expiring the batch and sending its listings again");
-    let reason = crate::capture::seeds::Reason::Resync;
-    let items: Vec<BatchItem> = rows
+    let items: Vec<BatchItem> = sent
         .iter()
-        .map(|r| BatchItem {
+        .map(|(product_id, quantity)| BatchItem {
             queue_id: 0,
-            product_id: r.get(0),
+            product_id: *product_id,
             key: String::new(),
-            quantity: r.get(1),
+            quantity: *quantity,
             attempts: 0,
-            priority: reason.priority(),
+            priority: Reason::Resync.priority(),
         })
         .collect();
     // Whether the marketplace applied them is unknown: resend even an unchanged quantity.
     let products: Vec<Uuid> = items.iter().map(|i| i.product_id).collect();
-    db.execute(MARK_IN_DOUBT_SQL, &[&b.store_id, &products])
-        .await?;
+    queue::mark_in_doubt(db, b.store_id, &products).await?;
     let why = format!("batch {} items unreadable: {error}", b.id);
     apply(d, db, b, &items, fail_all(items.len(), why), "expired").await
 }
@@ -247,7 +341,7 @@ fn fail_all(count: usize, why: String) -> Vec<(usize, Result<(), String>)> {
 /// `final_state`, once.
 async fn apply(
     d: &Dispatcher,
-    db: &mut Object,
+    db: &mut Client,
     b: &DueBatch,
     items: &[BatchItem],
     outcomes: Vec<(usize, Result<(), String>)>,
@@ -256,11 +350,7 @@ async fn apply(
     let max_attempts = d.settings.max_attempts;
     let mut accepted_products = Vec::new();
     let mut accepted_quantities = Vec::new();
-    let mut failed_products = Vec::new();
-    let mut failed_priorities = Vec::new();
-    let mut failed_attempts = Vec::new();
-    let mut failed_delays = Vec::new();
-    let mut failed_errors = Vec::new();
+    let mut failed: Vec<RequeuedItem> = Vec::new();
     for (index, result) in outcomes {
         let item = &items[index];
         match result {
@@ -270,47 +360,33 @@ async fn apply(
             }
             Err(reason) => {
                 let attempts = item.attempts + 1;
-                failed_products.push(item.product_id);
-                failed_priorities.push(item.priority);
-                failed_attempts.push(attempts);
-                failed_delays.push(retry_delay(attempts));
-                failed_errors.push(reason);
+                failed.push(RequeuedItem {
+                    product_id: item.product_id,
+                    priority: item.priority,
+                    attempts,
+                    delay: retry_delay(attempts),
+                    error: reason,
+                });
             }
         }
     }
+    let failed_products: Vec<Uuid> = failed.iter().map(|f| f.product_id).collect();
     let tx = db.transaction().await?;
-    let state: Option<String> = tx
-        .query_opt(LOCK_BATCH_SQL, &[&b.id])
-        .await?
-        .map(|r| r.get(0));
+    let state: Option<String> = tx.query_opt(LOCK_SQL, &[&b.id]).await?.map(|r| r.get(0));
     if state.as_deref() != Some("polling") {
         return Ok(());
     }
-    if !accepted_products.is_empty() {
-        tx.execute(
-            ITEM_ACCEPTED_SQL,
-            &[&b.store_id, &accepted_products, &accepted_quantities, &b.id],
-        )
-        .await?;
-    }
-    if !failed_products.is_empty() {
-        tx.execute(ITEM_FAILED_SQL, &[&b.store_id, &failed_products, &b.id])
-            .await?;
-        tx.execute(
-            REQUEUE_FAILED_ITEMS_SQL,
-            &[
-                &b.store_id,
-                &max_attempts,
-                &failed_products,
-                &failed_priorities,
-                &failed_attempts,
-                &failed_delays,
-                &failed_errors,
-            ],
-        )
-        .await?;
-    }
-    tx.execute(FINISH_BATCH_SQL, &[&b.id, &final_state]).await?;
+    queue::item_accepted(
+        &tx,
+        b.store_id,
+        &accepted_products,
+        &accepted_quantities,
+        b.id,
+    )
+    .await?;
+    queue::item_failed(&tx, b.store_id, &failed_products, b.id).await?;
+    queue::requeue_failed_items(&tx, b.store_id, max_attempts, &failed).await?;
+    tx.execute(FINISH_SQL, &[&b.id, &final_state]).await?;
     tx.commit().await?;
 
     let m = metrics();
@@ -320,19 +396,15 @@ async fn apply(
         .inc_by(accepted_products.len() as u64);
     m.items_sent
         .with_label_values(&[&store_label, "failed"])
-        .inc_by(failed_products.len() as u64);
-    for ((product, attempts), error) in failed_products
-        .iter()
-        .zip(&failed_attempts)
-        .zip(&failed_errors)
-    {
-        if *attempts >= max_attempts {
+        .inc_by(failed.len() as u64);
+    for f in &failed {
+        if f.attempts >= max_attempts {
             m.dead_letters.with_label_values(&[&store_label]).inc();
-            warn!(store = %b.store_id, product = %product, attempts, error = %error, "item dead-lettered");
+            warn!(store = %b.store_id, product = %f.product_id, attempts = f.attempts, error = %f.error, "item dead-lettered");
         } else {
-            warn!(store = %b.store_id, product = %product, attempts, error = %error, "item refused by the marketplace; will retry");
+            warn!(store = %b.store_id, product = %f.product_id, attempts = f.attempts, error = %f.error, "item refused by the marketplace; will retry");
         }
     }
-    debug!(batch = %b.batch_ref, accepted = accepted_products.len(), failed = failed_products.len(), final_state, "batch result applied");
+    debug!(batch = %b.batch_ref, accepted = accepted_products.len(), failed = failed.len(), final_state, "batch result applied");
     Ok(())
 }

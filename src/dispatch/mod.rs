@@ -1,38 +1,39 @@
 //! Dispatch: pending queue entries -> computed quantities -> marketplace requests.
 //!
-//! # The cycle of one store
+//! # The cycle of one store ([`store_cycle`])
 //! A store is *due* when its oldest pending, non-deferred entry is `flush_interval` old or a
-//! full batch is ready. Its cycle, run by one dispatcher of one instance at a time:
+//! full batch is ready ([`crate::queue::due_stores`]). Its cycle, run by one dispatcher of one
+//! instance at a time, has one file per step:
 //!
-//! 1. takes the store's session advisory lock on the dispatcher's lock connection (another
-//!    instance holding it means "skip"); every `in_flight` entry of the store found now is
-//!    an orphan of a crash and goes back to pending;
-//! 2. reads the `stores` row: missing, foreign type, `is_active = false` or
-//!    `send_stock = false` close the pending entries with that outcome and send nothing
-//!    (and when such a store becomes sendable, every listing of it is enqueued again);
-//!    missing credentials pause the store; a pause for refused credentials lasts until the
-//!    credentials change (or `retry-failed`);
-//! 3. honours the store's gates: Retry-After / 5xx backoff (`not_before`),
-//!    `min_send_interval`, and for Hepsiburada at most [`MAX_OPEN_HEPSIBURADA_BATCHES`]
-//!    uploads whose result is open;
-//! 4. claims up to a batch of entries (`FOR UPDATE SKIP LOCKED`, priority then age) and
-//!    computes their quantities with one statement ([`crate::stock`]);
-//! 5. closes without a request entries whose quantity equals what the marketplace was last
-//!    told, and entries without a marketplace key (reported);
-//! 6. sends the rest: a body identical to one sent within `identical_request_window` is
-//!    re-ordered or deferred; at most `rate_limit_requests` per `rate_limit_window` per
-//!    endpoint (counted in `sent_requests`, written *before* the request leaves; a body the
-//!    marketplace answered 429/401/403/4xx/5xx stops counting for the identical-body rule, a
-//!    lost answer keeps counting); a 400 is split in halves until the offending item is alone.
+//! 1. **lock and orphans** ([`store_cycle`]): the store's advisory lock
+//!    ([`crate::locks::STORE_CYCLE`]) on the dispatcher's lock connection (held elsewhere:
+//!    skip); claims whose cycle is gone go back to pending;
+//! 2. **gates and pauses** ([`gates`]): no `stores` row, a foreign type, inactive or
+//!    `send_stock = false` close the entries with that outcome; missing or refused
+//!    credentials pause the store until they change;
+//! 3. **limits** ([`limiter`]): backoff and Retry-After, `min_send_interval`, open
+//!    Hepsiburada uploads; later, per request, the rate window and the identical-body rule;
+//! 4. **claim** ([`crate::queue::claim`]): up to a batch of entries under a fresh
+//!    [`crate::queue::ClaimToken`] (`FOR UPDATE SKIP LOCKED`, priority then age);
+//! 5. **build** ([`build`]): quantities with one statement ([`crate::stock`]); entries equal to
+//!    what the marketplace was last told close as `unchanged`, entries without a marketplace
+//!    key as `no_key` (reported);
+//! 6. **send** ([`send`]): a body identical to one sent within `identical_request_window` is
+//!    re-ordered or deferred; the rate window is waited for; the pairs are marked in doubt and
+//!    the request recorded before it leaves;
+//! 7. **outcome** ([`outcome`]): the answer becomes queue transitions and store state (a 400
+//!    is split in halves until the offending item is alone);
+//! 8. **batch results** ([`batches`], a task of its own): accepted pushes are polled until
+//!    their per-item result is final.
 //!
 //! # Invariants
-//! * An entry is `in_flight` only while a cycle holding the store's lock owns it; every exit
-//!   of a cycle finishes or releases its claims, and a crash leaves orphans that the next
-//!   holder of the lock releases. Releasing never creates a second pending entry of a pair.
-//! * The marketplace's last accepted quantity (`listing_state.accepted_quantity`) changes
-//!   only on item-level success read from the batch result, and never goes back to an older
-//!   batch's value. While a result is open the sent quantity counts as told, so the same
-//!   value is not sent twice.
+//! * An entry is `in_flight` only while the cycle that claimed it lives; every move out of
+//!   `in_flight` names the cycle's claim token, so a cycle whose claims were taken over
+//!   changes nothing and stops. A cycle checks its lock connection before every request: once
+//!   the lock is gone, nothing more leaves.
+//! * The marketplace's last accepted quantity changes only on item-level success read from
+//!   the batch result, and never goes back to an older batch's value. While a result is open
+//!   the sent quantity counts as told, so the same value is not sent twice.
 //! * Before a request leaves, its pairs are marked `in_doubt` (with the request recorded for
 //!   the limiters); only an accepted push clears the mark. A crash, timeout or 5xx after the
 //!   request left therefore leads to a resend of the then current quantity (harmless), never
@@ -41,8 +42,13 @@
 
 pub mod apilog;
 mod batches;
-pub mod sql;
+mod build;
+mod gates;
+mod limiter;
+mod outcome;
+mod send;
 mod store_cycle;
+pub mod store_state;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -54,12 +60,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::backoff::BackoffPolicy;
 use crate::db::DbConfig;
-use crate::marketplace::{ClientSettings, MarketplaceClient};
+use crate::marketplace::{ClientSettings, MarketplaceClient, Provider};
+use crate::queue::{self, QueueError, Reason};
 use crate::stock::QuantityRules;
 
-/// Hepsiburada is said to keep at most five uploads per merchant in processing.
-pub const MAX_OPEN_HEPSIBURADA_BATCHES: i64 = 5;
+pub use limiter::MAX_OPEN_HEPSIBURADA_BATCHES;
 
 /// Errors that end one cycle (the dispatcher logs them and goes on).
 #[derive(Debug, thiserror::Error)]
@@ -68,9 +75,17 @@ pub enum DispatchError {
     Db(#[from] tokio_postgres::Error),
     #[error("connection pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("stores row {store}: column {column}: {problem}")]
+    BadStoreRow {
+        store: Uuid,
+        column: &'static str,
+        problem: String,
+    },
 }
 
-/// What dispatch needs from the configuration.
+/// What dispatch needs from the configuration (built by `ops` from `Config`).
 #[derive(Debug, Clone)]
 pub struct DispatchSettings {
     /// Names this process in `queue.claimed_by` (host:pid).
@@ -92,7 +107,7 @@ pub struct DispatchSettings {
     pub batch_result_timeout: Duration,
     /// Store cycles running at once in this process.
     pub concurrency: usize,
-    /// First gap between two polls of a batch result (grows 1.5x per poll, up to 30 s).
+    /// First gap between two polls of a batch result (doubles per poll, up to 30 s).
     pub first_poll_delay: Duration,
     /// Days of finished queue entries, result batches and capture batch log kept.
     pub retention_days: i32,
@@ -131,29 +146,6 @@ impl Default for DispatchSettings {
 }
 
 impl DispatchSettings {
-    pub fn from_config(config: &crate::ops::config::Config) -> Self {
-        DispatchSettings {
-            flush_interval: config.flush_interval,
-            min_send_interval: config.min_send_interval,
-            identical_request_window: config.identical_request_window,
-            rate_limit_requests: config.rate_limit_requests,
-            rate_limit_window: config.rate_limit_window,
-            max_quantity: config.max_quantity,
-            safety_stock: config.safety_stock,
-            safety_stock_per_store: config.safety_stock_per_store.clone(),
-            dry_run: config.dry_run,
-            client: ClientSettings {
-                trendyol_url: config.trendyol_url.clone(),
-                hepsiburada_url: config.hepsiburada_url.clone(),
-                hepsiburada_user_agent: config.hepsiburada_user_agent.clone(),
-                timeout: config.request_timeout,
-            },
-            hepsiburada_batch_size: config.hepsiburada_batch_size,
-            max_attempts: config.max_attempts.max(1),
-            ..DispatchSettings::default()
-        }
-    }
-
     /// Quantity rules of a store (its safety stock override, else the default).
     pub fn rules_for(&self, store_id: Uuid) -> QuantityRules {
         QuantityRules {
@@ -163,6 +155,27 @@ impl DispatchSettings {
                 .get(&store_id)
                 .unwrap_or(&self.safety_stock),
         }
+    }
+
+    /// Items per push for a provider.
+    pub fn batch_size(&self, provider: Provider) -> usize {
+        match provider {
+            Provider::Trendyol => provider.max_batch(),
+            Provider::Hepsiburada => self.hepsiburada_batch_size.clamp(1, 10_000),
+        }
+    }
+
+    /// The largest batch of any provider (a store with that many ready entries is due).
+    fn largest_batch(&self) -> usize {
+        self.batch_size(Provider::Trendyol)
+            .max(self.batch_size(Provider::Hepsiburada))
+    }
+
+    /// How long a claim lives without its cycle renewing it (before every request): a
+    /// rate-window wait plus a request's timeout, twice, and a minute of slack. A claim past
+    /// its lease is an orphan even if its connection lives.
+    pub fn claim_lease(&self) -> Duration {
+        2 * (self.rate_limit_window + self.client.timeout) + Duration::from_secs(60)
     }
 
     /// How often the queue is asked for due stores: often enough that `flush_interval`
@@ -191,10 +204,11 @@ pub(crate) struct Dispatcher {
     pub locks: tokio_postgres::Client,
 }
 
-/// Claims older than this are checked for orphans (a live cycle holds its lock, so checking
-/// early is harmless; checking often is wasted work).
-const STALE_CLAIM_AFTER: Duration = Duration::from_secs(5);
-/// How often the slow checks run: stale claims, and stores that became sendable again.
+/// Reconnecting the lock connection: from half a second, doubling to 30 s (an outage of the
+/// database is waited out without flooding its log).
+const RECONNECT: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_millis(500), Duration::from_secs(30));
+/// How often the slow checks run: orphaned claims, and stores that became sendable again.
 const SLOW_CHECK_EVERY: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -210,7 +224,7 @@ pub async fn run(
         info!("dry run: payloads are computed and written to the API log, nothing is sent");
     }
     let client = MarketplaceClient::new(settings.client.clone());
-    let mut backoff = Duration::from_millis(500);
+    let mut reconnect = RECONNECT.start();
     loop {
         let locks = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -218,7 +232,7 @@ pub async fn run(
         };
         match locks {
             Ok(locks) => {
-                backoff = Duration::from_millis(500);
+                reconnect.reset();
                 let dispatcher = Arc::new(Dispatcher {
                     pool: pool.clone(),
                     settings: settings.clone(),
@@ -234,9 +248,8 @@ pub async fn run(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(reconnect.next_delay()) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -252,6 +265,7 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_slow_check = tokio::time::Instant::now();
     let mut last_prune: Option<tokio::time::Instant> = None;
+    let mut failing = false;
     let stopped = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break true,
@@ -277,9 +291,18 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
             break false;
         }
         let mut due = match due_stores(&dispatcher).await {
-            Ok(due) => due,
+            Ok(due) => {
+                failing = false;
+                due
+            }
+            // Warned once per stretch of failures, not on every tick.
+            Err(e) if !failing => {
+                warn!(error = %e, "cannot read due stores; will retry");
+                failing = true;
+                continue;
+            }
             Err(e) => {
-                debug!(error = %e, "cannot read due stores");
+                debug!(error = %e, "still cannot read due stores");
                 continue;
             }
         };
@@ -287,10 +310,10 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
             last_slow_check = tokio::time::Instant::now();
             match stale_claim_stores(&dispatcher).await {
                 Ok(stale) => due.extend(stale),
-                Err(e) => debug!(error = %e, "cannot read stale claims"),
+                Err(e) => warn!(error = %e, "cannot look for orphaned claims"),
             }
             if let Err(e) = resync_reopened_stores(&dispatcher).await {
-                debug!(error = %e, "cannot check for reopened stores");
+                warn!(error = %e, "cannot check for stores that can be sent to again");
             }
         }
         for store in due {
@@ -323,18 +346,19 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
 
 async fn due_stores(d: &Dispatcher) -> Result<Vec<Uuid>, DispatchError> {
     let db = d.pool.get().await?;
-    let batch = store_cycle::largest_batch(&d.settings) as i64;
-    let rows = db
-        .query(
-            sql::DUE_STORES_SQL,
-            &[
-                &d.settings.flush_interval.as_secs_f64(),
-                &batch,
-                &d.settings.min_send_interval.as_secs_f64(),
-            ],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    let s = &d.settings;
+    Ok(queue::due_stores(
+        &**db,
+        s.flush_interval,
+        s.largest_batch(),
+        s.min_send_interval,
+    )
+    .await?)
+}
+
+async fn stale_claim_stores(d: &Dispatcher) -> Result<Vec<Uuid>, DispatchError> {
+    let db = d.pool.get().await?;
+    Ok(queue::stale_claim_stores(&**db, d.settings.claim_lease()).await?)
 }
 
 /// A store whose entries were closed because it was inactive, of another type or missing,
@@ -342,67 +366,44 @@ async fn due_stores(d: &Dispatcher) -> Result<Vec<Uuid>, DispatchError> {
 /// `stores` table is not replicated, so this is the only way its stock catches up.
 async fn resync_reopened_stores(d: &Dispatcher) -> Result<(), DispatchError> {
     let mut db = d.pool.get().await?;
-    let reopened: Vec<(Uuid, String)> = db
-        .query(sql::REOPENED_STORES_SQL, &[])
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let reason = crate::capture::seeds::Reason::Resync;
-    for (store, was) in reopened {
+    for (store, was) in store_state::reopened(&**db).await? {
         let tx = db.transaction().await?;
-        let pairs = tx
-            .execute(
-                crate::capture::queue::ENQUEUE_ALL_LISTED_SQL,
-                &[&reason.as_str(), &reason.priority(), &Some(store)],
-            )
-            .await?;
-        tx.execute(sql::CLEAR_GATED_SQL, &[&store]).await?;
+        let pairs = queue::enqueue_all_listed(&*tx, Reason::Resync, Some(store)).await?;
+        store_state::clear_gated(&*tx, store).await?;
         tx.commit().await?;
         info!(store = %store, previously = %was, pairs, "store can be sent to again; its listings are enqueued");
     }
     Ok(())
 }
 
-async fn stale_claim_stores(d: &Dispatcher) -> Result<Vec<Uuid>, DispatchError> {
-    let db = d.pool.get().await?;
-    let rows = db
-        .query(
-            sql::STALE_CLAIM_STORES_SQL,
-            &[&STALE_CLAIM_AFTER.as_secs_f64()],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
+/// Retention of finished entries, batches, the API log and the limiters' records.
 async fn prune(d: &Dispatcher) {
-    let Ok(db) = d.pool.get().await else {
-        return;
+    let db = match d.pool.get().await {
+        Ok(db) => db,
+        Err(e) => return warn!(error = %e, "pruning skipped: no connection"),
     };
     let s = &d.settings;
-    let sent_window = s
-        .identical_request_window
-        .max(s.rate_limit_window)
-        .max(s.min_send_interval)
-        + Duration::from_secs(3600);
-    let results = [
-        db.execute(sql::PRUNE_QUEUE_SQL, &[&s.retention_days]).await,
-        db.execute(sql::PRUNE_BATCHES_SQL, &[&s.retention_days])
-            .await,
-        db.execute(sql::PRUNE_CAPTURE_BATCHES_SQL, &[&s.retention_days])
-            .await,
-        db.execute(sql::PRUNE_LEGACY_CAPTURE_LOG_SQL, &[&s.retention_days])
-            .await,
-        db.execute(sql::PRUNE_API_LOG_SQL, &[&s.api_log_retention_days])
-            .await,
-        db.execute(sql::PRUNE_SENT_REQUESTS_SQL, &[&sent_window.as_secs_f64()])
-            .await,
+    let results: [(&str, Result<u64, DispatchError>); 4] = [
+        (
+            "queue",
+            queue::prune(&**db, s.retention_days)
+                .await
+                .map_err(Into::into),
+        ),
+        ("batches", batches::prune(&**db, s.retention_days).await),
+        (
+            "api log",
+            apilog::prune(&**db, s.api_log_retention_days)
+                .await
+                .map_err(Into::into),
+        ),
+        ("sent requests", limiter::prune(&**db, s).await),
     ];
-    for r in results {
-        match r {
-            Ok(n) if n > 0 => debug!(rows = n, "pruned"),
+    for (what, result) in results {
+        match result {
+            Ok(n) if n > 0 => debug!(rows = n, what, "pruned"),
             Ok(_) => {}
-            Err(e) => debug!(error = %e, "pruning failed"),
+            Err(e) => warn!(error = %e, what, "pruning failed"),
         }
     }
 }

@@ -11,12 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::config::{markdown_table, Config};
-use super::setup;
+use super::{setup, EXIT_CONFIG, EXIT_RUNTIME, EXIT_SLOT_LOST};
 use crate::capture::CaptureError;
-
-pub const EXIT_RUNTIME: u8 = 1;
-pub const EXIT_CONFIG: u8 = 2;
-pub const EXIT_SLOT_LOST: u8 = 3;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -1,49 +1,270 @@
 //! Configuration: environment variables and an optional TOML file (`--config`) with the same
-//! keys (lower case, without the `STOCKSYNC_` prefix). Environment wins over the file, the
-//! file over defaults. Unknown keys in the file are an error. [`KEYS`] is the single list the
-//! README's configuration table is generated from (`stocksync config --markdown`).
+//! keys (lower case, without the `STOCKSYNC_` prefix).
+//!
+//! [`KEYS`] is the one table of keys. It drives, in this order of precedence:
+//! 1. the environment — only the variables it names are read, each converted by its [`Kind`];
+//! 2. the TOML file — a key it does not name is an error (`deny_unknown_fields`);
+//! 3. the defaults — its `default` column;
+//!
+//! and `stocksync config --markdown`, which prints the README's table from it. The merged
+//! values are deserialized with serde into one struct (durations with `humantime-serde`) and
+//! then checked for ranges; every error names the key and its environment variable, and
+//! never shows the value of a secret.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::db::{validate_identifier, DbConfig};
 
-/// One configuration key: TOML name, environment variable, default, meaning.
+/// How a key's text (from the environment, a TOML string or the default) is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Integer,
+    Boolean,
+    /// `200ms`, `5s`, `15m`, `1h`, `0s` (humantime).
+    Duration,
+    /// `STORE_UUID=N,STORE_UUID=N`; in TOML a table `{ "uuid" = N }`.
+    PerStoreInteger,
+}
+
+/// One configuration key: TOML name, environment variable, default, how it is read, meaning.
 pub struct Key {
     pub name: &'static str,
     pub env: &'static str,
+    /// The default as text; `(required)` and `(none)` mean there is none.
     pub default: &'static str,
+    pub kind: Kind,
+    /// Its value is never shown (errors, `Debug`).
+    pub secret: bool,
     pub meaning: &'static str,
 }
 
+impl Key {
+    const fn new(
+        name: &'static str,
+        env: &'static str,
+        default: &'static str,
+        kind: Kind,
+        meaning: &'static str,
+    ) -> Key {
+        Key {
+            name,
+            env,
+            default,
+            kind,
+            secret: false,
+            meaning,
+        }
+    }
+
+    const fn secret(mut self) -> Key {
+        self.secret = true;
+        self
+    }
+
+    fn default_value(&self) -> Option<&'static str> {
+        (!self.default.starts_with('(')).then_some(self.default)
+    }
+
+    /// The key of a TOML name.
+    pub fn named(name: &str) -> Option<&'static Key> {
+        KEYS.iter().find(|k| k.name == name)
+    }
+}
+
+/// The keys, one constant each (validation names them directly).
+pub mod keys {
+    use super::Key;
+    use super::Kind::*;
+
+    pub const DATABASE_URL: Key = Key::new("database_url", "DATABASE_URL", "(required)", Text, "libpq-style URL `postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=/path/ca.pem`; sslmode disable, prefer, require, verify-ca, verify-full").secret();
+    pub const SLOT: Key = Key::new(
+        "slot",
+        "STOCKSYNC_SLOT",
+        "stock_sync",
+        Text,
+        "logical replication slot (pgoutput)",
+    );
+    pub const PUBLICATION: Key = Key::new(
+        "publication",
+        "STOCKSYNC_PUBLICATION",
+        "stock_sync",
+        Text,
+        "publication of `product_stores` and `product_set_items`",
+    );
+    pub const HTTP_ADDR: Key = Key::new(
+        "http_addr",
+        "STOCKSYNC_HTTP_ADDR",
+        "127.0.0.1:9187",
+        Text,
+        "`/metrics`, `/healthz`, `/readyz`, `/api/status` and the dashboard",
+    );
+    pub const LOG_FORMAT: Key = Key::new(
+        "log_format",
+        "STOCKSYNC_LOG_FORMAT",
+        "human",
+        Text,
+        "`human` or `json`",
+    );
+    pub const LOG: Key = Key::new(
+        "log",
+        "STOCKSYNC_LOG",
+        "info,tokio_postgres=warn",
+        Text,
+        "log filter (tracing `EnvFilter` syntax, e.g. `info,stocksync::dispatch=debug`)",
+    );
+    pub const FLUSH_INTERVAL: Key = Key::new(
+        "flush_interval",
+        "STOCKSYNC_FLUSH_INTERVAL",
+        "5s",
+        Duration,
+        "a store's batch is sent when its oldest pending entry is this old (or the batch is full)",
+    );
+    pub const MIN_SEND_INTERVAL: Key = Key::new(
+        "min_send_interval",
+        "STOCKSYNC_MIN_SEND_INTERVAL",
+        "0s",
+        Duration,
+        "minimum gap between two requests to one store (the seed's fixed gate is `15m`)",
+    );
+    pub const IDENTICAL_REQUEST_WINDOW: Key = Key::new(
+        "identical_request_window",
+        "STOCKSYNC_IDENTICAL_REQUEST_WINDOW",
+        "15m",
+        Duration,
+        "never send a byte-identical body to a store within this window",
+    );
+    pub const RATE_LIMIT_REQUESTS: Key = Key::new(
+        "rate_limit_requests",
+        "STOCKSYNC_RATE_LIMIT_REQUESTS",
+        "50",
+        Integer,
+        "requests per `rate_limit_window` per store and endpoint",
+    );
+    pub const RATE_LIMIT_WINDOW: Key = Key::new(
+        "rate_limit_window",
+        "STOCKSYNC_RATE_LIMIT_WINDOW",
+        "10s",
+        Duration,
+        "window of the request limit",
+    );
+    pub const MAX_QUANTITY: Key = Key::new(
+        "max_quantity",
+        "STOCKSYNC_MAX_QUANTITY",
+        "20000",
+        Integer,
+        "quantities are clamped to 0..max_quantity",
+    );
+    pub const SAFETY_STOCK: Key = Key::new(
+        "safety_stock",
+        "STOCKSYNC_SAFETY_STOCK",
+        "0",
+        Integer,
+        "subtracted from every computed quantity (floor 0)",
+    );
+    pub const SAFETY_STOCK_PER_STORE: Key = Key::new(
+        "safety_stock_per_store",
+        "STOCKSYNC_SAFETY_STOCK_PER_STORE",
+        "(none)",
+        PerStoreInteger,
+        "per-store override: `STORE_UUID=N,STORE_UUID=N` (TOML: a table `{ \"uuid\" = N }`)",
+    );
+    pub const DRY_RUN: Key = Key::new(
+        "dry_run",
+        "STOCKSYNC_DRY_RUN",
+        "false",
+        Boolean,
+        "compute and log the payloads, send nothing",
+    );
+    pub const TRENDYOL_URL: Key = Key::new(
+        "trendyol_url",
+        "STOCKSYNC_TRENDYOL_URL",
+        "https://apigw.trendyol.com",
+        Text,
+        "Trendyol API base URL",
+    );
+    pub const HEPSIBURADA_URL: Key = Key::new(
+        "hepsiburada_url",
+        "STOCKSYNC_HEPSIBURADA_URL",
+        "https://listing-external.hepsiburada.com",
+        Text,
+        "Hepsiburada listing API base URL",
+    );
+    pub const HEPSIBURADA_USER_AGENT: Key = Key::new(
+        "hepsiburada_user_agent",
+        "STOCKSYNC_HEPSIBURADA_USER_AGENT",
+        "stocksync",
+        Text,
+        "User-Agent sent to Hepsiburada (your integrator user name)",
+    );
+    pub const HEPSIBURADA_BATCH_SIZE: Key = Key::new(
+        "hepsiburada_batch_size",
+        "STOCKSYNC_HEPSIBURADA_BATCH_SIZE",
+        "1000",
+        Integer,
+        "items per Hepsiburada upload",
+    );
+    pub const REQUEST_TIMEOUT: Key = Key::new(
+        "request_timeout",
+        "STOCKSYNC_REQUEST_TIMEOUT",
+        "30s",
+        Duration,
+        "marketplace request timeout",
+    );
+    pub const MAX_ATTEMPTS: Key = Key::new(
+        "max_attempts",
+        "STOCKSYNC_MAX_ATTEMPTS",
+        "8",
+        Integer,
+        "failed sends of one item before it is dead-lettered",
+    );
+    pub const HEARTBEAT_INTERVAL: Key = Key::new(
+        "heartbeat_interval",
+        "STOCKSYNC_HEARTBEAT_INTERVAL",
+        "60s",
+        Duration,
+        "transactional `pg_logical_emit_message` so an idle slot advances (`0s` = off)",
+    );
+    pub const SAFE_WAL_SIZE_WARN: Key = Key::new(
+        "safe_wal_size_warn",
+        "STOCKSYNC_SAFE_WAL_SIZE_WARN",
+        "1073741824",
+        Integer,
+        "warn when the slot's `safe_wal_size` falls under this many bytes",
+    );
+}
+
+/// Every key, in the README's order.
 pub const KEYS: &[Key] = &[
-    Key { name: "database_url", env: "DATABASE_URL", default: "(required)", meaning: "libpq-style URL `postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=/path/ca.pem`; sslmode disable, prefer, require, verify-ca, verify-full" },
-    Key { name: "slot", env: "STOCKSYNC_SLOT", default: "stock_sync", meaning: "logical replication slot (pgoutput)" },
-    Key { name: "publication", env: "STOCKSYNC_PUBLICATION", default: "stock_sync", meaning: "publication of `product_stores` and `product_set_items`" },
-    Key { name: "http_addr", env: "STOCKSYNC_HTTP_ADDR", default: "127.0.0.1:9187", meaning: "`/metrics`, `/healthz`, `/readyz`, `/api/status` and the dashboard" },
-    Key { name: "log_format", env: "STOCKSYNC_LOG_FORMAT", default: "human", meaning: "`human` or `json`" },
-    Key { name: "log", env: "STOCKSYNC_LOG", default: "info,tokio_postgres=warn", meaning: "log filter (tracing `EnvFilter` syntax, e.g. `info,stocksync::dispatch=debug`)" },
-    Key { name: "flush_interval", env: "STOCKSYNC_FLUSH_INTERVAL", default: "5s", meaning: "a store's batch is sent when its oldest pending entry is this old (or the batch is full)" },
-    Key { name: "min_send_interval", env: "STOCKSYNC_MIN_SEND_INTERVAL", default: "0s", meaning: "minimum gap between two requests to one store (the seed's fixed gate is `15m`)" },
-    Key { name: "identical_request_window", env: "STOCKSYNC_IDENTICAL_REQUEST_WINDOW", default: "15m", meaning: "never send a byte-identical body to a store within this window" },
-    Key { name: "rate_limit_requests", env: "STOCKSYNC_RATE_LIMIT_REQUESTS", default: "50", meaning: "requests per `rate_limit_window` per store and endpoint" },
-    Key { name: "rate_limit_window", env: "STOCKSYNC_RATE_LIMIT_WINDOW", default: "10s", meaning: "window of the request limit" },
-    Key { name: "max_quantity", env: "STOCKSYNC_MAX_QUANTITY", default: "20000", meaning: "quantities are clamped to 0..max_quantity" },
-    Key { name: "safety_stock", env: "STOCKSYNC_SAFETY_STOCK", default: "0", meaning: "subtracted from every computed quantity (floor 0)" },
-    Key { name: "safety_stock_per_store", env: "STOCKSYNC_SAFETY_STOCK_PER_STORE", default: "(none)", meaning: "per-store override: `STORE_UUID=N,STORE_UUID=N` (TOML: a table `{ \"uuid\" = N }`)" },
-    Key { name: "dry_run", env: "STOCKSYNC_DRY_RUN", default: "false", meaning: "compute and log the payloads, send nothing" },
-    Key { name: "trendyol_url", env: "STOCKSYNC_TRENDYOL_URL", default: "https://apigw.trendyol.com", meaning: "Trendyol API base URL" },
-    Key { name: "hepsiburada_url", env: "STOCKSYNC_HEPSIBURADA_URL", default: "https://listing-external.hepsiburada.com", meaning: "Hepsiburada listing API base URL" },
-    Key { name: "hepsiburada_user_agent", env: "STOCKSYNC_HEPSIBURADA_USER_AGENT", default: "stocksync", meaning: "User-Agent sent to Hepsiburada (your integrator user name)" },
-    Key { name: "hepsiburada_batch_size", env: "STOCKSYNC_HEPSIBURADA_BATCH_SIZE", default: "1000", meaning: "items per Hepsiburada upload" },
-    Key { name: "request_timeout", env: "STOCKSYNC_REQUEST_TIMEOUT", default: "30s", meaning: "marketplace request timeout" },
-    Key { name: "max_attempts", env: "STOCKSYNC_MAX_ATTEMPTS", default: "8", meaning: "failed sends of one item before it is dead-lettered" },
-    Key { name: "heartbeat_interval", env: "STOCKSYNC_HEARTBEAT_INTERVAL", default: "60s", meaning: "transactional `pg_logical_emit_message` so an idle slot advances (`0s` = off)" },
-    Key { name: "safe_wal_size_warn", env: "STOCKSYNC_SAFE_WAL_SIZE_WARN", default: "1073741824", meaning: "warn when the slot's `safe_wal_size` falls under this many bytes" },
+    keys::DATABASE_URL,
+    keys::SLOT,
+    keys::PUBLICATION,
+    keys::HTTP_ADDR,
+    keys::LOG_FORMAT,
+    keys::LOG,
+    keys::FLUSH_INTERVAL,
+    keys::MIN_SEND_INTERVAL,
+    keys::IDENTICAL_REQUEST_WINDOW,
+    keys::RATE_LIMIT_REQUESTS,
+    keys::RATE_LIMIT_WINDOW,
+    keys::MAX_QUANTITY,
+    keys::SAFETY_STOCK,
+    keys::SAFETY_STOCK_PER_STORE,
+    keys::DRY_RUN,
+    keys::TRENDYOL_URL,
+    keys::HEPSIBURADA_URL,
+    keys::HEPSIBURADA_USER_AGENT,
+    keys::HEPSIBURADA_BATCH_SIZE,
+    keys::REQUEST_TIMEOUT,
+    keys::MAX_ATTEMPTS,
+    keys::HEARTBEAT_INTERVAL,
+    keys::SAFE_WAL_SIZE_WARN,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +283,11 @@ pub enum ConfigError {
         key: String,
         known: String,
     },
-    #[error("{key} ({env}) = {value:?}: {problem}")]
+    #[error("{key} ({env}) = {value}: {problem}")]
     Invalid {
         key: &'static str,
         env: &'static str,
+        /// Quoted, or `(hidden)` for a secret.
         value: String,
         problem: String,
     },
@@ -73,6 +295,21 @@ pub enum ConfigError {
     MissingDatabaseUrl,
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
+}
+
+impl ConfigError {
+    fn invalid(key: &'static Key, value: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.name,
+            env: key.env,
+            value: if key.secret {
+                "(hidden)".into()
+            } else {
+                format!("{value:?}")
+            },
+            problem: problem.into(),
+        }
+    }
 }
 
 /// Resolved configuration.
@@ -103,10 +340,40 @@ pub struct Config {
     pub safe_wal_size_warn: i64,
 }
 
-/// Raw values by key name, from file then environment.
-struct Sources {
-    values: HashMap<&'static str, String>,
-    per_store_table: Option<HashMap<String, i64>>,
+/// The merged values, typed; field names are the TOML keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    database_url: Option<String>,
+    slot: String,
+    publication: String,
+    http_addr: String,
+    log_format: String,
+    log: String,
+    #[serde(with = "humantime_serde")]
+    flush_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    min_send_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    identical_request_window: Duration,
+    rate_limit_requests: i64,
+    #[serde(with = "humantime_serde")]
+    rate_limit_window: Duration,
+    max_quantity: i64,
+    safety_stock: i64,
+    #[serde(default)]
+    safety_stock_per_store: HashMap<String, i64>,
+    dry_run: bool,
+    trendyol_url: String,
+    hepsiburada_url: String,
+    hepsiburada_user_agent: String,
+    hepsiburada_batch_size: i64,
+    #[serde(with = "humantime_serde")]
+    request_timeout: Duration,
+    max_attempts: i64,
+    #[serde(with = "humantime_serde")]
+    heartbeat_interval: Duration,
+    safe_wal_size_warn: i64,
 }
 
 impl Config {
@@ -120,22 +387,27 @@ impl Config {
         file: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut sources = Sources {
-            values: HashMap::new(),
-            per_store_table: None,
-        };
+        let mut merged = toml::Table::new();
+        for key in KEYS {
+            if let Some(default) = key.default_value() {
+                merged.insert(key.name.into(), typed(key, default)?);
+            }
+        }
         if let Some(path) = file {
-            read_file(path, &mut sources)?;
+            merged.extend(read_file(path)?);
         }
         for key in KEYS {
             if let Some(value) = env(key.env) {
-                sources.values.insert(key.name, value);
-                if key.name == "safety_stock_per_store" {
-                    sources.per_store_table = None;
-                }
+                merged.insert(key.name.into(), typed(key, &value)?);
             }
         }
-        sources.resolve()
+        let raw: Raw = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::File {
+                path: file.map_or("(environment)".into(), |p| p.display().to_string()),
+                message: e.message().to_string(),
+            })?;
+        raw.resolve()
     }
 
     /// Connection settings; fails when `DATABASE_URL` is missing or malformed.
@@ -156,7 +428,44 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path, sources: &mut Sources) -> Result<(), ConfigError> {
+/// A key's text as the TOML value its field takes.
+fn typed(key: &'static Key, text: &str) -> Result<toml::Value, ConfigError> {
+    let bad = |problem: &str| ConfigError::invalid(key, text, problem);
+    let trimmed = text.trim();
+    Ok(match key.kind {
+        Kind::Text => toml::Value::String(text.to_string()),
+        Kind::Integer => toml::Value::Integer(trimmed.parse().map_err(|_| bad("not an integer"))?),
+        Kind::Boolean => toml::Value::Boolean(match trimmed.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => return Err(bad("expected true or false")),
+        }),
+        Kind::Duration => {
+            let canonical = if trimmed == "0" { "0s" } else { trimmed };
+            humantime::parse_duration(canonical)
+                .map_err(|e| bad(&format!("not a duration like 200ms, 5s or 15m ({e})")))?;
+            toml::Value::String(canonical.to_string())
+        }
+        Kind::PerStoreInteger => {
+            let mut table = toml::Table::new();
+            for item in trimmed.split(',').filter(|i| !i.trim().is_empty()) {
+                let (store, n) = item
+                    .split_once('=')
+                    .ok_or_else(|| bad(&format!("{item:?} is not STORE_UUID=N")))?;
+                let n: i64 = n
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad(&format!("{n:?} is not an integer")))?;
+                table.insert(store.trim().to_string(), toml::Value::Integer(n));
+            }
+            toml::Value::Table(table)
+        }
+    })
+}
+
+/// The file's keys, each known; string values are read as their key's kind (so
+/// `max_quantity = "500"` works as it does in the environment).
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: shown.clone(),
@@ -168,215 +477,141 @@ fn read_file(path: &Path, sources: &mut Sources) -> Result<(), ConfigError> {
             path: shown.clone(),
             message: e.to_string(),
         })?;
+    let mut values = toml::Table::new();
     for (name, value) in table {
-        let key = KEYS
-            .iter()
-            .find(|k| k.name == name)
-            .ok_or_else(|| ConfigError::UnknownKey {
-                path: shown.clone(),
-                key: name.clone(),
-                known: KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", "),
-            })?;
-        let text = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Table(t) if key.name == "safety_stock_per_store" => {
-                let mut map = HashMap::new();
-                for (store, n) in t {
-                    let n = n.as_integer().ok_or_else(|| ConfigError::File {
-                        path: shown.clone(),
-                        message: format!("safety_stock_per_store.{store} must be an integer"),
-                    })?;
-                    map.insert(store, n);
-                }
-                sources.per_store_table = Some(map);
-                continue;
-            }
-            other => {
-                return Err(ConfigError::File {
-                    path: shown.clone(),
-                    message: format!(
-                        "{} must be a string, integer or boolean, not {}",
-                        key.name,
-                        other.type_str()
-                    ),
-                })
-            }
+        let key = Key::named(&name).ok_or_else(|| ConfigError::UnknownKey {
+            path: shown.clone(),
+            key: name.clone(),
+            known: KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", "),
+        })?;
+        let value = match value {
+            toml::Value::String(text) => typed(key, &text)?,
+            other => other,
         };
-        sources.values.insert(key.name, text);
+        values.insert(name, value);
     }
-    Ok(())
+    Ok(values)
 }
 
-impl Sources {
-    fn raw(&self, name: &'static str) -> (&'static Key, String) {
-        let key = KEYS.iter().find(|k| k.name == name).expect("known key");
-        let value = self
-            .values
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| key.default.to_string());
-        (key, value)
+/// Checks a number's range, naming the key.
+fn in_range<T: TryFrom<i64>>(
+    key: &'static Key,
+    value: i64,
+    min: i64,
+    max: i64,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::invalid(
+            key,
+            &value.to_string(),
+            format!("must be between {min} and {max}"),
+        ));
     }
+    T::try_from(value).map_err(|_| ConfigError::invalid(key, &value.to_string(), "out of range"))
+}
 
-    fn invalid(key: &'static Key, value: &str, problem: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            key: key.name,
-            env: key.env,
-            value: value.to_string(),
-            problem: problem.into(),
-        }
+fn url(key: &'static Key, value: &str) -> Result<String, ConfigError> {
+    let parsed =
+        url::Url::parse(value).map_err(|e| ConfigError::invalid(key, value, e.to_string()))?;
+    if parsed.scheme() != "http" && parsed.scheme() != "https" {
+        return Err(ConfigError::invalid(
+            key,
+            value,
+            "must be an http:// or https:// URL",
+        ));
     }
+    Ok(value.trim_end_matches('/').to_string())
+}
 
-    fn string(&self, name: &'static str) -> String {
-        self.raw(name).1
-    }
+fn identifier(key: &'static Key, value: String) -> Result<String, ConfigError> {
+    validate_identifier(key.name, &value).map_err(|p| ConfigError::invalid(key, &value, p))?;
+    Ok(value)
+}
 
-    fn duration(&self, name: &'static str) -> Result<Duration, ConfigError> {
-        let (key, value) = self.raw(name);
-        parse_duration(&value).map_err(|p| Self::invalid(key, &value, p))
-    }
-
-    fn number<T: std::str::FromStr>(
-        &self,
-        name: &'static str,
-        min: i64,
-        max: i64,
-    ) -> Result<T, ConfigError> {
-        let (key, value) = self.raw(name);
-        let n: i64 = value
-            .trim()
-            .parse()
-            .map_err(|_| Self::invalid(key, &value, "not an integer"))?;
-        if n < min || n > max {
-            return Err(Self::invalid(
-                key,
-                &value,
-                format!("must be between {min} and {max}"),
-            ));
-        }
-        value
-            .trim()
-            .parse()
-            .map_err(|_| Self::invalid(key, &value, "out of range"))
-    }
-
-    fn boolean(&self, name: &'static str) -> Result<bool, ConfigError> {
-        let (key, value) = self.raw(name);
-        match value.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => Ok(true),
-            "false" | "0" | "no" | "off" => Ok(false),
-            _ => Err(Self::invalid(key, &value, "expected true or false")),
-        }
-    }
-
-    fn identifier(&self, name: &'static str) -> Result<String, ConfigError> {
-        let (key, value) = self.raw(name);
-        validate_identifier(name, &value).map_err(|p| Self::invalid(key, &value, p))?;
-        Ok(value)
-    }
-
-    fn url(&self, name: &'static str) -> Result<String, ConfigError> {
-        let (key, value) = self.raw(name);
-        let parsed =
-            url::Url::parse(&value).map_err(|e| Self::invalid(key, &value, e.to_string()))?;
-        if parsed.scheme() != "http" && parsed.scheme() != "https" {
-            return Err(Self::invalid(
-                key,
-                &value,
-                "must be an http:// or https:// URL",
-            ));
-        }
-        Ok(value.trim_end_matches('/').to_string())
-    }
-
-    fn per_store(&self) -> Result<HashMap<Uuid, i32>, ConfigError> {
-        let (key, value) = self.raw("safety_stock_per_store");
-        let pairs: Vec<(String, i64)> = match &self.per_store_table {
-            Some(table) => table.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            None if value == key.default || value.trim().is_empty() => Vec::new(),
-            None => value
-                .split(',')
-                .map(|item| {
-                    let (store, n) = item.split_once('=').ok_or_else(|| {
-                        Self::invalid(key, &value, format!("{item:?} is not STORE_UUID=N"))
-                    })?;
-                    let n = n.trim().parse().map_err(|_| {
-                        Self::invalid(key, &value, format!("{n:?} is not an integer"))
-                    })?;
-                    Ok((store.trim().to_string(), n))
-                })
-                .collect::<Result<_, ConfigError>>()?,
-        };
-        let mut map = HashMap::new();
-        for (store, n) in pairs {
-            let id: Uuid = store.parse().map_err(|_| {
-                Self::invalid(key, &value, format!("{store:?} is not a store uuid"))
-            })?;
-            if !(0..=1_000_000).contains(&n) {
-                return Err(Self::invalid(
-                    key,
-                    &value,
-                    format!("{n} must be between 0 and 1000000"),
-                ));
-            }
-            map.insert(id, n as i32);
-        }
-        Ok(map)
-    }
-
+impl Raw {
     fn resolve(self) -> Result<Config, ConfigError> {
-        let (key, addr) = self.raw("http_addr");
-        let http_addr = addr
-            .parse()
-            .map_err(|_| Self::invalid(key, &addr, "expected HOST:PORT, e.g. 127.0.0.1:9187"))?;
-        let (key, format) = self.raw("log_format");
-        let log_json = match format.as_str() {
+        let http_addr = self.http_addr.parse().map_err(|_| {
+            ConfigError::invalid(
+                &keys::HTTP_ADDR,
+                &self.http_addr,
+                "expected HOST:PORT, e.g. 127.0.0.1:9187",
+            )
+        })?;
+        let log_json = match self.log_format.as_str() {
             "human" => false,
             "json" => true,
-            _ => return Err(Self::invalid(key, &format, "expected human or json")),
+            other => {
+                return Err(ConfigError::invalid(
+                    &keys::LOG_FORMAT,
+                    other,
+                    "expected human or json",
+                ))
+            }
         };
-        let rate_limit_window = self.duration("rate_limit_window")?;
-        if rate_limit_window.is_zero() {
-            let (key, value) = self.raw("rate_limit_window");
-            return Err(Self::invalid(key, &value, "must be longer than 0s"));
+        if self.rate_limit_window.is_zero() {
+            return Err(ConfigError::invalid(
+                &keys::RATE_LIMIT_WINDOW,
+                "0s",
+                "must be longer than 0s",
+            ));
+        }
+        if self.hepsiburada_user_agent.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                &keys::HEPSIBURADA_USER_AGENT,
+                &self.hepsiburada_user_agent,
+                "must not be empty (Hepsiburada requires a User-Agent)",
+            ));
+        }
+        let mut safety_stock_per_store = HashMap::new();
+        for (store, n) in &self.safety_stock_per_store {
+            let key = &keys::SAFETY_STOCK_PER_STORE;
+            let id: Uuid = store.parse().map_err(|_| {
+                ConfigError::invalid(key, store, format!("{store:?} is not a store uuid"))
+            })?;
+            safety_stock_per_store.insert(
+                id,
+                in_range(&keys::SAFETY_STOCK_PER_STORE, *n, 0, 1_000_000)?,
+            );
         }
         Ok(Config {
-            database_url: self.values.get("database_url").cloned(),
-            slot: self.identifier("slot")?,
-            publication: self.identifier("publication")?,
+            database_url: self.database_url,
+            slot: identifier(&keys::SLOT, self.slot)?,
+            publication: identifier(&keys::PUBLICATION, self.publication)?,
             http_addr,
             log_json,
-            log_filter: self.string("log"),
-            flush_interval: self.duration("flush_interval")?,
-            min_send_interval: self.duration("min_send_interval")?,
-            identical_request_window: self.duration("identical_request_window")?,
-            rate_limit_requests: self.number("rate_limit_requests", 1, 100_000)?,
-            rate_limit_window,
-            max_quantity: self.number("max_quantity", 0, 1_000_000_000)?,
-            safety_stock: self.number("safety_stock", 0, 1_000_000)?,
-            safety_stock_per_store: self.per_store()?,
-            dry_run: self.boolean("dry_run")?,
-            trendyol_url: self.url("trendyol_url")?,
-            hepsiburada_url: self.url("hepsiburada_url")?,
-            hepsiburada_user_agent: {
-                let ua = self.string("hepsiburada_user_agent");
-                if ua.trim().is_empty() {
-                    let (key, value) = self.raw("hepsiburada_user_agent");
-                    return Err(Self::invalid(
-                        key,
-                        &value,
-                        "must not be empty (Hepsiburada requires a User-Agent)",
-                    ));
-                }
-                ua
-            },
-            hepsiburada_batch_size: self.number("hepsiburada_batch_size", 1, 10_000)?,
-            request_timeout: self.duration("request_timeout")?,
-            max_attempts: self.number("max_attempts", 1, 1000)?,
-            heartbeat_interval: self.duration("heartbeat_interval")?,
-            safe_wal_size_warn: self.number("safe_wal_size_warn", 0, i64::MAX)?,
+            log_filter: self.log,
+            flush_interval: self.flush_interval,
+            min_send_interval: self.min_send_interval,
+            identical_request_window: self.identical_request_window,
+            rate_limit_requests: in_range(
+                &keys::RATE_LIMIT_REQUESTS,
+                self.rate_limit_requests,
+                1,
+                100_000,
+            )?,
+            rate_limit_window: self.rate_limit_window,
+            max_quantity: in_range(&keys::MAX_QUANTITY, self.max_quantity, 0, 1_000_000_000)?,
+            safety_stock: in_range(&keys::SAFETY_STOCK, self.safety_stock, 0, 1_000_000)?,
+            safety_stock_per_store,
+            dry_run: self.dry_run,
+            trendyol_url: url(&keys::TRENDYOL_URL, &self.trendyol_url)?,
+            hepsiburada_url: url(&keys::HEPSIBURADA_URL, &self.hepsiburada_url)?,
+            hepsiburada_user_agent: self.hepsiburada_user_agent,
+            hepsiburada_batch_size: in_range(
+                &keys::HEPSIBURADA_BATCH_SIZE,
+                self.hepsiburada_batch_size,
+                1,
+                10_000,
+            )?,
+            request_timeout: self.request_timeout,
+            max_attempts: in_range(&keys::MAX_ATTEMPTS, self.max_attempts, 1, 1000)?,
+            heartbeat_interval: self.heartbeat_interval,
+            safe_wal_size_warn: in_range(
+                &keys::SAFE_WAL_SIZE_WARN,
+                self.safe_wal_size_warn,
+                0,
+                i64::MAX,
+            )?,
         })
     }
 }
@@ -433,6 +668,26 @@ mod tests {
     }
 
     #[test]
+    fn every_key_is_a_field_and_every_default_reads() {
+        // A key missing from `Raw` would be refused as unknown; a field missing from KEYS
+        // could never be set from the environment.
+        for key in KEYS {
+            let mut one = toml::Table::new();
+            for k in KEYS {
+                if let Some(d) = k.default_value() {
+                    one.insert(k.name.into(), typed(k, d).unwrap());
+                }
+            }
+            one.insert(
+                key.name.into(),
+                typed(key, key.default_value().unwrap_or("")).unwrap(),
+            );
+            let raw: Result<Raw, _> = toml::Value::Table(one).try_into();
+            assert!(raw.is_ok(), "{}: {:?}", key.name, raw.err());
+        }
+    }
+
+    #[test]
     fn file_then_env_and_unknown_keys() {
         let dir = std::env::temp_dir().join(format!("stocksync-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -454,6 +709,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown key \"flush_intervall\""), "{err}");
+
+        std::fs::write(&file, "max_quantity = \"600\"\ndry_run = true\n").unwrap();
+        let c = Config::load_from(Some(&file), env(&[])).unwrap();
+        assert_eq!(c.max_quantity, 600, "a number given as a TOML string");
+        assert!(c.dry_run);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -471,5 +731,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a store uuid"), "{err}");
+        let err = Config::load_from(None, env(&[("STOCKSYNC_MAX_ATTEMPTS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("STOCKSYNC_MAX_ATTEMPTS") && err.contains("between 1 and 1000"),
+            "{err}"
+        );
+        let c = Config::load_from(None, env(&[("STOCKSYNC_MIN_SEND_INTERVAL", "0")])).unwrap();
+        assert_eq!(c.min_send_interval, Duration::ZERO);
     }
 }

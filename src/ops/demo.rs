@@ -593,21 +593,16 @@ struct StoreView {
     differences: Vec<(String, i32, Option<i64>)>,
 }
 
-const QUEUE_SQL: &str = "SELECT store_id, count(*) FILTER (WHERE state = 'pending'), \
-     count(*) FILTER (WHERE state = 'dead') FROM stock_sync.queue GROUP BY store_id";
-
 async fn observe(
     client: &Client,
     catalogue: &Catalogue,
     mock: &MockMarketplace,
 ) -> Result<Vec<StoreView>> {
-    let mut queue: HashMap<Uuid, (i64, i64)> = HashMap::new();
     // The queue table exists once setup ran; before that everything is 0.
-    if let Ok(rows) = client.query(QUEUE_SQL, &[]).await {
-        for row in rows {
-            queue.insert(row.get(0), (row.get(1), row.get(2)));
-        }
-    }
+    let queue: HashMap<Uuid, crate::queue::QueueCounts> = crate::queue::queue_counts(client)
+        .await
+        .map(|counts| counts.into_iter().collect())
+        .unwrap_or_default();
     let rules = QuantityRules {
         max_quantity: 20_000,
         safety_stock: 0,
@@ -632,7 +627,8 @@ async fn observe(
             listed: expected.len(),
             ..StoreView::default()
         };
-        let (pending, dead) = queue.get(&store.id).copied().unwrap_or((0, 0));
+        let counts = queue.get(&store.id).copied().unwrap_or_default();
+        let (pending, dead) = (counts.pending, counts.dead);
         view.pending = pending;
         view.dead = dead;
         for r in requests.iter().filter(|r| {
@@ -815,7 +811,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             Ok(cluster) => cluster,
             Err(e @ LocalPgError::BinariesNotFound) => {
                 eprintln!("stocksync demo: {e}");
-                return Ok(ExitCode::from(super::cli::EXIT_CONFIG));
+                return Ok(ExitCode::from(super::EXIT_CONFIG));
             }
             Err(e) => return Err(e).context("starting a private PostgreSQL cluster"),
         };
@@ -925,7 +921,7 @@ async fn with_mock(
         for p in &problems {
             eprintln!("stocksync demo: {}", p.0);
         }
-        return Ok(ExitCode::from(super::cli::EXIT_CONFIG));
+        return Ok(ExitCode::from(super::EXIT_CONFIG));
     }
     println!("stocksync demo: setup complete ({} steps)", steps.len());
 
@@ -968,7 +964,7 @@ async fn with_mock(
         println!(
             "stocksync demo: done (not converged); everything it started is stopped and removed."
         );
-        Ok(ExitCode::from(super::cli::EXIT_RUNTIME))
+        Ok(ExitCode::from(super::EXIT_RUNTIME))
     }
 }
 

@@ -102,7 +102,7 @@ async fn api_status(State(state): State<AppState>) -> Response {
         Ok(status) => axum::Json(status).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("status query failed: {}", crate::db::describe(&e)),
+            format!("status query failed: {e}"),
         )
             .into_response(),
     }

@@ -16,18 +16,9 @@ use crate::capture::CaptureHealth;
 use crate::db::DbConfig;
 use crate::metrics::metrics;
 
-/// Queue depth and oldest pending age per store, and slot figures, for `/metrics`.
-const REFRESH_SQL: &str = r#"
-SELECT store_id::text, count(*), EXTRACT(EPOCH FROM now() - min(enqueued_at))::float8
-FROM stock_sync.queue WHERE state = 'pending' GROUP BY store_id
-"#;
-
-const SLOT_FIGURES_SQL: &str = r#"
-SELECT (pg_current_wal_lsn() - c.lsn)::bigint, s.safe_wal_size
-FROM (SELECT NULL) dummy
-LEFT JOIN stock_sync.checkpoint c ON c.slot_name = $1
-LEFT JOIN pg_replication_slots s ON s.slot_name = $1
-"#;
+/// The slot's `safe_wal_size` (NULL: unlimited, no row: no slot), for `/metrics`.
+const SAFE_WAL_SIZE_SQL: &str =
+    "SELECT safe_wal_size FROM pg_replication_slots WHERE slot_name = $1";
 
 /// A transactional message: decoding it moves the slot even when the published tables are
 /// quiet (the empty transaction is skipped, the keepalive that follows is confirmed).
@@ -74,7 +65,7 @@ impl Service {
         tasks.push(tokio::spawn(crate::dispatch::run(
             pool.clone(),
             db.clone(),
-            crate::dispatch::DispatchSettings::from_config(&config),
+            super::dispatch_settings(&config),
             shutdown.clone(),
         )));
         Ok(Service {
@@ -104,11 +95,7 @@ pub async fn run_until(
     shutdown: CancellationToken,
 ) -> Result<Result<(), crate::capture::CaptureError>> {
     let db = config.db()?;
-    let settings = crate::capture::CaptureSettings {
-        slot: config.slot.clone(),
-        publication: config.publication.clone(),
-        ..crate::capture::CaptureSettings::default()
-    };
+    let settings = super::capture_settings(&config);
     let health = Arc::new(CaptureHealth::default());
     let service = Service::start(config, db, health, shutdown.clone()).await?;
     tracing::info!("stocksync running");
@@ -137,22 +124,24 @@ async fn refresh_metrics(pool: Pool, config: Arc<Config>, shutdown: Cancellation
         let Ok(client) = pool.get().await else {
             continue;
         };
-        if let Ok(rows) = client.query(REFRESH_SQL, &[]).await {
+        if let Ok(pending) = crate::queue::pending_by_store(&**client).await {
             m.queue_depth.reset();
             m.queue_oldest_age_seconds.reset();
-            for row in rows {
-                let store: String = row.get(0);
-                m.queue_depth.with_label_values(&[&store]).set(row.get(1));
+            for p in pending {
+                let store = p.store_id.to_string();
+                m.queue_depth.with_label_values(&[&store]).set(p.pending);
                 m.queue_oldest_age_seconds
                     .with_label_values(&[&store])
-                    .set(row.get::<_, Option<f64>>(2).unwrap_or(0.0));
+                    .set(p.oldest_age_seconds);
             }
         }
-        match client.query_one(SLOT_FIGURES_SQL, &[&config.slot]).await {
+        if let Ok(lag) = crate::queue::checkpoint_lag(&**client, &config.slot).await {
+            m.replication_lag_bytes
+                .set(lag.lag_bytes.unwrap_or(0).max(0));
+        }
+        match client.query_opt(SAFE_WAL_SIZE_SQL, &[&config.slot]).await {
             Ok(row) => {
-                m.replication_lag_bytes
-                    .set(row.get::<_, Option<i64>>(0).unwrap_or(0).max(0));
-                let safe: Option<i64> = row.get(1);
+                let safe: Option<i64> = row.and_then(|r| r.get(0));
                 m.slot_safe_wal_size_bytes.set(safe.unwrap_or(-1));
                 match safe {
                     Some(bytes) if bytes < config.safe_wal_size_warn => {

@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "capture_batches",
         include_str!("../../sql/003_capture_batches.sql"),
     ),
+    (
+        4,
+        "fenced_claims",
+        include_str!("../../sql/004_fenced_claims.sql"),
+    ),
 ];
 
 /// The application tables stocksync reads through the slot.
@@ -378,9 +383,7 @@ pub async fn preflight(
             // stocksync consumed the slot when it has a checkpoint for it (migration 1
             // created the checkpoint table).
             let had_checkpoint = o.applied_migrations.contains(&1)
-                && crate::capture::queue::read_checkpoint(client, slot)
-                    .await?
-                    .is_some();
+                && crate::queue::read_checkpoint(client, slot).await?.is_some();
             problems.push(if had_checkpoint {
                 Problem(
                     format!(

@@ -1,8 +1,13 @@
 //! `stocksync status`: what an operator needs to see at a glance, read from the database
 //! (so it works from any machine, whichever instance is streaming).
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::queue;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -29,7 +34,7 @@ pub struct SlotStatus {
     pub safe_wal_size: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct StoreStatus {
     pub store_id: String,
     pub name: Option<String>,
@@ -60,54 +65,17 @@ SELECT active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status, saf
 FROM pg_replication_slots WHERE slot_name = $1
 "#;
 
-/// Lag in seconds: how long the checkpoint has been behind the server's WAL position (the
-/// checkpoint moves with every capture batch and, when idle, with keepalives).
-const LAG_SQL: &str = r#"
-SELECT pg_current_wal_lsn()::text,
-       c.lsn::text,
-       (pg_current_wal_lsn() - c.lsn)::bigint,
-       CASE WHEN pg_current_wal_lsn() > c.lsn
-            THEN EXTRACT(EPOCH FROM now() - c.updated_at)::float8 ELSE 0 END
-FROM (SELECT NULL) dummy
-LEFT JOIN stock_sync.checkpoint c ON c.slot_name = $1
-"#;
-
+/// Every store stocksync knows of (a `stores` row or dispatch state), with its name, type,
+/// pause and last request / success / error.
 const STORES_SQL: &str = r#"
-WITH q AS (
-    SELECT store_id,
-           count(*) FILTER (WHERE state = 'pending') AS pending,
-           count(*) FILTER (WHERE state = 'in_flight') AS in_flight,
-           count(*) FILTER (WHERE state = 'dead') AS dead,
-           EXTRACT(EPOCH FROM now() - min(enqueued_at) FILTER (WHERE state = 'pending'))::float8 AS oldest
-    FROM stock_sync.queue WHERE state <> 'done' GROUP BY store_id
-), sent AS (
-    SELECT store_id, count(*) AS sent
-    FROM stock_sync.queue
-    WHERE state = 'done' AND finished_at > now() - interval '1 hour' AND outcome = 'sent'
-    GROUP BY store_id
-), ids AS (
-    SELECT store_id FROM q UNION SELECT id FROM stores UNION SELECT store_id FROM stock_sync.store_state
-)
-SELECT ids.store_id::text, s.name, s.type,
-       coalesce(q.pending, 0), coalesce(q.in_flight, 0), coalesce(q.dead, 0), q.oldest,
-       st.paused_reason, to_char(st.last_success_at, 'YYYY-MM-DD"T"HH24:MI:SS.MSOF'), st.last_error,
-       coalesce(sent.sent, 0), to_char(st.last_request_at, 'YYYY-MM-DD"T"HH24:MI:SS.MSOF')
-FROM ids
-LEFT JOIN q ON q.store_id = ids.store_id
-LEFT JOIN sent ON sent.store_id = ids.store_id
-LEFT JOIN stores s ON s.id = ids.store_id
-LEFT JOIN stock_sync.store_state st ON st.store_id = ids.store_id
-ORDER BY s.name NULLS LAST, ids.store_id
-"#;
-
-const DEAD_SQL: &str = r#"
-SELECT store_id::text, product_id::text, attempts, last_error,
-       to_char(finished_at, 'YYYY-MM-DD"T"HH24:MI:SS.MSOF')
-FROM stock_sync.queue WHERE state = 'dead' ORDER BY finished_at DESC LIMIT 100
+SELECT COALESCE(s.id, st.store_id), s.name::text, s.type::text, st.paused_reason,
+       to_char(st.last_success_at, 'YYYY-MM-DD"T"HH24:MI:SS.MSOF'), st.last_error,
+       to_char(st.last_request_at, 'YYYY-MM-DD"T"HH24:MI:SS.MSOF')
+FROM stores s FULL JOIN stock_sync.store_state st ON st.store_id = s.id
 "#;
 
 /// Reads the status. The caught-up case reports 0 s of lag.
-pub async fn read(client: &Client, slot: &str) -> Result<Status, tokio_postgres::Error> {
+pub async fn read(client: &Client, slot: &str) -> Result<Status, StatusError> {
     let slot_row = client.query_opt(SLOT_SQL, &[&slot]).await?;
     let slot_status = SlotStatus {
         name: slot.to_string(),
@@ -118,50 +86,68 @@ pub async fn read(client: &Client, slot: &str) -> Result<Status, tokio_postgres:
         wal_status: slot_row.as_ref().and_then(|r| r.get(3)),
         safe_wal_size: slot_row.as_ref().and_then(|r| r.get(4)),
     };
-    let lag = client.query_one(LAG_SQL, &[&slot]).await?;
-    let stores: Vec<StoreStatus> = client
-        .query(STORES_SQL, &[])
+    let lag = queue::checkpoint_lag(client, slot).await?;
+    let mut stores: BTreeMap<Uuid, StoreStatus> = BTreeMap::new();
+    for r in client.query(STORES_SQL, &[]).await? {
+        let id: Uuid = r.get(0);
+        stores.insert(
+            id,
+            StoreStatus {
+                store_id: id.to_string(),
+                name: r.get(1),
+                store_type: r.get(2),
+                paused_reason: r.get(3),
+                last_success_at: r.get(4),
+                last_error: r.get(5),
+                last_request_at: r.get(6),
+                ..StoreStatus::default()
+            },
+        );
+    }
+    for q in queue::store_summaries(client).await? {
+        let st = stores.entry(q.store_id).or_insert_with(|| StoreStatus {
+            store_id: q.store_id.to_string(),
+            ..StoreStatus::default()
+        });
+        st.pending = q.pending;
+        st.in_flight = q.in_flight;
+        st.dead = q.dead;
+        st.oldest_pending_age_seconds = q.oldest_pending_age_seconds;
+        st.sent_last_hour = q.sent_last_hour;
+    }
+    let mut stores: Vec<StoreStatus> = stores.into_values().collect();
+    stores.sort_by(|a, b| {
+        (a.name.is_none(), &a.name, &a.store_id).cmp(&(b.name.is_none(), &b.name, &b.store_id))
+    });
+    let dead_letters = queue::dead_letters(client, 100)
         .await?
-        .iter()
-        .map(|r| StoreStatus {
-            store_id: r.get(0),
-            name: r.get(1),
-            store_type: r.get(2),
-            pending: r.get(3),
-            in_flight: r.get(4),
-            dead: r.get(5),
-            oldest_pending_age_seconds: r.get(6),
-            sent_last_hour: r.get(10),
-            paused_reason: r.get(7),
-            last_request_at: r.get(11),
-            last_success_at: r.get(8),
-            last_error: r.get(9),
+        .into_iter()
+        .map(|d| DeadLetter {
+            store_id: d.store_id.to_string(),
+            product_id: d.product_id.to_string(),
+            attempts: d.attempts,
+            last_error: d.last_error,
+            finished_at: d.finished_at,
         })
         .collect();
-    let dead_letters = client
-        .query(DEAD_SQL, &[])
-        .await?
-        .iter()
-        .map(|r| DeadLetter {
-            store_id: r.get(0),
-            product_id: r.get(1),
-            attempts: r.get(2),
-            last_error: r.get(3),
-            finished_at: r.get(4),
-        })
-        .collect();
-    let lag_bytes: Option<i64> = lag.get(2);
-    let lag_seconds: Option<f64> = lag.get(3);
     Ok(Status {
         slot: slot_status,
-        server_lsn: lag.get(0),
-        checkpoint_lsn: lag.get(1),
-        lag_bytes,
-        lag_seconds,
+        server_lsn: lag.server_lsn,
+        checkpoint_lsn: lag.checkpoint_lsn,
+        lag_bytes: lag.lag_bytes,
+        lag_seconds: lag.lag_seconds,
         pending_total: stores.iter().map(|s| s.pending).sum(),
         stores,
         dead_letters,
     })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("database: {}", crate::db::describe(.0))]
+    Db(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Queue(#[from] queue::QueueError),
 }
 
 /// Human rendering for the terminal.
