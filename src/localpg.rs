@@ -12,7 +12,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,7 @@ pub struct LocalCluster {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
-    running: bool,
+    running: AtomicBool,
 }
 
 static CLUSTER_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -85,12 +85,12 @@ impl LocalCluster {
             step: "find a free port",
             source,
         })?;
-        let mut cluster = LocalCluster {
+        let cluster = LocalCluster {
             dir,
             bin,
             port,
             as_postgres,
-            running: false,
+            running: AtomicBool::new(false),
         };
         if as_postgres {
             cluster.run_plain("chown", &["-R", "postgres:postgres", &cluster.dir_str()])?;
@@ -208,28 +208,28 @@ impl LocalCluster {
     }
 
     /// Stops the server. `mode` is `fast` or `immediate` (a crash as far as the server knows).
-    pub fn stop(&mut self, mode: &str) -> Result<(), LocalPgError> {
-        if !self.running {
+    pub fn stop(&self, mode: &str) -> Result<(), LocalPgError> {
+        if !self.running.load(Ordering::SeqCst) {
             return Ok(());
         }
         let data = self.data_dir();
         self.run_pg("pg_ctl", &["-D", &data, "-m", mode, "-w", "stop"])?;
-        self.running = false;
+        self.running.store(false, Ordering::SeqCst);
         Ok(())
     }
 
-    pub fn start_server(&mut self) -> Result<(), LocalPgError> {
+    pub fn start_server(&self) -> Result<(), LocalPgError> {
         let data = self.data_dir();
         let log = format!("{}/server.log", self.dir_str());
         self.run_pg(
             "pg_ctl",
             &["-D", &data, "-l", &log, "-w", "-t", "60", "start"],
         )?;
-        self.running = true;
+        self.running.store(true, Ordering::SeqCst);
         Ok(())
     }
 
-    pub fn restart(&mut self, mode: &str) -> Result<(), LocalPgError> {
+    pub fn restart(&self, mode: &str) -> Result<(), LocalPgError> {
         self.stop(mode)?;
         self.start_server()
     }

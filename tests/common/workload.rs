@@ -384,14 +384,6 @@ pub async fn queue_idle(client: &Client) -> bool {
     matches!(row, Ok(r) if r.get::<_, i64>(0) == 0)
 }
 
-/// The test seed: `STOCKSYNC_TEST_SEED` or a random one (printed by the caller).
-pub fn seed() -> u64 {
-    std::env::var("STOCKSYNC_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random)
-}
-
 /// Scale of the workload: `STOCKSYNC_SOAK_SCALE` (default 1) multiplies transactions.
 pub fn soak_scale() -> u64 {
     std::env::var("STOCKSYNC_SOAK_SCALE")
