@@ -15,7 +15,8 @@
 //! | [`capture`] | row changes -> queue entries (+ parent sets); the exactly-once rules | `replication`, `queue`, `db` |
 //! | [`queue`] | the queue's state machine: every statement on the queue, `listing_state`, `capture_batches` and the checkpoint | `db` |
 //! | [`stock`] | set-based quantity SQL | — |
-//! | [`dispatch`] | one file per step of a store's cycle, batch-result polling | `queue`, `stock`, `marketplace`, `db` |
+//! | [`stores`] | the `stores` rows, gates and pauses, every request limit | `queue`, `marketplace`, `db` |
+//! | [`dispatch`] | one file per step of a store's cycle, batch-result polling | `queue`, `stores`, `stock`, `marketplace`, `db` |
 //! | [`marketplace`] | Trendyol and Hepsiburada clients; response classification | — |
 //! | [`mock`] | the strict local marketplaces (tests, staging, demo) | — |
 //! | [`ops`] | CLI, configuration, setup, status, HTTP, the service, the demo | everything |
@@ -37,3 +38,4 @@ pub mod ops;
 pub mod queue;
 pub mod replication;
 pub mod stock;
+pub mod stores;

@@ -23,13 +23,13 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::apilog::{self, kind, Entry};
-use super::limiter::{Limiter, RequestKind};
 use super::outcome::{label, message, retry_delay};
-use super::{gates, DispatchError, Dispatcher};
+use super::{DispatchError, Dispatcher};
 use crate::backoff::BackoffPolicy;
 use crate::marketplace::{BatchStatus, Provider};
 use crate::metrics::metrics;
 use crate::queue::{self, Reason, RequeuedItem};
+use crate::stores::{row, Limiter, RequestKind};
 
 const TICK: Duration = Duration::from_millis(250);
 /// How long a claimed poll is leased to its poller (other instances skip it meanwhile).
@@ -204,7 +204,7 @@ async fn poll_one(d: &Dispatcher, db: &mut Client, b: &DueBatch) -> Result<(), D
         let why = format!("unknown provider {}", b.provider);
         return apply(d, db, b, &items, give_up(why), "expired").await;
     };
-    let Some(creds) = gates::store_credentials(db, b.store_id, provider).await? else {
+    let Some(creds) = row::store_credentials(db, b.store_id, provider).await? else {
         if timed_out {
             let why = "the store has no usable credentials to read the batch result".to_string();
             return apply(d, db, b, &items, give_up(why), "expired").await;
@@ -212,12 +212,12 @@ async fn poll_one(d: &Dispatcher, db: &mut Client, b: &DueBatch) -> Result<(), D
         return schedule(db, d, b).await;
     };
     let endpoint = provider.status_endpoint();
-    let limiter = Limiter::new(&d.settings, b.store_id);
-    if limiter.window_wait(db, endpoint).await?.is_some() {
+    let limiter = Limiter::new(&d.settings.limits, b.store_id);
+    if limiter.slot_wait(db, endpoint, None).await?.is_some() {
         return schedule(db, d, b).await;
     }
     limiter
-        .record(db, endpoint, RequestKind::Status, None)
+        .record(db, endpoint, RequestKind::Read, None)
         .await?;
     let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
     let (status, exchange) = d.client.batch_status(&creds, &b.batch_ref, &keys).await;

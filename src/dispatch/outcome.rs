@@ -18,11 +18,12 @@ use super::batches::{self, BatchItem};
 use super::build::{ids_and_quantities, Outgoing};
 use super::send::Sent;
 use super::store_cycle::Cycle;
-use super::{gates, store_state, DispatchError};
+use super::DispatchError;
 use crate::backoff::BackoffPolicy;
 use crate::marketplace::PushOutcome;
 use crate::metrics::metrics;
 use crate::queue::{self, Claim, Outcome, Release};
+use crate::stores::{gates, state as store_state};
 
 /// A store whose marketplace fails (5xx, no answer) waits 1 s, doubling per consecutive
 /// failure up to a minute (jittered: at most two): long enough not to hammer an outage,
@@ -117,7 +118,7 @@ impl Cycle<'_> {
                 GroupEnd::Next
             }
             PushOutcome::RateLimited { retry_after } => {
-                let wait = retry_after.unwrap_or(settings.rate_limit_window);
+                let wait = retry_after.unwrap_or(settings.limits.rate_limit_window);
                 warn!(store = %self.store_id, wait_s = wait.as_secs_f64(), "marketplace throttled the store (429)");
                 let message = format!(
                     "429 from the marketplace; retrying in {:.1} s",
@@ -139,7 +140,7 @@ impl Cycle<'_> {
             }
             PushOutcome::IdenticalBody { .. } => {
                 // The marketplace remembers a body our window does not: wait a whole window.
-                self.limiter.deferred_identical();
+                self.limiter.waited("identical_body");
                 let how = Release {
                     defer: Some(self.limiter.identical_window()),
                     ..Release::default()

@@ -10,15 +10,14 @@ use uuid::Uuid;
 
 use super::apilog::{self, kind, Entry};
 use super::build::{self, Outgoing};
-use super::gates::{self, Gate, OpenStore};
-use super::limiter::Limiter;
 use super::outcome::GroupEnd;
 use super::send::Sending;
-use super::{DispatchError, Dispatcher};
+use super::{batches, DispatchError, Dispatcher, MAX_OPEN_HEPSIBURADA_BATCHES};
 use crate::locks;
 use crate::marketplace::Provider;
 use crate::metrics::metrics;
 use crate::queue::{self, Claim, ClaimToken, Outcome, Release};
+use crate::stores::{gates, Gate, Limiter, OpenStore};
 
 /// Runs one cycle of `store_id` if no one else is.
 pub(super) async fn run(
@@ -56,11 +55,18 @@ async fn cycle(
     if orphans > 0 {
         info!(store = %store_id, entries = orphans, "released claims left by a stopped dispatcher");
     }
-    let Gate::Open(store) = gates::check(d, db, store_id).await? else {
+    let Gate::Open(store) = gates::check(db, store_id, d.settings.limits.min_send_interval).await?
+    else {
         return Ok(());
     };
-    let limiter = Limiter::new(&d.settings, store_id);
-    if !limiter.admit(db, &store).await? {
+    let limiter = Limiter::new(&d.settings.limits, store_id);
+    if !limiter.admit(&store) {
+        return Ok(());
+    }
+    if store.provider == Provider::Hepsiburada
+        && batches::open_batches(db, store_id).await? >= MAX_OPEN_HEPSIBURADA_BATCHES
+    {
+        limiter.waited("open_uploads");
         return Ok(());
     }
     let token = ClaimToken::new();

@@ -70,20 +70,28 @@ impl Provider {
         }
     }
 
-    /// Stable key of the push endpoint, for rate limiters.
-    pub fn push_endpoint(self) -> &'static str {
+    /// The push endpoint.
+    pub fn push_endpoint(self) -> Endpoint {
         match self {
-            Provider::Trendyol => "trendyol.price-and-inventory",
-            Provider::Hepsiburada => "hepsiburada.stock-uploads",
+            Provider::Trendyol => Endpoint::TrendyolPush,
+            Provider::Hepsiburada => Endpoint::HepsiburadaPush,
         }
     }
 
-    /// Stable key of the batch result / upload status endpoint, for rate limiters
-    /// (the marketplaces count it apart from the push).
-    pub fn status_endpoint(self) -> &'static str {
+    /// The batch result / upload status endpoint (the marketplaces count it apart from the
+    /// push).
+    pub fn status_endpoint(self) -> Endpoint {
         match self {
-            Provider::Trendyol => "trendyol.batch-requests",
-            Provider::Hepsiburada => "hepsiburada.stock-uploads.status",
+            Provider::Trendyol => Endpoint::TrendyolBatchResult,
+            Provider::Hepsiburada => Endpoint::HepsiburadaUploadStatus,
+        }
+    }
+
+    /// The endpoint that reads back the listings' stock (reconciliation).
+    pub fn read_endpoint(self) -> Endpoint {
+        match self {
+            Provider::Trendyol => Endpoint::TrendyolStockRead,
+            Provider::Hepsiburada => Endpoint::HepsiburadaListings,
         }
     }
 
@@ -93,6 +101,91 @@ impl Provider {
         match self {
             Provider::Trendyol => 1000,
             Provider::Hepsiburada => 1000,
+        }
+    }
+}
+
+/// An endpoint stocksync calls, as the request limits count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    TrendyolPush,
+    TrendyolBatchResult,
+    TrendyolStockRead,
+    HepsiburadaPush,
+    HepsiburadaUploadStatus,
+    HepsiburadaListings,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 6] = [
+        Endpoint::TrendyolPush,
+        Endpoint::TrendyolBatchResult,
+        Endpoint::TrendyolStockRead,
+        Endpoint::HepsiburadaPush,
+        Endpoint::HepsiburadaUploadStatus,
+        Endpoint::HepsiburadaListings,
+    ];
+
+    /// Stable key (stored in `stock_sync.sent_requests.endpoint`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::TrendyolPush => "trendyol.price-and-inventory",
+            Endpoint::TrendyolBatchResult => "trendyol.batch-requests",
+            Endpoint::TrendyolStockRead => "trendyol.inventory-read",
+            Endpoint::HepsiburadaPush => "hepsiburada.stock-uploads",
+            Endpoint::HepsiburadaUploadStatus => "hepsiburada.stock-uploads.status",
+            Endpoint::HepsiburadaListings => "hepsiburada.listings",
+        }
+    }
+
+    /// The per-minute service group the marketplace counts this endpoint in, if any.
+    pub fn group(self) -> Option<ServiceGroup> {
+        match self {
+            Endpoint::TrendyolPush => Some(ServiceGroup::TrendyolWrite),
+            Endpoint::TrendyolBatchResult | Endpoint::TrendyolStockRead => {
+                Some(ServiceGroup::TrendyolRead)
+            }
+            Endpoint::HepsiburadaListings => Some(ServiceGroup::HepsiburadaRead),
+            Endpoint::HepsiburadaPush | Endpoint::HepsiburadaUploadStatus => None,
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Requests a marketplace caps per seller and minute, across endpoints.
+///
+/// Trendyol (since 14 Sep 2026): "Inventory & Price Write" (the push) at 350 to 2000 per
+/// minute by the seller's tier, "Product Integration Read" (batch results and the stock read)
+/// at 1000 to 2000. Hepsiburada: about 240 per minute on the listing endpoints (unpublished
+/// for stock uploads, which have no group here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceGroup {
+    TrendyolWrite,
+    TrendyolRead,
+    HepsiburadaRead,
+}
+
+impl ServiceGroup {
+    /// The endpoint keys counted in this group.
+    pub fn endpoints(self) -> Vec<&'static str> {
+        Endpoint::ALL
+            .into_iter()
+            .filter(|e| e.group() == Some(self))
+            .map(Endpoint::as_str)
+            .collect()
+    }
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceGroup::TrendyolWrite => "trendyol_write",
+            ServiceGroup::TrendyolRead => "trendyol_read",
+            ServiceGroup::HepsiburadaRead => "hepsiburada_read",
         }
     }
 }
@@ -305,6 +398,7 @@ mod tests {
         for p in [Provider::Trendyol, Provider::Hepsiburada] {
             assert_eq!(Provider::from_store_type(p.as_str()), Some(p));
             assert_ne!(p.push_endpoint(), p.status_endpoint());
+            assert_ne!(p.push_endpoint(), p.read_endpoint());
         }
         assert_eq!(Provider::Trendyol.max_batch(), 1000);
     }

@@ -25,10 +25,13 @@ pub fn dispatch_settings(config: &config::Config) -> crate::dispatch::DispatchSe
     use crate::marketplace::ClientSettings;
     DispatchSettings {
         flush_interval: config.flush_interval,
-        min_send_interval: config.min_send_interval,
-        identical_request_window: config.identical_request_window,
-        rate_limit_requests: config.rate_limit_requests,
-        rate_limit_window: config.rate_limit_window,
+        limits: crate::stores::LimitSettings {
+            rate_limit_requests: config.rate_limit_requests,
+            rate_limit_window: config.rate_limit_window,
+            identical_request_window: config.identical_request_window,
+            min_send_interval: config.min_send_interval,
+            ..crate::stores::LimitSettings::default()
+        },
         max_quantity: config.max_quantity,
         safety_stock: config.safety_stock,
         safety_stock_per_store: config.safety_stock_per_store.clone(),

@@ -1,4 +1,4 @@
-//! `stock_sync.store_state`, dispatch's row per store: pauses, the reason a store gets no
+//! `stock_sync.store_state`, stocksync's row per store: pauses, the reason a store gets no
 //! requests, backoff and Retry-After (`not_before`), the last request and success.
 
 use std::time::Duration;
@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::DispatchError;
+use super::StoreError;
 
 const ENSURE_SQL: &str =
     "INSERT INTO stock_sync.store_state (store_id) VALUES ($1) ON CONFLICT DO NOTHING";
@@ -87,11 +87,11 @@ WHERE store_id = $1
 "#;
 
 /// How long a paused store waits before its `stores` row is read again.
-pub(super) const PAUSE_RECHECK: Duration = Duration::from_secs(2);
+pub const PAUSE_RECHECK: Duration = Duration::from_secs(2);
 
 /// A store's row as the cycle needs it.
 #[derive(Debug, Clone)]
-pub(super) struct StoreState {
+pub struct StoreState {
     pub paused_reason: Option<String>,
     pub paused_credentials: Option<String>,
     /// A backoff or Retry-After is not over.
@@ -102,11 +102,11 @@ pub(super) struct StoreState {
 }
 
 /// Reads (creating) the row of `store`.
-pub(super) async fn read(
+pub async fn read(
     db: &impl GenericClient,
     store: Uuid,
     min_send_interval: Duration,
-) -> Result<StoreState, DispatchError> {
+) -> Result<StoreState, StoreError> {
     db.execute(ENSURE_SQL, &[&store]).await?;
     let r = db
         .query_one(READ_SQL, &[&store, &min_send_interval.as_secs_f64()])
@@ -120,24 +120,18 @@ pub(super) async fn read(
     })
 }
 
-pub(super) async fn mark_gated(
-    db: &impl GenericClient,
-    store: Uuid,
-    why: &str,
-) -> Result<(), DispatchError> {
+pub async fn mark_gated(db: &impl GenericClient, store: Uuid, why: &str) -> Result<(), StoreError> {
     db.execute(MARK_GATED_SQL, &[&store, &why]).await?;
     Ok(())
 }
 
-pub(super) async fn clear_gated(db: &impl GenericClient, store: Uuid) -> Result<(), DispatchError> {
+pub async fn clear_gated(db: &impl GenericClient, store: Uuid) -> Result<(), StoreError> {
     db.execute(CLEAR_GATED_SQL, &[&store]).await?;
     Ok(())
 }
 
 /// Stores that were gated and are sendable again, with why they were gated.
-pub(super) async fn reopened(
-    db: &impl GenericClient,
-) -> Result<Vec<(Uuid, String)>, DispatchError> {
+pub async fn reopened(db: &impl GenericClient) -> Result<Vec<(Uuid, String)>, StoreError> {
     Ok(db
         .query(REOPENED_SQL, &[])
         .await?
@@ -146,12 +140,12 @@ pub(super) async fn reopened(
         .collect())
 }
 
-pub(super) async fn pause(
+pub async fn pause(
     db: &impl GenericClient,
     store: Uuid,
     reason: &str,
     fingerprint: &str,
-) -> Result<(), DispatchError> {
+) -> Result<(), StoreError> {
     db.execute(
         PAUSE_SQL,
         &[&store, &reason, &fingerprint, &PAUSE_RECHECK.as_secs_f64()],
@@ -160,44 +154,44 @@ pub(super) async fn pause(
     Ok(())
 }
 
-pub(super) async fn recheck_later(
+pub async fn recheck_later(
     db: &impl GenericClient,
     store: Uuid,
     after: Duration,
-) -> Result<(), DispatchError> {
+) -> Result<(), StoreError> {
     db.execute(RECHECK_LATER_SQL, &[&store, &after.as_secs_f64()])
         .await?;
     Ok(())
 }
 
 /// Lifts the pause of one store, or of every store (`retry-failed`).
-pub async fn unpause(db: &impl GenericClient, store: Option<Uuid>) -> Result<u64, DispatchError> {
+pub async fn unpause(db: &impl GenericClient, store: Option<Uuid>) -> Result<u64, StoreError> {
     Ok(db.execute(UNPAUSE_SQL, &[&store]).await?)
 }
 
-pub(super) async fn back_off(
+pub async fn back_off(
     db: &impl GenericClient,
     store: Uuid,
     wait: Duration,
     error: &str,
-) -> Result<(), DispatchError> {
+) -> Result<(), StoreError> {
     db.execute(BACK_OFF_SQL, &[&store, &wait.as_secs_f64(), &error])
         .await?;
     Ok(())
 }
 
-pub(super) async fn throttle(
+pub async fn throttle(
     db: &impl GenericClient,
     store: Uuid,
     wait: Duration,
     error: &str,
-) -> Result<(), DispatchError> {
+) -> Result<(), StoreError> {
     db.execute(THROTTLE_SQL, &[&store, &wait.as_secs_f64(), &error])
         .await?;
     Ok(())
 }
 
-pub(super) async fn success(db: &impl GenericClient, store: Uuid) -> Result<(), DispatchError> {
+pub async fn success(db: &impl GenericClient, store: Uuid) -> Result<(), StoreError> {
     db.execute(SUCCESS_SQL, &[&store]).await?;
     Ok(())
 }
