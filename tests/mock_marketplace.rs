@@ -1517,7 +1517,11 @@ async fn admin_posts_take_only_json_up_to_one_mebibyte() {
         let status = post_chunked(m.addr(), path, big.as_bytes()).await;
         assert_eq!(status, 413, "{path} chunked");
     }
-    assert_eq!(m.faults().error_rate, 0.5, "no refused request changed anything");
+    assert_eq!(
+        m.faults().error_rate,
+        0.5,
+        "no refused request changed anything"
+    );
     let resp = client()
         .post(format!("{}/_mock/faults", m.base_url()))
         .header("content-type", "application/json; charset=utf-8")
@@ -1549,5 +1553,8 @@ async fn post_chunked(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> u1
     let mut answer = Vec::new();
     let _ = tcp.read_to_end(&mut answer).await;
     let text = String::from_utf8_lossy(&answer);
-    text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }

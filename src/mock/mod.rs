@@ -583,7 +583,10 @@ async fn admin_guard(req: Request, next: Next) -> Response {
     // A chunked body is read here, within the cap, so the handler never sees more.
     let (parts, body) = req.into_parts();
     match axum::body::to_bytes(body, MAX_ADMIN_BODY).await {
-        Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
         Err(_) => too_large(),
     }
 }
