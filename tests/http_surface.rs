@@ -234,7 +234,8 @@ async fn loopback_refuses_foreign_hosts_bodies_and_slow_or_excess_clients() {
     while started.elapsed() < Duration::from_millis(500) {
         let n: i64 = admin
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND datname = current_database()",
                 &[&http::POOL_APPLICATION_NAME],
             )
             .await

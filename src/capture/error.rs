@@ -302,6 +302,25 @@ mod tests {
     }
 
     #[test]
+    fn summaries_carry_no_connection_string() {
+        let url = "postgres://svc:***@db.example:5432/shop";
+        let io = CaptureError::Stream(StreamError::Wire(WireError::Io {
+            url: url.into(),
+            source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"),
+        }));
+        let timeout = CaptureError::Connect(DbError::Timeout {
+            url: url.into(),
+            after: std::time::Duration::from_secs(10),
+        });
+        for e in [io, timeout] {
+            let summary = e.summary();
+            assert_eq!(summary.kind, "connection");
+            assert!(!summary.to_string().contains("postgres://"), "{summary}");
+            assert!(!summary.to_string().contains("db.example"), "{summary}");
+        }
+    }
+
+    #[test]
     fn invalidation_from_the_slot_state() {
         let state = |w: &str, c: Option<bool>, r: Option<&str>| SlotState {
             wal_status: Some(w.into()),

@@ -1,6 +1,7 @@
 //! The command line: one binary, subcommands for every operation. Errors are reported here
 //! with context; exit codes: 0 success, 1 runtime failure, 2 configuration or preflight
-//! failure, 3 replication slot missing or lost (run `setup` and `resync`).
+//! failure, or a permanent refusal by the database (authentication, privilege, missing table
+//! or database), 3 replication slot missing or lost (run `setup` and `resync`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -235,6 +236,10 @@ async fn preflight_exit(config: &Config, allow_active_slot: bool) -> Result<Opti
 }
 
 async fn cmd_check(config: &Config) -> Result<ExitCode> {
+    if let Err(e) = config.check_http_exposure() {
+        eprintln!("stocksync: configuration error: {e}");
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
     if let Some(code) = preflight_exit(config, false).await? {
         return Ok(ExitCode::from(code));
     }
@@ -245,6 +250,10 @@ async fn cmd_check(config: &Config) -> Result<ExitCode> {
 /// `run`: the preflight (waiting for a database that cannot be reached yet, stopping at once
 /// when it refuses stocksync for good), then the service until a signal or a fatal error.
 async fn cmd_run(config: Config) -> Result<ExitCode> {
+    if let Err(e) = config.check_http_exposure() {
+        eprintln!("stocksync: configuration error: {e}");
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let mut retry = STARTUP_RETRY.start();

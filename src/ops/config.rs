@@ -83,7 +83,7 @@ pub mod keys {
     use super::Key;
     use super::Kind::*;
 
-    pub const DATABASE_URL: Key = Key::new("database_url", "DATABASE_URL", "(required)", Text, "libpq-style URL `postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=/path/ca.pem`; sslmode disable, prefer, require, verify-ca, verify-full").secret();
+    pub const DATABASE_URL: Key = Key::new("database_url", "DATABASE_URL", "(required)", Text, "libpq-style URL `postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=/path/ca.pem`; `sslmode`, `sslrootcert`, `channel_binding`, `require_auth` and the other parameters in the README's TLS section, as in libpq").secret();
     pub const SLOT: Key = Key::new(
         "slot",
         "STOCKSYNC_SLOT",
@@ -621,8 +621,8 @@ fn is_loopback_host(url: &url::Url) -> bool {
 /// Minimum length of `STOCKSYNC_HTTP_TOKEN`.
 const MIN_TOKEN_LEN: usize = 16;
 
-/// The HTTP token, and the rule that anything but loopback needs one.
-fn http_token(addr: SocketAddr, token: Option<String>) -> Result<Option<Secret>, ConfigError> {
+/// The HTTP token (see [`Config::check_http_exposure`] for when one is needed).
+fn http_token(token: Option<String>) -> Result<Option<Secret>, ConfigError> {
     let token = token.filter(|t| !t.is_empty());
     if let Some(t) = &token {
         if t.chars().count() < MIN_TOKEN_LEN || t.trim() != t {
@@ -633,10 +633,20 @@ fn http_token(addr: SocketAddr, token: Option<String>) -> Result<Option<Secret>,
             ));
         }
     }
-    if token.is_none() && !addr.ip().is_loopback() {
-        return Err(ConfigError::invalid(
+    Ok(token.map(Secret))
+}
+
+impl Config {
+    /// `run` serves HTTP: anything but a loopback address needs `STOCKSYNC_HTTP_TOKEN`.
+    /// (Checked for `run` and `check` only, so `setup` or `status` with the service's
+    /// environment still work.)
+    pub fn check_http_exposure(&self) -> Result<(), ConfigError> {
+        if self.http_token.is_some() || self.http_addr.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(ConfigError::invalid(
             &keys::HTTP_ADDR,
-            &addr.to_string(),
+            &self.http_addr.to_string(),
             format!(
                 "this is not a loopback address, so the HTTP endpoints need a token: set {} \
                  (then /api/* and the dashboard require `Authorization: Bearer <token>`, and so does \
@@ -644,9 +654,8 @@ fn http_token(addr: SocketAddr, token: Option<String>) -> Result<Option<Secret>,
                 keys::HTTP_TOKEN.env,
                 keys::METRICS_PUBLIC.env
             ),
-        ));
+        ))
     }
-    Ok(token.map(Secret))
 }
 
 fn identifier(key: &'static Key, value: String) -> Result<String, ConfigError> {
@@ -704,7 +713,7 @@ impl Raw {
             slot: identifier(&keys::SLOT, self.slot)?,
             publication: identifier(&keys::PUBLICATION, self.publication)?,
             http_addr,
-            http_token: http_token(http_addr, self.http_token)?,
+            http_token: http_token(self.http_token)?,
             metrics_public: self.metrics_public,
             log_json,
             log_filter: self.log,
@@ -953,6 +962,8 @@ mod tests {
     #[test]
     fn non_loopback_http_needs_a_token() {
         let err = Config::load_from(None, env(&[("STOCKSYNC_HTTP_ADDR", "0.0.0.0:9187")]))
+            .unwrap()
+            .check_http_exposure()
             .unwrap_err()
             .to_string();
         assert!(
@@ -962,6 +973,7 @@ mod tests {
         for addr in ["127.0.0.1:9187", "[::1]:9187", "127.0.0.2:1"] {
             let c = Config::load_from(None, env(&[("STOCKSYNC_HTTP_ADDR", addr)])).unwrap();
             assert!(c.http_token.is_none());
+            c.check_http_exposure().unwrap();
         }
         let err = Config::load_from(None, env(&[("STOCKSYNC_HTTP_TOKEN", "short")]))
             .unwrap_err()
