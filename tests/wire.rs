@@ -180,7 +180,9 @@ async fn authentication_ok_before_scram_finished_is_refused() {
         matches!(err, WireError::Auth(AuthError::ScramUnfinished)),
         "{err}"
     );
-    let err = config.connect().await.err().expect("refused");
+    let Err(err) = config.connect().await else {
+        panic!("the query connection must be refused");
+    };
     assert!(matches!(err, DbError::Connect { .. }), "{err}");
     server.abort();
 }

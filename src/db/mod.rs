@@ -558,8 +558,14 @@ impl deadpool_postgres::Connect for PoolConnect {
 trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 
-/// A connected socket, TCP or Unix.
+/// A connected socket, TCP or Unix, or a TLS stream over one.
 pub struct Socket(Box<dyn Transport>);
+
+impl Socket {
+    pub fn boxed(transport: impl AsyncRead + AsyncWrite + Unpin + Send + 'static) -> Socket {
+        Socket(Box::new(transport))
+    }
+}
 
 impl AsyncRead for Socket {
     fn poll_read(

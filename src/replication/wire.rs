@@ -14,14 +14,11 @@
 //! status updates. Server errors keep their SQLSTATE so callers can tell "slot in use"
 //! (55006) from "slot missing" (42704).
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::backend::{self, ErrorFields, Header, Message};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Lsn;
 use crate::db::auth::{AuthError, AuthMethod, AuthTracker, ChannelBinding};
@@ -78,37 +75,8 @@ impl WireError {
     }
 }
 
-trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
-
 /// Either a plain or a TLS stream.
-struct Stream(Box<dyn Transport>);
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0).poll_shutdown(cx)
-    }
-}
+type Stream = Socket;
 
 /// Spare room kept in the read buffer before each socket read.
 const READ_CHUNK: usize = 64 * 1024;
@@ -160,7 +128,7 @@ impl ReplicationConnection {
         };
         let socket = config.open_socket().await.map_err(io_err)?;
         let (stream, end_point) = if config.is_unix_socket() || config.sslmode == SslMode::Disable {
-            (Stream(Box::new(socket)), None)
+            (Socket::boxed(socket), None)
         } else {
             negotiate_tls(socket, config, &url).await?
         };
@@ -606,9 +574,9 @@ async fn negotiate_tls(
             let connector = tokio_native_tls::TlsConnector::from(connector);
             let tls = connector.connect(&config.host, socket).await?;
             let end_point = tls.get_ref().tls_server_end_point().ok().flatten();
-            Ok((Stream(Box::new(tls)), end_point))
+            Ok((Socket::boxed(tls), end_point))
         }
-        b'N' if !config.tls_required() => Ok((Stream(Box::new(socket)), None)),
+        b'N' if !config.tls_required() => Ok((Socket::boxed(socket), None)),
         b'N' => Err(WireError::TlsNotOffered),
         other => Err(WireError::Protocol(format!(
             "unexpected answer {other:#x} to SSLRequest"
