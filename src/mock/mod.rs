@@ -77,6 +77,8 @@
 //! request log, limiter and identical-body memories, open-mode accounts; faults are
 //! kept), `GET|POST /_mock/faults` (the posted [`Faults`] replaces the current set),
 //! and an HTML page at `/` refreshing every 2 s. Credentials are never logged or shown.
+//! State-changing `/_mock/*` requests must carry `Content-Type: application/json` (`415`
+//! otherwise: no cross-site form posts) and at most 1 MiB of body (`413`).
 
 mod cli;
 mod config;
@@ -121,6 +123,10 @@ use state::Shared;
 
 /// Largest request body read (1000 items are well below 1 MiB).
 const MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// Largest body of a state-changing `/_mock/*` request (a faults document is a few hundred
+/// bytes).
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
 
 /// A running mock marketplace. Dropping it stops serving (in the background);
 /// [`MockMarketplace::shutdown`] waits for that.
@@ -335,7 +341,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/_mock/faults",
             get(admin_get_faults).post(admin_set_faults),
-        );
+        )
+        .route_layer(middleware::from_fn(admin_guard))
+        .route_layer(DefaultBodyLimit::max(MAX_ADMIN_BODY));
     marketplaces
         .merge(admin)
         .fallback(not_found)
@@ -540,6 +548,55 @@ async fn not_found(State(shared): State<Arc<Shared>>, req: Request) -> Response 
         )
             .into_response(),
     }
+}
+
+/// Every state-changing `/_mock/*` request (any method but GET/HEAD) must say its body is
+/// `application/json` — even an empty one (`POST /_mock/reset`) — and be at most
+/// [`MAX_ADMIN_BODY`]. A cross-site page can post a form (`application/x-www-form-urlencoded`,
+/// `multipart/form-data`, `text/plain`) or a body-less `fetch` without asking, but not JSON:
+/// that needs a CORS preflight, which the mock never grants.
+async fn admin_guard(req: Request, next: Next) -> Response {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return next.run(req).await;
+    }
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Json(json!({ "error": "state-changing /_mock/* requests must be sent with Content-Type: application/json" })),
+        )
+            .into_response();
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ADMIN_BODY as u64) {
+        return too_large();
+    }
+    // A chunked body is read here, within the cap, so the handler never sees more.
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, MAX_ADMIN_BODY).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(_) => too_large(),
+    }
+}
+
+fn too_large() -> Response {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Json(json!({ "error": format!("a /_mock/* request body is at most {MAX_ADMIN_BODY} bytes") })),
+    )
+        .into_response()
 }
 
 async fn admin_state(State(shared): State<Arc<Shared>>) -> Json<MockState> {

@@ -42,12 +42,23 @@ impl Service {
         shutdown: CancellationToken,
     ) -> Result<Service> {
         let pool = db.pool(16).context("creating the connection pool")?;
+        // The HTTP surface's own pool: its requests never wait for, or take, the pipeline's.
+        let mut http_db = db.clone();
+        http_db.application_name = super::http::POOL_APPLICATION_NAME.into();
+        let http_pool = http_db
+            .pool_with(super::http::POOL)
+            .context("creating the HTTP connection pool")?;
         let config = Arc::new(config);
         let mut tasks = Vec::new();
         let state = super::http::AppState {
-            pool: pool.clone(),
+            pool: http_pool,
             slot: config.slot.clone(),
             capture: capture_health.clone(),
+            access: super::http::Access::new(
+                config.http_addr,
+                config.http_token.as_ref(),
+                config.metrics_public,
+            ),
         };
         tasks.push(super::http::spawn(config.http_addr, state, shutdown.clone()).await?);
         tasks.push(tokio::spawn(refresh_metrics(
