@@ -190,7 +190,7 @@ async fn run_stops_with_exit_2_on_permanent_refusals_and_waits_out_outages() {
     let url = fresh_database("perm");
     setup(&url, "perm", "perm").await;
     let admin = connect(&url).await;
-    let port = cluster().lock().unwrap().port();
+    let port = cluster().port();
     let dbname = url.rsplit('/').next().unwrap().to_string();
     admin
         .batch_execute(
