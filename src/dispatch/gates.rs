@@ -11,7 +11,7 @@ use tokio_postgres::GenericClient;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use super::store_state::{self, StoreState};
+use super::store_state::{self, PauseKind, StoreState};
 use super::{DispatchError, Dispatcher};
 use crate::marketplace::{Provider, StoreCredentials};
 use crate::metrics::metrics;
@@ -141,20 +141,12 @@ pub(super) async fn check(
         }
         info!(store = %store_id, previous = %reason, "store credentials changed; resuming the store");
         store_state::unpause(db, Some(store_id)).await?;
-        let _ = metrics()
-            .store_paused
-            .remove_label_values(&[&store_id.to_string(), reason]);
     }
     let creds = match store.credentials(provider) {
         Ok(c) => c,
         Err(missing) => {
-            pause(
-                db,
-                store_id,
-                &format!("credentials missing: {missing}"),
-                &fingerprint,
-            )
-            .await?;
+            let reason = PauseKind::CredentialsMissing.reason(&format!(": {missing}"));
+            pause(db, store_id, &reason, &fingerprint).await?;
             return Ok(Gate::Shut);
         }
     };
@@ -183,7 +175,8 @@ async fn close(
     Ok(Gate::Shut)
 }
 
-/// Pauses a store until its credentials change (or `retry-failed`).
+/// Pauses a store until its credentials change (or `retry-failed`). `/metrics` shows it
+/// (`stocksync_store_paused`, by kind) from the database, whichever instance paused it.
 pub(super) async fn pause(
     db: &impl GenericClient,
     store_id: Uuid,
@@ -192,10 +185,6 @@ pub(super) async fn pause(
 ) -> Result<(), DispatchError> {
     warn!(store = %store_id, reason, "store paused until its credentials change (or `stocksync retry-failed`)");
     store_state::pause(db, store_id, reason, fingerprint).await?;
-    metrics()
-        .store_paused
-        .with_label_values(&[&store_id.to_string(), reason])
-        .set(1);
     Ok(())
 }
 

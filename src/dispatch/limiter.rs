@@ -21,6 +21,14 @@ use super::{batches, DispatchError, DispatchSettings};
 use crate::marketplace::Provider;
 use crate::metrics::metrics;
 
+/// The rules a send can wait for (the `rule` label of `stocksync_rate_limit_waits_total`).
+pub const RULES: [&str; 4] = [
+    "min_send_interval",
+    "open_uploads",
+    "rate_limit",
+    "identical_body",
+];
+
 /// Hepsiburada is said to keep at most five uploads per merchant in processing.
 pub const MAX_OPEN_HEPSIBURADA_BATCHES: i64 = 5;
 
@@ -86,14 +94,22 @@ pub(super) enum RequestKind {
 
 impl<'a> Limiter<'a> {
     pub fn new(settings: &'a DispatchSettings, store: Uuid) -> Limiter<'a> {
+        let label = store.to_string();
+        // Every rule's series exists (at 0) once the store is dispatched to.
+        for rule in RULES {
+            metrics()
+                .rate_limit_waits
+                .with_label_values(&[&label, rule]);
+        }
         Limiter {
             settings,
             store,
-            label: store.to_string(),
+            label,
         }
     }
 
     fn waited(&self, rule: &str) {
+        debug_assert!(RULES.contains(&rule), "rule {rule} missing from RULES");
         metrics()
             .rate_limit_waits
             .with_label_values(&[&self.label, rule])

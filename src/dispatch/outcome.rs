@@ -18,6 +18,7 @@ use super::batches::{self, BatchItem};
 use super::build::{ids_and_quantities, Outgoing};
 use super::send::Sent;
 use super::store_cycle::Cycle;
+use super::store_state::PauseKind;
 use super::{gates, store_state, DispatchError};
 use crate::backoff::BackoffPolicy;
 use crate::marketplace::PushOutcome;
@@ -129,9 +130,9 @@ impl Cycle<'_> {
             }
             PushOutcome::AuthRejected { status, message } => {
                 let reason = if status == 0 {
-                    format!("credentials unusable: {message}")
+                    PauseKind::CredentialsUnusable.reason(&format!(": {message}"))
                 } else {
-                    format!("credentials refused ({status}): {message}")
+                    PauseKind::CredentialsRefused.reason(&format!(" ({status}): {message}"))
                 };
                 gates::pause(db, self.store_id, &reason, &self.store.fingerprint).await?;
                 queue::release(db, self.token, &ids, Release::default()).await?;

@@ -35,6 +35,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/status", get(api_status))
         .route("/api/log", get(api_log))
+        // The dashboard's charts: the last hour, sampled in this process (`history.rs`).
+        .route("/api/history", get(super::history::api))
         .with_state(state)
 }
 
