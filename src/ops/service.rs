@@ -278,6 +278,8 @@ async fn refresh_metrics(pool: Pool, config: Arc<Config>, shutdown: Cancellation
                 m.queue_oldest_age_seconds
                     .with_label_values(&[&store])
                     .set(p.oldest_age_seconds);
+                // A store with work shows its dead letters (0 until the next count says more).
+                m.queue_dead_letters.with_label_values(&[&store]);
             }
         }
         if let Ok(lag) = crate::queue::checkpoint_lag(&**client, &config.slot).await {
