@@ -1,7 +1,9 @@
 //! The dashboard as an operator sees it: the service runs in-process against a real database
 //! and the project's mock marketplace, headless Chromium loads `/` and runs its script, and
 //! the rendered DOM must show the figures the database holds (store names, queue depth, items
-//! sent, pause reasons, the slot's streaming pid, API log rows), not just the static page.
+//! sent, pause reasons, the slot's streaming pid, API log rows), not just the static page;
+//! after a short workload the charts of the last hour are drawn with that workload in them
+//! (a screenshot is kept in `target/test-artifacts/`).
 
 mod common;
 
@@ -336,6 +338,257 @@ async fn dashboard_renders_the_figures_in_the_database() {
             .any(|r| field(r, "status") == "401" && r.contains(HB_NAME)),
         "the refused request, with the store's name:\n{log}"
     );
+
+    shutdown.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(20), service)
+        .await
+        .expect("service stops")
+        .unwrap()
+        .expect("service starts");
+    result.expect("capture ends cleanly");
+    mock.shutdown().await;
+}
+
+/// The `<g class="series">` of `store` in the chart `chart`: its attributes.
+fn chart_series<'a>(dom: &'a str, chart: &str, series: &str) -> &'a str {
+    let svg = section(dom, &format!("data-chart=\"{chart}\""), "</svg>");
+    let marker = format!("data-series=\"{series}\"");
+    let start = svg
+        .find(&marker)
+        .unwrap_or_else(|| panic!("series {series} in chart {chart}:\n{svg}"));
+    &svg[start..start + svg[start..].find('>').unwrap()]
+}
+
+/// The number in attribute `name="..."` of `tag`.
+fn attr(tag: &str, name: &str) -> f64 {
+    let marker = format!("{name}=\"");
+    let start = tag
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{name} in {tag}"))
+        + marker.len();
+    let value = &tag[start..start + tag[start..].find('"').unwrap()];
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("{name}={value:?} is a number"))
+}
+
+/// Headless Chromium's screenshot of `url` (after 5 s of virtual time) into `path`.
+async fn screenshot(url: &str, path: &std::path::Path) {
+    let profile = std::env::temp_dir().join(format!("stocksync-dashboard-{}", uuid()));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(path);
+    let child = tokio::process::Command::new(chromium())
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+            "--hide-scrollbars",
+            "--window-size=1400,2000",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--screenshot={}", path.display()))
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromium");
+    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("chromium finished within 90 s")
+        .expect("chromium output");
+    let _ = std::fs::remove_dir_all(&profile);
+    let png = std::fs::read(path).unwrap_or_default();
+    assert!(
+        output.status.success() && png.starts_with(b"\x89PNG"),
+        "no screenshot at {} ({}):\n{}",
+        path.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_charts_the_last_hour_after_a_workload() {
+    chromium();
+    let slot = "dashboard_charts";
+    let url = fresh_database(slot);
+    let client = connect(&url).await;
+    let (ty, hb) = (uuid(), uuid());
+    let (ty_seller, hb_merchant) = ("3002", "6a1f0a8e-0000-4000-8000-000000000005");
+    client
+        .execute(
+            "INSERT INTO stores (id, name, type, is_active, send_stock, seller_id, api_key, api_secret) VALUES \
+             ($1, 'Charts Trendyol', 'TRENDYOL', true, true, $3, 'ty-key', 'ty-secret'), \
+             ($2, 'Charts Hepsiburada', 'HEPSIBURADA', true, true, $4, NULL, 'wrong-secret')",
+            &[&ty, &hb, &ty_seller, &hb_merchant],
+        )
+        .await
+        .unwrap();
+    let product = uuid();
+    client
+        .execute(
+            "INSERT INTO products (id, barcode, sku, name) VALUES ($1, 'CHART-1', 'CHART-1', 'Chart')",
+            &[&product],
+        )
+        .await
+        .unwrap();
+    for store in [ty, hb] {
+        client
+            .execute(
+                "INSERT INTO product_stores (id, product_id, store_id, sellable_quantity) VALUES ($1, $2, $3, 1)",
+                &[&uuid(), &product, &store],
+            )
+            .await
+            .unwrap();
+    }
+    setup(&url, slot, slot).await;
+    let mock = MockMarketplace::start(
+        MockConfig {
+            accounts: vec![
+                MockAccount::trendyol(ty_seller, "ty-key", "ty-secret"),
+                MockAccount::hepsiburada(hb_merchant, "the-right-secret"),
+            ],
+            ..MockConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let http_addr = free_addr();
+    let env: HashMap<&str, String> = [
+        ("DATABASE_URL", url.clone()),
+        ("STOCKSYNC_SLOT", slot.to_string()),
+        ("STOCKSYNC_PUBLICATION", slot.to_string()),
+        ("STOCKSYNC_HTTP_ADDR", http_addr.to_string()),
+        ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
+        ("STOCKSYNC_HEPSIBURADA_URL", mock.base_url()),
+        ("STOCKSYNC_FLUSH_INTERVAL", "100ms".into()),
+        ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s".into()),
+        ("STOCKSYNC_REQUEST_TIMEOUT", "2s".into()),
+    ]
+    .into_iter()
+    .collect();
+    let config = Config::load_from(None, |k| env.get(k).cloned()).unwrap();
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(stocksync::ops::service::run_until(config, shutdown.clone()));
+    eventually(Duration::from_secs(30), "the service streams", || async {
+        count(
+            &client,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&slot],
+        )
+        .await
+            == 1
+    })
+    .await;
+
+    // The workload: stock changes, each a new quantity (never an identical body), until the
+    // history holds captured changes, items sent to Trendyol and the paused store's queue.
+    let history_url = format!("http://{http_addr}/api/history");
+    let mut quantity = 1;
+    eventually(
+        Duration::from_secs(90),
+        "the history shows the workload",
+        || {
+            quantity += 1;
+            let (client, history_url) = (&client, &history_url);
+            let q = quantity;
+            async move {
+                client
+                    .execute(
+                        "UPDATE product_stores SET sellable_quantity = $1 WHERE product_id = $2",
+                        &[&q, &product],
+                    )
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let h: serde_json::Value = reqwest::get(history_url.as_str())
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let samples = h["samples"].as_array().unwrap();
+                let any = |f: &dyn Fn(&serde_json::Value) -> bool| samples.iter().any(f);
+                samples.len() >= 3
+                    && any(&|s| s["changes_per_second"].as_f64().unwrap_or(0.0) > 0.0)
+                    && any(&|s| {
+                        s["items_sent_per_second"][ty.to_string()]
+                            .as_f64()
+                            .unwrap_or(0.0)
+                            > 0.0
+                    })
+                    && any(&|s| s["queue_depth"][hb.to_string()].as_i64().unwrap_or(0) > 0)
+            }
+        },
+    )
+    .await;
+
+    let page = format!("http://{http_addr}/");
+    let dom = rendered_dom(&page).await;
+    assert!(
+        dom.contains("<span id=\"charts-error\" class=\"bad\"></span>"),
+        "the page could not read the history:\n{dom}"
+    );
+    for chart in ["lag", "changes", "items", "depth"] {
+        assert!(
+            dom.contains(&format!("data-chart=\"{chart}\"")),
+            "chart {chart}:\n{dom}"
+        );
+    }
+    let lag = chart_series(&dom, "lag", "lag");
+    assert!(attr(lag, "data-points") >= 3.0, "{lag}");
+    let changes = chart_series(&dom, "changes", "changes");
+    assert!(attr(changes, "data-max") > 0.0, "{changes}");
+    let items = chart_series(&dom, "items", &ty.to_string());
+    assert!(attr(items, "data-max") > 0.0, "{items}");
+    let depth = chart_series(&dom, "depth", &hb.to_string());
+    assert!(attr(depth, "data-max") >= 1.0, "{depth}");
+    assert!(
+        section(&dom, "data-chart=\"items\"", "</svg>").contains("<polyline"),
+        "a line is drawn"
+    );
+    // The legend names stores, not only ids.
+    assert!(
+        section(&dom, "id=\"chart-items\"", "</div></div>").contains("Charts Trendyol"),
+        "{dom}"
+    );
+
+    // The paused store stands out: a banner with its name and reason, and its row.
+    let banner = section(&dom, "<div id=\"paused\" class=\"banner\">", "</div>\n");
+    assert!(
+        banner.contains("PAUSED: Charts Hepsiburada") && banner.contains("credentials refused"),
+        "{banner}"
+    );
+    let stores = section(&dom, "<tbody id=\"stores\">", "</tbody>");
+    assert!(
+        stores.contains(&format!("data-store=\"{hb}\" class=\"paused\"")),
+        "{stores}"
+    );
+    // Relative times, the absolute time on hover.
+    let row = store_row(stores, ty);
+    let success = field(row, "last_success");
+    assert!(
+        success.starts_with("<time datetime=\"") && success.contains(" title=\""),
+        "{success}"
+    );
+    let shown = &success[success.find('>').unwrap() + 1..success.find("</time>").unwrap()];
+    assert!(
+        shown.ends_with(" s ago") || shown.ends_with(" min ago"),
+        "{shown}"
+    );
+
+    let artifact = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("test-artifacts")
+        .join("dashboard.png");
+    screenshot(&page, &artifact).await;
+    eprintln!("dashboard screenshot: {}", artifact.display());
 
     shutdown.cancel();
     let result = tokio::time::timeout(Duration::from_secs(20), service)
