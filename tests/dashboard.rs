@@ -39,9 +39,8 @@ fn chromium() -> PathBuf {
     })
 }
 
-/// Loads `url` in headless Chromium, lets its scripts run for 5 s of virtual time and
-/// returns the serialised DOM.
-async fn rendered_dom(url: &str) -> String {
+/// Runs headless Chromium on `url` with `extra` flags, its scripts given 5 s of virtual time.
+async fn run_chromium(url: &str, extra: &[String]) -> std::process::Output {
     let profile = std::env::temp_dir().join(format!("stocksync-dashboard-{}", uuid()));
     let child = tokio::process::Command::new(chromium())
         .args([
@@ -51,8 +50,8 @@ async fn rendered_dom(url: &str) -> String {
             "--no-first-run",
             "--disable-extensions",
             "--virtual-time-budget=5000",
-            "--dump-dom",
         ])
+        .args(extra)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(url)
         .stdin(std::process::Stdio::null())
@@ -66,6 +65,13 @@ async fn rendered_dom(url: &str) -> String {
         .expect("chromium finished within 90 s")
         .expect("chromium output");
     let _ = std::fs::remove_dir_all(&profile);
+    output
+}
+
+/// Loads `url` in headless Chromium, lets its scripts run for 5 s of virtual time and
+/// returns the serialised DOM.
+async fn rendered_dom(url: &str) -> String {
+    let output = run_chromium(url, &["--dump-dom".to_string()]).await;
     let dom = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success() && dom.contains("</html>"),
@@ -75,6 +81,64 @@ async fn rendered_dom(url: &str) -> String {
         dom
     );
     dom
+}
+
+/// The mock marketplace with a Trendyol account (`ty-key`/`ty-secret`) and a Hepsiburada
+/// account whose key is not the one the stores rows hold (`wrong-secret`): that store pauses.
+async fn mock_refusing_hepsiburada(ty_seller: &str, hb_merchant: &str) -> MockMarketplace {
+    MockMarketplace::start(
+        MockConfig {
+            accounts: vec![
+                MockAccount::trendyol(ty_seller, "ty-key", "ty-secret"),
+                MockAccount::hepsiburada(hb_merchant, "the-right-secret"),
+            ],
+            ..MockConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+type ServiceTask =
+    tokio::task::JoinHandle<anyhow::Result<Result<(), stocksync::capture::CaptureError>>>;
+
+/// The service in-process against `url` and `mock`, answering HTTP on `http_addr`.
+fn start_service(
+    url: &str,
+    slot: &str,
+    http_addr: std::net::SocketAddr,
+    mock: &MockMarketplace,
+) -> (CancellationToken, ServiceTask) {
+    let env: HashMap<&str, String> = [
+        ("DATABASE_URL", url.to_string()),
+        ("STOCKSYNC_SLOT", slot.to_string()),
+        ("STOCKSYNC_PUBLICATION", slot.to_string()),
+        ("STOCKSYNC_HTTP_ADDR", http_addr.to_string()),
+        ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
+        ("STOCKSYNC_HEPSIBURADA_URL", mock.base_url()),
+        ("STOCKSYNC_FLUSH_INTERVAL", "100ms".into()),
+        ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s".into()),
+        ("STOCKSYNC_REQUEST_TIMEOUT", "2s".into()),
+    ]
+    .into_iter()
+    .collect();
+    let config = Config::load_from(None, |k| env.get(k).cloned()).unwrap();
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(stocksync::ops::service::run_until(config, shutdown.clone()));
+    (shutdown, service)
+}
+
+/// Stops the service (capture must end cleanly) and the mock.
+async fn stop_service(shutdown: CancellationToken, service: ServiceTask, mock: MockMarketplace) {
+    shutdown.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(20), service)
+        .await
+        .expect("service stops")
+        .unwrap()
+        .expect("service starts");
+    result.expect("capture ends cleanly");
+    mock.shutdown().await;
 }
 
 /// Text as Chromium serialises it in the DOM (only &, < and > are escaped in text nodes).
@@ -172,35 +236,9 @@ async fn dashboard_renders_the_figures_in_the_database() {
     setup(&url, SLOT, SLOT).await;
 
     // The Hepsiburada store's key is refused: it is paused and its entries wait.
-    let mock = MockMarketplace::start(
-        MockConfig {
-            accounts: vec![
-                MockAccount::trendyol(TRENDYOL_SELLER, "ty-key", "ty-secret"),
-                MockAccount::hepsiburada(HB_MERCHANT, "the-right-secret"),
-            ],
-            ..MockConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let mock = mock_refusing_hepsiburada(TRENDYOL_SELLER, HB_MERCHANT).await;
     let http_addr = free_addr();
-    let env: HashMap<&str, String> = [
-        ("DATABASE_URL", url.clone()),
-        ("STOCKSYNC_SLOT", SLOT.to_string()),
-        ("STOCKSYNC_PUBLICATION", SLOT.to_string()),
-        ("STOCKSYNC_HTTP_ADDR", http_addr.to_string()),
-        ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
-        ("STOCKSYNC_HEPSIBURADA_URL", mock.base_url()),
-        ("STOCKSYNC_FLUSH_INTERVAL", "100ms".into()),
-        ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s".into()),
-        ("STOCKSYNC_REQUEST_TIMEOUT", "2s".into()),
-    ]
-    .into_iter()
-    .collect();
-    let config = Config::load_from(None, |k| env.get(k).cloned()).unwrap();
-    let shutdown = CancellationToken::new();
-    let service = tokio::spawn(stocksync::ops::service::run_until(config, shutdown.clone()));
+    let (shutdown, service) = start_service(&url, SLOT, http_addr, &mock);
 
     // Wait for a settled state: Trendyol has every quantity and no open work or batch; the
     // Hepsiburada store is paused with all its entries pending.
@@ -339,14 +377,7 @@ async fn dashboard_renders_the_figures_in_the_database() {
         "the refused request, with the store's name:\n{log}"
     );
 
-    shutdown.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(20), service)
-        .await
-        .expect("service stops")
-        .unwrap()
-        .expect("service starts");
-    result.expect("capture ends cleanly");
-    mock.shutdown().await;
+    stop_service(shutdown, service, mock).await;
 }
 
 /// The `<g class="series">` of `store` in the chart `chart`: its attributes.
@@ -374,34 +405,17 @@ fn attr(tag: &str, name: &str) -> f64 {
 
 /// Headless Chromium's screenshot of `url` (after 5 s of virtual time) into `path`.
 async fn screenshot(url: &str, path: &std::path::Path) {
-    let profile = std::env::temp_dir().join(format!("stocksync-dashboard-{}", uuid()));
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let _ = std::fs::remove_file(path);
-    let child = tokio::process::Command::new(chromium())
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-extensions",
-            "--hide-scrollbars",
-            "--window-size=1400,2000",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--screenshot={}", path.display()))
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(url)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start chromium");
-    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .expect("chromium finished within 90 s")
-        .expect("chromium output");
-    let _ = std::fs::remove_dir_all(&profile);
+    let output = run_chromium(
+        url,
+        &[
+            "--hide-scrollbars".to_string(),
+            "--window-size=1400,2000".to_string(),
+            format!("--screenshot={}", path.display()),
+        ],
+    )
+    .await;
     let png = std::fs::read(path).unwrap_or_default();
     assert!(
         output.status.success() && png.starts_with(b"\x89PNG"),
@@ -447,35 +461,9 @@ async fn dashboard_charts_the_last_hour_after_a_workload() {
             .unwrap();
     }
     setup(&url, slot, slot).await;
-    let mock = MockMarketplace::start(
-        MockConfig {
-            accounts: vec![
-                MockAccount::trendyol(ty_seller, "ty-key", "ty-secret"),
-                MockAccount::hepsiburada(hb_merchant, "the-right-secret"),
-            ],
-            ..MockConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let mock = mock_refusing_hepsiburada(ty_seller, hb_merchant).await;
     let http_addr = free_addr();
-    let env: HashMap<&str, String> = [
-        ("DATABASE_URL", url.clone()),
-        ("STOCKSYNC_SLOT", slot.to_string()),
-        ("STOCKSYNC_PUBLICATION", slot.to_string()),
-        ("STOCKSYNC_HTTP_ADDR", http_addr.to_string()),
-        ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
-        ("STOCKSYNC_HEPSIBURADA_URL", mock.base_url()),
-        ("STOCKSYNC_FLUSH_INTERVAL", "100ms".into()),
-        ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s".into()),
-        ("STOCKSYNC_REQUEST_TIMEOUT", "2s".into()),
-    ]
-    .into_iter()
-    .collect();
-    let config = Config::load_from(None, |k| env.get(k).cloned()).unwrap();
-    let shutdown = CancellationToken::new();
-    let service = tokio::spawn(stocksync::ops::service::run_until(config, shutdown.clone()));
+    let (shutdown, service) = start_service(&url, slot, http_addr, &mock);
     eventually(Duration::from_secs(30), "the service streams", || async {
         count(
             &client,
@@ -590,12 +578,5 @@ async fn dashboard_charts_the_last_hour_after_a_workload() {
     screenshot(&page, &artifact).await;
     eprintln!("dashboard screenshot: {}", artifact.display());
 
-    shutdown.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(20), service)
-        .await
-        .expect("service stops")
-        .unwrap()
-        .expect("service starts");
-    result.expect("capture ends cleanly");
-    mock.shutdown().await;
+    stop_service(shutdown, service, mock).await;
 }

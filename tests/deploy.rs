@@ -233,6 +233,15 @@ fn sigterm(child: &tokio::process::Child) {
     assert!(status.success());
 }
 
+/// Waits for `child` to end after SIGTERM: it must exit 0.
+async fn stopped_cleanly(child: &mut tokio::process::Child) {
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("run stops after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_in_the_alert_rules_and_the_dashboard_is_exported() {
     let referenced = referenced_metrics();
@@ -346,11 +355,7 @@ async fn every_metric_in_the_alert_rules_and_the_dashboard_is_exported() {
     );
 
     sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("run stops after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status}");
+    stopped_cleanly(&mut child).await;
     mock.shutdown().await;
 }
 
@@ -469,11 +474,7 @@ async fn under_systemd_it_reports_ready_watchdog_and_stopping() {
         !stopping.iter().any(|m| m.contains("READY=1")),
         "{stopping:?}"
     );
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("run stops after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status}");
+    stopped_cleanly(&mut child).await;
     mock.shutdown().await;
 }
 
