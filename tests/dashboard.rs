@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use stocksync::mock::{MockAccount, MockConfig, MockMarketplace};
+use stocksync::mock::MockMarketplace;
 use stocksync::ops::config::Config;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -81,23 +81,6 @@ async fn rendered_dom(url: &str) -> String {
         dom
     );
     dom
-}
-
-/// The mock marketplace with a Trendyol account (`ty-key`/`ty-secret`) and a Hepsiburada
-/// account whose key is not the one the stores rows hold (`wrong-secret`): that store pauses.
-async fn mock_refusing_hepsiburada(ty_seller: &str, hb_merchant: &str) -> MockMarketplace {
-    MockMarketplace::start(
-        MockConfig {
-            accounts: vec![
-                MockAccount::trendyol(ty_seller, "ty-key", "ty-secret"),
-                MockAccount::hepsiburada(hb_merchant, "the-right-secret"),
-            ],
-            ..MockConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
 }
 
 type ServiceTask =
@@ -203,36 +186,14 @@ async fn dashboard_renders_the_figures_in_the_database() {
     chromium();
     let url = fresh_database(SLOT);
     let client = connect(&url).await;
-    let (ty, hb) = (uuid(), uuid());
-    client
-        .execute(
-            "INSERT INTO stores (id, name, type, is_active, send_stock, seller_id, api_key, api_secret) VALUES \
-             ($1, $3, 'TRENDYOL', true, true, $5, 'ty-key', 'ty-secret'), \
-             ($2, $4, 'HEPSIBURADA', true, true, $6, NULL, 'wrong-secret')",
-            &[&ty, &hb, &TY_NAME, &HB_NAME, &TRENDYOL_SELLER, &HB_MERCHANT],
-        )
-        .await
-        .unwrap();
     let products = [("DSH-1", 7i32), ("DSH-2", 0), ("DSH-3", 25)];
-    for (code, sellable) in products {
-        let id = uuid();
-        client
-            .execute(
-                "INSERT INTO products (id, barcode, sku, name) VALUES ($1, $2, $2, $2)",
-                &[&id, &code],
-            )
-            .await
-            .unwrap();
-        for store in [ty, hb] {
-            client
-                .execute(
-                    "INSERT INTO product_stores (id, product_id, store_id, sellable_quantity) VALUES ($1, $2, $3, $4)",
-                    &[&uuid(), &id, &store, &sellable],
-                )
-                .await
-                .unwrap();
-        }
-    }
+    let (ty, hb) = trendyol_and_refused_hepsiburada(
+        &client,
+        (TY_NAME, HB_NAME),
+        (TRENDYOL_SELLER, HB_MERCHANT),
+        &products,
+    )
+    .await;
     setup(&url, SLOT, SLOT).await;
 
     // The Hepsiburada store's key is refused: it is paused and its entries wait.
@@ -432,34 +393,19 @@ async fn dashboard_charts_the_last_hour_after_a_workload() {
     let slot = "dashboard_charts";
     let url = fresh_database(slot);
     let client = connect(&url).await;
-    let (ty, hb) = (uuid(), uuid());
     let (ty_seller, hb_merchant) = ("3002", "6a1f0a8e-0000-4000-8000-000000000005");
-    client
-        .execute(
-            "INSERT INTO stores (id, name, type, is_active, send_stock, seller_id, api_key, api_secret) VALUES \
-             ($1, 'Charts Trendyol', 'TRENDYOL', true, true, $3, 'ty-key', 'ty-secret'), \
-             ($2, 'Charts Hepsiburada', 'HEPSIBURADA', true, true, $4, NULL, 'wrong-secret')",
-            &[&ty, &hb, &ty_seller, &hb_merchant],
-        )
+    let (ty, hb) = trendyol_and_refused_hepsiburada(
+        &client,
+        ("Charts Trendyol", "Charts Hepsiburada"),
+        (ty_seller, hb_merchant),
+        &[("CHART-1", 1)],
+    )
+    .await;
+    let product: Uuid = client
+        .query_one("SELECT id FROM products WHERE barcode = 'CHART-1'", &[])
         .await
-        .unwrap();
-    let product = uuid();
-    client
-        .execute(
-            "INSERT INTO products (id, barcode, sku, name) VALUES ($1, 'CHART-1', 'CHART-1', 'Chart')",
-            &[&product],
-        )
-        .await
-        .unwrap();
-    for store in [ty, hb] {
-        client
-            .execute(
-                "INSERT INTO product_stores (id, product_id, store_id, sellable_quantity) VALUES ($1, $2, $3, 1)",
-                &[&uuid(), &product, &store],
-            )
-            .await
-            .unwrap();
-    }
+        .unwrap()
+        .get(0);
     setup(&url, slot, slot).await;
     let mock = mock_refusing_hepsiburada(ty_seller, hb_merchant).await;
     let http_addr = free_addr();

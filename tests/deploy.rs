@@ -22,7 +22,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use stocksync::mock::{MockAccount, MockConfig, MockMarketplace};
+use stocksync::mock::MockMarketplace;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -145,52 +145,19 @@ async fn scrape(addr: std::net::SocketAddr) -> Option<String> {
 async fn prepared(slot: &str) -> (String, Client, Uuid, Uuid) {
     let url = fresh_database(slot);
     let client = connect(&url).await;
-    let (ty, hb) = (uuid(), uuid());
-    client
-        .execute(
-            "INSERT INTO stores (id, name, type, is_active, send_stock, seller_id, api_key, api_secret) VALUES \
-             ($1, 'Deploy Trendyol', 'TRENDYOL', true, true, $3, 'ty-key', 'ty-secret'), \
-             ($2, 'Deploy Hepsiburada', 'HEPSIBURADA', true, true, $4, NULL, 'wrong-secret')",
-            &[&ty, &hb, &TRENDYOL_SELLER, &HB_MERCHANT],
-        )
-        .await
-        .unwrap();
-    for (code, sellable) in [("DPL-1", 5i32), ("DPL-2", 0), ("DPL-3", 12)] {
-        let id = uuid();
-        client
-            .execute(
-                "INSERT INTO products (id, barcode, sku, name) VALUES ($1, $2, $2, $2)",
-                &[&id, &code],
-            )
-            .await
-            .unwrap();
-        for store in [ty, hb] {
-            client
-                .execute(
-                    "INSERT INTO product_stores (id, product_id, store_id, sellable_quantity) VALUES ($1, $2, $3, $4)",
-                    &[&uuid(), &id, &store, &sellable],
-                )
-                .await
-                .unwrap();
-        }
-    }
+    let (ty, hb) = trendyol_and_refused_hepsiburada(
+        &client,
+        ("Deploy Trendyol", "Deploy Hepsiburada"),
+        (TRENDYOL_SELLER, HB_MERCHANT),
+        &[("DPL-1", 5), ("DPL-2", 0), ("DPL-3", 12)],
+    )
+    .await;
     setup(&url, slot, slot).await;
     (url, client, ty, hb)
 }
 
 async fn mock() -> MockMarketplace {
-    MockMarketplace::start(
-        MockConfig {
-            accounts: vec![
-                MockAccount::trendyol(TRENDYOL_SELLER, "ty-key", "ty-secret"),
-                MockAccount::hepsiburada(HB_MERCHANT, "the-right-secret"),
-            ],
-            ..MockConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
+    mock_refusing_hepsiburada(TRENDYOL_SELLER, HB_MERCHANT).await
 }
 
 /// `stocksync run` with only the settings given here (and `extra`).
