@@ -61,6 +61,7 @@ use uuid::Uuid;
 use crate::backoff::BackoffPolicy;
 use crate::db::DbConfig;
 use crate::marketplace::{ClientSettings, MarketplaceClient, Provider};
+use crate::metrics::metrics;
 use crate::queue::{self, QueueError, Reason};
 use crate::stock::QuantityRules;
 use crate::stores::{self, state as store_state, LimitSettings, StoreError};
@@ -284,12 +285,14 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
         let mut due = match due_stores(&dispatcher).await {
             Ok(due) => {
                 failing = false;
+                metrics().dispatch_ready.set(1);
                 due
             }
             // Warned once per stretch of failures, not on every tick.
             Err(e) if !failing => {
                 warn!(error = %e, "cannot read due stores; will retry");
                 failing = true;
+                metrics().dispatch_ready.set(0);
                 continue;
             }
             Err(e) => {
@@ -328,6 +331,8 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
             tokio::spawn(async move { prune(&dispatcher).await });
         }
     };
+    // Not ready from here: the lock connection broke (a new one is sought) or shutdown.
+    metrics().dispatch_ready.set(0);
     // Let running cycles finish their requests and release their claims.
     stop.cancel();
     while cycles.join_next().await.is_some() {}

@@ -23,7 +23,8 @@ use crate::backoff::BackoffPolicy;
 use crate::marketplace::PushOutcome;
 use crate::metrics::metrics;
 use crate::queue::{self, Claim, Outcome, Release};
-use crate::stores::{gates, state as store_state};
+use crate::stores::gates;
+use crate::stores::state::{self as store_state, PauseKind};
 
 /// A store whose marketplace fails (5xx, no answer) waits 1 s, doubling per consecutive
 /// failure up to a minute (jittered: at most two): long enough not to hammer an outage,
@@ -130,9 +131,9 @@ impl Cycle<'_> {
             }
             PushOutcome::AuthRejected { status, message } => {
                 let reason = if status == 0 {
-                    format!("credentials unusable: {message}")
+                    PauseKind::CredentialsUnusable.reason(&format!(": {message}"))
                 } else {
-                    format!("credentials refused ({status}): {message}")
+                    PauseKind::CredentialsRefused.reason(&format!(" ({status}): {message}"))
                 };
                 gates::pause(db, self.store_id, &reason, &self.store.fingerprint).await?;
                 queue::release(db, self.token, &ids, Release::default()).await?;

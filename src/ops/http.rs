@@ -107,6 +107,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/status", get(api_status))
         .route("/api/log", get(api_log))
+        // The dashboard's charts: the last hour, sampled in this process (`history.rs`).
+        .route("/api/history", get(super::history::api))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }

@@ -5,8 +5,10 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod history;
 pub mod http;
 pub mod logging;
+pub mod notify;
 pub mod resync;
 pub mod service;
 pub mod setup;

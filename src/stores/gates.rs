@@ -14,7 +14,7 @@ use uuid::Uuid;
 use std::time::Duration;
 
 use super::row::load_store;
-use super::state::{self, StoreState};
+use super::state::{self, PauseKind, StoreState};
 use super::StoreError;
 use crate::marketplace::{Provider, StoreCredentials};
 use crate::metrics::metrics;
@@ -62,20 +62,12 @@ pub async fn check(
         }
         info!(store = %store_id, previous = %reason, "store credentials changed; resuming the store");
         state::unpause(db, Some(store_id)).await?;
-        let _ = metrics()
-            .store_paused
-            .remove_label_values(&[&store_id.to_string(), reason]);
     }
     let creds = match store.credentials(provider) {
         Ok(c) => c,
         Err(missing) => {
-            pause(
-                db,
-                store_id,
-                &format!("credentials missing: {missing}"),
-                &fingerprint,
-            )
-            .await?;
+            let reason = PauseKind::CredentialsMissing.reason(&format!(": {missing}"));
+            pause(db, store_id, &reason, &fingerprint).await?;
             return Ok(Gate::Shut);
         }
     };
@@ -104,7 +96,8 @@ async fn close(
     Ok(Gate::Shut)
 }
 
-/// Pauses a store until its credentials change (or `retry-failed`).
+/// Pauses a store until its credentials change (or `retry-failed`). `/metrics` shows it
+/// (`stocksync_store_paused`, by kind) from the database, whichever instance paused it.
 pub async fn pause(
     db: &impl GenericClient,
     store_id: Uuid,
@@ -113,9 +106,5 @@ pub async fn pause(
 ) -> Result<(), StoreError> {
     warn!(store = %store_id, reason, "store paused until its credentials change (or `stocksync retry-failed`)");
     state::pause(db, store_id, reason, fingerprint).await?;
-    metrics()
-        .store_paused
-        .with_label_values(&[&store_id.to_string(), reason])
-        .set(1);
     Ok(())
 }

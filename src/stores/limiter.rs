@@ -25,6 +25,16 @@ use super::StoreError;
 use crate::marketplace::{Endpoint, ServiceGroup};
 use crate::metrics::metrics;
 
+/// The rules a request can wait for (the `rule` label of `stocksync_rate_limit_waits_total`).
+pub const RULES: [&str; 6] = [
+    "min_send_interval",
+    "open_uploads",
+    "rate_limit",
+    "per_minute_cap",
+    "read_share",
+    "identical_body",
+];
+
 /// Slack added to every window: a request is recorded a moment before it arrives, so
 /// without it the marketplace could count one more in its window.
 const WINDOW_SLACK: Duration = Duration::from_millis(250);
@@ -132,15 +142,23 @@ pub struct Limiter<'a> {
 
 impl<'a> Limiter<'a> {
     pub fn new(settings: &'a LimitSettings, store: Uuid) -> Limiter<'a> {
+        let label = store.to_string();
+        // Every rule's series exists (at 0) once the store is dispatched to.
+        for rule in RULES {
+            metrics()
+                .rate_limit_waits
+                .with_label_values(&[&label, rule]);
+        }
         Limiter {
             settings,
             store,
-            label: store.to_string(),
+            label,
         }
     }
 
     /// Counts a wait for `rule` in `stocksync_rate_limit_waits_total`.
     pub fn waited(&self, rule: &str) {
+        debug_assert!(RULES.contains(&rule), "rule {rule} missing from RULES");
         metrics()
             .rate_limit_waits
             .with_label_values(&[&self.label, rule])

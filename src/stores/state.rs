@@ -86,6 +86,75 @@ SET consecutive_failures = 0, last_success_at = now(), last_error = NULL
 WHERE store_id = $1
 "#;
 
+/// Paused stores and why (for `/metrics`).
+const PAUSED_SQL: &str =
+    "SELECT store_id, paused_reason FROM stock_sync.store_state WHERE paused_reason IS NOT NULL";
+
+/// Why a store is paused, as a closed set (the `kind` label of `stocksync_store_paused`; the
+/// reason's text, which may quote a marketplace, stays in the database and `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseKind {
+    /// The `stores` row lacks a credential the marketplace needs.
+    CredentialsMissing,
+    /// The marketplace answered 401/403.
+    CredentialsRefused,
+    /// The credentials cannot be used to build a request (e.g. not valid in a header).
+    CredentialsUnusable,
+    /// A reason this binary does not know (written by another version or by hand).
+    Other,
+}
+
+impl PauseKind {
+    pub const ALL: [PauseKind; 4] = [
+        PauseKind::CredentialsMissing,
+        PauseKind::CredentialsRefused,
+        PauseKind::CredentialsUnusable,
+        PauseKind::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseKind::CredentialsMissing => "credentials_missing",
+            PauseKind::CredentialsRefused => "credentials_refused",
+            PauseKind::CredentialsUnusable => "credentials_unusable",
+            PauseKind::Other => "other",
+        }
+    }
+
+    /// How a pause reason of this kind begins.
+    fn prefix(self) -> &'static str {
+        match self {
+            PauseKind::CredentialsMissing => "credentials missing",
+            PauseKind::CredentialsRefused => "credentials refused",
+            PauseKind::CredentialsUnusable => "credentials unusable",
+            PauseKind::Other => "",
+        }
+    }
+
+    /// The pause reason stored and shown: the kind's words, then `detail`.
+    pub fn reason(self, detail: &str) -> String {
+        format!("{}{detail}", self.prefix())
+    }
+
+    /// The kind of a stored pause reason.
+    pub fn of(reason: &str) -> PauseKind {
+        PauseKind::ALL
+            .into_iter()
+            .find(|k| *k != PauseKind::Other && reason.starts_with(k.prefix()))
+            .unwrap_or(PauseKind::Other)
+    }
+}
+
+/// Every paused store with its stored reason.
+pub async fn paused(db: &impl GenericClient) -> Result<Vec<(Uuid, String)>, StoreError> {
+    Ok(db
+        .query(PAUSED_SQL, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 /// How long a paused store waits before its `stores` row is read again.
 pub const PAUSE_RECHECK: Duration = Duration::from_secs(2);
 
@@ -194,4 +263,33 @@ pub async fn throttle(
 pub async fn success(db: &impl GenericClient, store: Uuid) -> Result<(), StoreError> {
     db.execute(SUCCESS_SQL, &[&store]).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PauseKind;
+
+    #[test]
+    fn pause_reasons_map_to_a_closed_set_of_kinds() {
+        for kind in PauseKind::ALL {
+            let reason = kind.reason(" (401): secret-free text from the marketplace");
+            assert_eq!(PauseKind::of(&reason), kind, "{reason}");
+        }
+        assert_eq!(
+            PauseKind::CredentialsMissing.reason(": stores.api_key is empty"),
+            "credentials missing: stores.api_key is empty"
+        );
+        assert_eq!(PauseKind::of("set by hand"), PauseKind::Other);
+        assert_eq!(PauseKind::of(""), PauseKind::Other);
+        let labels: Vec<&str> = PauseKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "credentials_missing",
+                "credentials_refused",
+                "credentials_unusable",
+                "other"
+            ]
+        );
+    }
 }

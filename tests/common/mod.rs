@@ -120,6 +120,68 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_stocksync")
 }
 
+/// A Trendyol store the mock accepts (`ty-key`/`ty-secret`) and a Hepsiburada store whose key
+/// it refuses (`wrong-secret`: the store pauses, its entries wait), both listing every
+/// product of `products` (barcode = sku = name, sellable quantity). Returns the two store ids.
+pub async fn trendyol_and_refused_hepsiburada(
+    client: &Client,
+    names: (&str, &str),
+    sellers: (&str, &str),
+    products: &[(&str, i32)],
+) -> (uuid::Uuid, uuid::Uuid) {
+    let (ty, hb) = (uuid(), uuid());
+    client
+        .execute(
+            "INSERT INTO stores (id, name, type, is_active, send_stock, seller_id, api_key, api_secret) VALUES \
+             ($1, $3, 'TRENDYOL', true, true, $5, 'ty-key', 'ty-secret'), \
+             ($2, $4, 'HEPSIBURADA', true, true, $6, NULL, 'wrong-secret')",
+            &[&ty, &hb, &names.0, &names.1, &sellers.0, &sellers.1],
+        )
+        .await
+        .unwrap();
+    for (code, sellable) in products {
+        let id = uuid();
+        client
+            .execute(
+                "INSERT INTO products (id, barcode, sku, name) VALUES ($1, $2, $2, $2)",
+                &[&id, code],
+            )
+            .await
+            .unwrap();
+        for store in [ty, hb] {
+            client
+                .execute(
+                    "INSERT INTO product_stores (id, product_id, store_id, sellable_quantity) VALUES ($1, $2, $3, $4)",
+                    &[&uuid(), &id, &store, sellable],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    (ty, hb)
+}
+
+/// The mock marketplace for [`trendyol_and_refused_hepsiburada`]: it knows the Trendyol
+/// store's key and expects another one from the Hepsiburada store.
+pub async fn mock_refusing_hepsiburada(
+    ty_seller: &str,
+    hb_merchant: &str,
+) -> stocksync::mock::MockMarketplace {
+    use stocksync::mock::{MockAccount, MockConfig, MockMarketplace};
+    MockMarketplace::start(
+        MockConfig {
+            accounts: vec![
+                MockAccount::trendyol(ty_seller, "ty-key", "ty-secret"),
+                MockAccount::hepsiburada(hb_merchant, "the-right-secret"),
+            ],
+            ..MockConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
 pub mod oracle;
 pub mod reference;
 pub mod workload;
