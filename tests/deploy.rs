@@ -278,6 +278,8 @@ async fn every_metric_in_the_alert_rules_and_the_dashboard_is_exported() {
                 "min_send_interval",
                 "open_uploads",
                 "rate_limit",
+                "per_minute_cap",
+                "read_share",
                 "identical_body",
             ],
         ),
