@@ -100,6 +100,7 @@ fn start_service(
         ("STOCKSYNC_HTTP_ADDR", http_addr.to_string()),
         ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
         ("STOCKSYNC_HEPSIBURADA_URL", mock.base_url()),
+        ("STOCKSYNC_HEPSIBURADA_USER_AGENT", "test_dev".to_string()),
         ("STOCKSYNC_FLUSH_INTERVAL", "100ms".into()),
         ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s".into()),
         ("STOCKSYNC_REQUEST_TIMEOUT", "2s".into()),

@@ -57,6 +57,7 @@ async fn start(
         ("STOCKSYNC_HTTP_ADDR", "127.0.0.1:0".into()),
         ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
         ("STOCKSYNC_HEPSIBURADA_URL", mock.base_url()),
+        ("STOCKSYNC_HEPSIBURADA_USER_AGENT", "test_dev".into()),
         ("STOCKSYNC_FLUSH_INTERVAL", "100ms".into()),
         ("STOCKSYNC_IDENTICAL_REQUEST_WINDOW", "2s".into()),
         ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s".into()),
@@ -172,6 +173,11 @@ fn mock_config() -> MockConfig {
             MockAccount::hepsiburada(HB_MERCHANT, "hb-secret"),
         ],
         identical_window: Duration::from_secs(2),
+        // As a live merchant account: only the authorised user agent is accepted.
+        behaviour: stocksync::mock::Behaviour {
+            hepsiburada_user_agent: Some("test_dev".into()),
+            ..stocksync::mock::Behaviour::default()
+        },
         ..MockConfig::default()
     }
 }

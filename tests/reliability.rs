@@ -50,6 +50,7 @@ async fn rig_on(url: String, client: Client, prefix: &str, extra: &[(&str, &str)
         ("STOCKSYNC_HTTP_ADDR", "127.0.0.1:0"),
         ("STOCKSYNC_TRENDYOL_URL", &mock.base_url()),
         ("STOCKSYNC_HEPSIBURADA_URL", &mock.base_url()),
+        ("STOCKSYNC_HEPSIBURADA_USER_AGENT", "test_dev"),
         ("STOCKSYNC_FLUSH_INTERVAL", "100ms"),
         ("STOCKSYNC_IDENTICAL_REQUEST_WINDOW", "2s"),
         ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s"),

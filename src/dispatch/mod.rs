@@ -60,7 +60,7 @@ use uuid::Uuid;
 
 use crate::backoff::BackoffPolicy;
 use crate::db::DbConfig;
-use crate::marketplace::{ClientSettings, MarketplaceClient, Provider};
+use crate::marketplace::{ClientSettings, MarketplaceClient, Provider, UserAgents};
 use crate::metrics::metrics;
 use crate::queue::{self, QueueError, Reason};
 use crate::stock::QuantityRules;
@@ -95,6 +95,12 @@ pub struct DispatchSettings {
     pub safety_stock_per_store: HashMap<Uuid, i32>,
     pub dry_run: bool,
     pub client: ClientSettings,
+    /// Who stocksync says it is, per marketplace and store.
+    pub user_agents: UserAgents,
+    /// A Retry-After further away than this is garbage: ignored.
+    pub max_retry_after: Duration,
+    /// A forbidden (403) store probes itself after this, doubling per 403 up to an hour.
+    pub forbidden_backoff: Duration,
     pub hepsiburada_batch_size: usize,
     /// Failed sends of one item before it is dead-lettered.
     pub max_attempts: i32,
@@ -123,9 +129,11 @@ impl Default for DispatchSettings {
             client: ClientSettings {
                 trendyol_url: crate::marketplace::TRENDYOL_PRODUCTION_URL.into(),
                 hepsiburada_url: crate::marketplace::HEPSIBURADA_PRODUCTION_URL.into(),
-                hepsiburada_user_agent: "stocksync".into(),
                 timeout: Duration::from_secs(30),
             },
+            user_agents: UserAgents::default(),
+            max_retry_after: Duration::from_secs(600),
+            forbidden_backoff: Duration::from_secs(60),
             hepsiburada_batch_size: 1000,
             max_attempts: 8,
             batch_result_timeout: Duration::from_secs(4 * 3600),
@@ -146,6 +154,14 @@ impl DispatchSettings {
                 .safety_stock_per_store
                 .get(&store_id)
                 .unwrap_or(&self.safety_stock),
+        }
+    }
+
+    /// What the gates need.
+    pub fn gates(&self) -> stores::gates::GateSettings<'_> {
+        stores::gates::GateSettings {
+            min_send_interval: self.limits.min_send_interval,
+            user_agents: &self.user_agents,
         }
     }
 

@@ -55,8 +55,7 @@ async fn cycle(
     if orphans > 0 {
         info!(store = %store_id, entries = orphans, "released claims left by a stopped dispatcher");
     }
-    let Gate::Open(store) = gates::check(db, store_id, d.settings.limits.min_send_interval).await?
-    else {
+    let Gate::Open(store) = gates::check(db, store_id, d.settings.gates()).await? else {
         return Ok(());
     };
     let limiter = Limiter::new(&d.settings.limits, store_id);
@@ -70,7 +69,15 @@ async fn cycle(
         return Ok(());
     }
     let token = ClaimToken::new();
-    let batch = d.settings.batch_size(store.provider);
+    // A 413 may have left the store a smaller batch; a probe needs one item.
+    let batch = match (store.probe, store.state.batch_limit) {
+        (true, _) => 1,
+        (false, Some(limit)) => d
+            .settings
+            .batch_size(store.provider)
+            .min(limit.max(1) as usize),
+        (false, None) => d.settings.batch_size(store.provider),
+    };
     let claims = queue::claim(db, store_id, &d.settings.instance_id, token, batch).await?;
     if claims.is_empty() {
         return Ok(());

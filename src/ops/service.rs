@@ -18,7 +18,6 @@ use super::notify::Notifier;
 use crate::capture::CaptureHealth;
 use crate::db::DbConfig;
 use crate::metrics::metrics;
-use crate::stores::state::PauseKind;
 
 /// The slot's `safe_wal_size` (NULL: unlimited or no slot), `wal_status`, whether it exists,
 /// and whether stocksync has a checkpoint for it (a missing slot with a checkpoint is lost).
@@ -274,9 +273,17 @@ async fn refresh_metrics(pool: Pool, config: Arc<Config>, shutdown: Cancellation
         refreshes = refreshes.wrapping_add(1);
         if let Ok(paused) = crate::stores::state::paused(&**client).await {
             m.store_paused.reset();
-            for (store, reason) in paused {
+            for (store, kind) in paused {
                 m.store_paused
-                    .with_label_values(&[&store.to_string(), PauseKind::of(&reason).as_str()])
+                    .with_label_values(&[&store.to_string(), kind.as_str()])
+                    .set(1);
+            }
+        }
+        if let Ok(backing_off) = crate::stores::state::backing_off(&**client).await {
+            m.store_backing_off.reset();
+            for (store, problem) in backing_off {
+                m.store_backing_off
+                    .with_label_values(&[&store.to_string(), problem.as_str()])
                     .set(1);
             }
         }

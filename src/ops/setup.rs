@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "fenced_claims",
         include_str!("../../sql/004_fenced_claims.sql"),
     ),
+    (
+        6,
+        "live_accounts",
+        include_str!("../../sql/006_live_accounts.sql"),
+    ),
 ];
 
 /// The application tables stocksync reads through the slot.

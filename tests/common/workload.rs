@@ -161,6 +161,11 @@ pub fn mock_config(identical_window: Duration) -> MockConfig {
             MockAccount::hepsiburada("hb-merchant-1", SECRETS[2]),
         ],
         identical_window,
+        // As a live merchant account: only the authorised user agent is accepted.
+        behaviour: stocksync::mock::Behaviour {
+            hepsiburada_user_agent: Some("test_dev".into()),
+            ..stocksync::mock::Behaviour::default()
+        },
         ..MockConfig::default()
     }
 }
