@@ -55,7 +55,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::backoff::BackoffPolicy;
@@ -203,6 +203,32 @@ pub fn instance_id() -> String {
     format!("{host}:{}", std::process::id())
 }
 
+/// What this process's dispatcher did lately per store, for `/readyz`: a store with due
+/// work that no cycle of this process has finished (nor found another dispatcher working)
+/// for a while means dispatch is stuck.
+#[derive(Debug, Default)]
+pub struct Progress {
+    last: std::sync::Mutex<HashMap<Uuid, tokio::time::Instant>>,
+}
+
+impl Progress {
+    fn touched(&self, store: Uuid) {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(store, tokio::time::Instant::now());
+    }
+
+    /// Whether a cycle of `store` finished (or found it worked elsewhere) within `within`.
+    pub fn recent(&self, store: Uuid, within: Duration) -> bool {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&store)
+            .is_some_and(|at| at.elapsed() <= within)
+    }
+}
+
 /// Shared by the store cycles and the batch poller.
 pub(crate) struct Dispatcher {
     pub pool: Pool,
@@ -210,6 +236,7 @@ pub(crate) struct Dispatcher {
     pub client: MarketplaceClient,
     /// Holds the per-store advisory locks; they vanish with it if the process dies.
     pub locks: tokio_postgres::Client,
+    pub progress: Arc<Progress>,
 }
 
 /// Reconnecting the lock connection: from half a second, doubling to 30 s (an outage of the
@@ -226,6 +253,7 @@ pub async fn run(
     pool: Pool,
     db: DbConfig,
     settings: DispatchSettings,
+    progress: Arc<Progress>,
     shutdown: CancellationToken,
 ) {
     if settings.dry_run {
@@ -246,6 +274,7 @@ pub async fn run(
                     settings: settings.clone(),
                     client: client.clone(),
                     locks,
+                    progress: progress.clone(),
                 });
                 if run_with(dispatcher, &shutdown).await {
                     return;
@@ -273,6 +302,7 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_slow_check = tokio::time::Instant::now();
     let mut last_prune: Option<tokio::time::Instant> = None;
+    let mut pruning: Option<tokio::task::JoinHandle<()>> = None;
     let mut failing = false;
     let stopped = loop {
         tokio::select! {
@@ -282,6 +312,17 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
         if dispatcher.locks.is_closed() {
             break false;
         }
+        if poller.is_finished() {
+            // The poller ends only when stopped: anything else is a bug (a panic). A new
+            // lock connection starts a new one.
+            error!("the batch-result poller ended unexpectedly; restarting dispatch");
+            break false;
+        }
+        if let Some(done) = pruning.take_if(|p| p.is_finished()) {
+            if let Err(e) = done.await {
+                error!(error = %e, "pruning panicked; it runs again in an hour");
+            }
+        }
         while let Some(done) = cycles.try_join_next() {
             match done {
                 Ok(store) => {
@@ -290,7 +331,7 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
                 Err(e) => {
                     // A panicking cycle is a bug; its store may stay locked in this session,
                     // so the lock connection is dropped (and with it every lock) below.
-                    warn!(error = %e, "a store cycle panicked");
+                    error!(error = %e, "a store cycle panicked; restarting dispatch");
                     break;
                 }
             }
@@ -334,8 +375,12 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
                 let dispatcher = dispatcher.clone();
                 let stop = stop.clone();
                 cycles.spawn(async move {
-                    if let Err(e) = store_cycle::run(&dispatcher, store, &stop).await {
-                        warn!(store = %store, error = %e, "store cycle failed; will retry");
+                    match store_cycle::run(&dispatcher, store, &stop).await {
+                        // Finished, or found another dispatcher working the store.
+                        Ok(()) => dispatcher.progress.touched(store),
+                        Err(e) => {
+                            warn!(store = %store, error = %e, "store cycle failed; will retry")
+                        }
                     }
                     store
                 });
@@ -344,7 +389,7 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(tokio::time::Instant::now());
             let dispatcher = dispatcher.clone();
-            tokio::spawn(async move { prune(&dispatcher).await });
+            pruning = Some(tokio::spawn(async move { prune(&dispatcher).await }));
         }
     };
     // Not ready from here: the lock connection broke (a new one is sought) or shutdown.

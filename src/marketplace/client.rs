@@ -547,7 +547,7 @@ mod tests {
         };
         let body = "echo the-key:the-secret Basic dGhlLWtleTp0aGUtc2VjcmV0 42";
         assert_eq!(creds.redact(body), "echo ***:*** Basic *** 42");
-        // Escaped forms too; a Hepsiburada merchant id is its Basic user name.
+        // Escaped forms too; the merchant id is no secret (it is in every path).
         let hb = StoreCredentials {
             provider: Provider::Hepsiburada,
             seller_id: "m-1".into(),
@@ -557,7 +557,7 @@ mod tests {
         };
         assert_eq!(
             hb.redact(r#"{"echo":"m-1:s\"k/1","url":"s%22k%2F1"}"#),
-            r#"{"echo":"***:***","url":"***"}"#
+            r#"{"echo":"m-1:***","url":"***"}"#
         );
         let long = "ü".repeat(3000);
         let t = truncate_bytes(&long, EXCHANGE_BODY_LIMIT);

@@ -249,10 +249,10 @@ impl StoreCredentials {
     }
 
     /// Text that came from the marketplace (an error body, a status word, a failure reason)
-    /// with every credential of this store masked as `***`: the api key and secret, the
-    /// Hepsiburada merchant id (the Basic user name), the Basic token, and their JSON- and
-    /// URL-escaped forms. Every such text passes through here before it is logged, stored or
-    /// shown.
+    /// with every credential of this store masked as `***`: the api key and secret, the Basic
+    /// token, and their JSON- and URL-escaped forms. Every such text passes through here
+    /// before it is logged, stored or shown. The seller (merchant) id is not a secret: it is
+    /// in every request's path, and an error naming it must stay readable.
     pub fn redact(&self, text: &str) -> String {
         let user = match self.provider {
             Provider::Trendyol => self.api_key.clone().unwrap_or_default(),
@@ -262,9 +262,6 @@ impl StoreCredentials {
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", self.api_secret));
         let mut plain: Vec<String> = vec![self.api_secret.clone(), token];
         plain.extend(self.api_key.clone());
-        if self.provider == Provider::Hepsiburada {
-            plain.push(self.seller_id.clone());
-        }
         let mut secrets: Vec<String> = Vec::new();
         for s in plain.into_iter().filter(|s| !s.is_empty()) {
             let json = serde_json::to_string(&s).unwrap_or_default();

@@ -13,6 +13,7 @@ pub mod resync;
 pub mod service;
 pub mod setup;
 pub mod status;
+pub mod supervise;
 
 /// Exit codes of the binary (`cli` and the demo both return them).
 pub const EXIT_RUNTIME: u8 = 1;

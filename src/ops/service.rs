@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 
 use super::config::Config;
 use super::notify::Notifier;
+use super::supervise::Supervisor;
 use crate::capture::CaptureHealth;
 use crate::db::DbConfig;
 use crate::metrics::metrics;
@@ -49,6 +50,7 @@ pub struct Service {
     pub db: DbConfig,
     pub pool: Pool,
     pub capture_health: Arc<CaptureHealth>,
+    pub supervisor: Supervisor,
     tasks: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
 }
@@ -68,6 +70,9 @@ impl Service {
             .pool_with(super::http::POOL)
             .context("creating the HTTP connection pool")?;
         let config = Arc::new(config);
+        let supervisor = Supervisor::new(shutdown.clone());
+        let settings = super::dispatch_settings(&config);
+        let progress = Arc::new(crate::dispatch::Progress::default());
         let mut tasks = Vec::new();
         let state = super::http::AppState {
             pool: http_pool,
@@ -78,32 +83,52 @@ impl Service {
                 config.http_token.as_ref(),
                 config.metrics_public,
             ),
+            tasks: supervisor.tasks(),
+            dispatch: super::http::DispatchReadiness {
+                progress: progress.clone(),
+                flush_interval: settings.flush_interval,
+                min_send_interval: settings.limits.min_send_interval,
+                batch: settings.batch_size(crate::marketplace::Provider::Trendyol),
+            },
         };
-        tasks.push(super::http::spawn(config.http_addr, state, shutdown.clone()).await?);
-        tasks.push(tokio::spawn(refresh_metrics(
-            pool.clone(),
-            config.clone(),
-            shutdown.clone(),
-        )));
-        tasks.push(tokio::spawn(super::history::run(shutdown.clone())));
-        if !config.heartbeat_interval.is_zero() {
-            tasks.push(tokio::spawn(heartbeat(
-                pool.clone(),
-                config.heartbeat_interval,
-                shutdown.clone(),
-            )));
+        tasks.push(
+            super::http::spawn(config.http_addr, state, &supervisor, shutdown.clone()).await?,
+        );
+        {
+            let (pool, config, shutdown) = (pool.clone(), config.clone(), shutdown.clone());
+            tasks.push(supervisor.spawn("metrics", move || {
+                refresh_metrics(pool.clone(), config.clone(), shutdown.clone())
+            }));
         }
-        tasks.push(tokio::spawn(crate::dispatch::run(
-            pool.clone(),
-            db.clone(),
-            super::dispatch_settings(&config),
-            shutdown.clone(),
-        )));
+        {
+            let shutdown = shutdown.clone();
+            tasks.push(supervisor.spawn("history", move || super::history::run(shutdown.clone())));
+        }
+        if !config.heartbeat_interval.is_zero() {
+            let (pool, every, shutdown) =
+                (pool.clone(), config.heartbeat_interval, shutdown.clone());
+            tasks.push(supervisor.spawn("heartbeat", move || {
+                heartbeat(pool.clone(), every, shutdown.clone())
+            }));
+        }
+        {
+            let (pool, db, shutdown) = (pool.clone(), db.clone(), shutdown.clone());
+            tasks.push(supervisor.spawn("dispatch", move || {
+                crate::dispatch::run(
+                    pool.clone(),
+                    db.clone(),
+                    settings.clone(),
+                    progress.clone(),
+                    shutdown.clone(),
+                )
+            }));
+        }
         Ok(Service {
             config,
             db,
             pool,
             capture_health,
+            supervisor,
             tasks,
             shutdown,
         })
@@ -139,13 +164,7 @@ pub async fn run_until(
         shutdown.clone(),
         done.clone(),
     ));
-    let result = crate::capture::run(
-        service.db.clone(),
-        settings,
-        shutdown.clone(),
-        service.capture_health.clone(),
-    )
-    .await;
+    let result = supervised_capture(&service, settings, &shutdown).await;
     if let Err(e) = &result {
         notifier.status(&format!("capture stopped: {e}"));
         if e.is_slot_loss() {
@@ -159,6 +178,44 @@ pub async fn run_until(
     done.cancel();
     let _ = systemd.await;
     Ok(result)
+}
+
+/// Capture under supervision: a panic is logged, marks the task down and restarts it after a
+/// backoff (it resumes from its checkpoint); an error capture reports is fatal and returned.
+async fn supervised_capture(
+    service: &Service,
+    settings: crate::capture::CaptureSettings,
+    shutdown: &CancellationToken,
+) -> Result<(), crate::capture::CaptureError> {
+    let mut backoff = super::supervise::RESTART.start();
+    loop {
+        let run = tokio::spawn(crate::capture::run(
+            service.db.clone(),
+            settings.clone(),
+            shutdown.clone(),
+            service.capture_health.clone(),
+        ));
+        match run.await {
+            Ok(result) => return result,
+            Err(e) if shutdown.is_cancelled() => {
+                warn!(error = %e, "capture ended during shutdown");
+                return Ok(());
+            }
+            Err(e) => {
+                let why = super::supervise::panic_message(e);
+                let wait = backoff.next_delay();
+                tracing::error!(task = "capture", retry_in = ?wait, "task panicked: {why}; restarting it");
+                metrics()
+                    .task_restarts
+                    .with_label_values(&["capture"])
+                    .inc();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
 }
 
 /// Keeps systemd informed (a no-op outside a `Type=notify` unit): `READY=1` once HTTP is up

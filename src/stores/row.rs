@@ -22,6 +22,40 @@ pub async fn store_credentials(
     }))
 }
 
+/// Every store that would be sent to (active, `send_stock`, a marketplace type).
+const SENDABLE_STORES_SQL: &str = r#"
+SELECT id, name::text, type::text, seller_id::text FROM stores
+WHERE COALESCE(is_active::boolean, false) AND COALESCE(send_stock::boolean, false)
+  AND upper(btrim(type::text)) IN ('TRENDYOL', 'HEPSIBURADA')
+ORDER BY id
+"#;
+
+/// A store that would be sent to.
+#[derive(Debug, Clone)]
+pub struct SendableStore {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub provider: Provider,
+    pub seller_id: String,
+}
+
+/// Every store that would be sent to.
+pub async fn sendable_stores(db: &impl GenericClient) -> Result<Vec<SendableStore>, StoreError> {
+    Ok(db
+        .query(SENDABLE_STORES_SQL, &[])
+        .await?
+        .iter()
+        .filter_map(|r| {
+            Some(SendableStore {
+                id: r.get(0),
+                name: r.get(1),
+                provider: Provider::from_store_type(r.get::<_, Option<&str>>(2)?)?,
+                seller_id: r.get::<_, Option<String>>(3).unwrap_or_default(),
+            })
+        })
+        .collect())
+}
+
 /// The columns of `stores` stocksync reads, cast so an enum or varchar `type`, a numeric
 /// seller id or an integer flag read the same.
 const STORE_SQL: &str = r#"

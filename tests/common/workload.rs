@@ -16,6 +16,20 @@ use super::{binary, connect};
 /// Credentials the tests grep for in logs afterwards.
 pub const SECRETS: &[&str] = &["ty-key-9f2c", "ty-secret-51ab", "hb-secret-77de"];
 
+/// The Hepsiburada merchant of the catalogue (its id is the Basic user name).
+pub const HB_MERCHANT: &str = "hb-merchant-1";
+
+/// Every form in which a credential could leak: the secrets themselves and the Basic tokens
+/// the requests carried.
+pub fn secret_forms() -> Vec<String> {
+    use base64::Engine;
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut forms: Vec<String> = SECRETS.iter().map(|s| s.to_string()).collect();
+    forms.push(b64(format!("{}:{}", SECRETS[0], SECRETS[1])));
+    forms.push(b64(format!("{HB_MERCHANT}:{}", SECRETS[2])));
+    forms
+}
+
 pub struct StoreSeed {
     pub id: Uuid,
     pub name: &'static str,
@@ -158,7 +172,7 @@ pub fn mock_config(identical_window: Duration) -> MockConfig {
         accounts: vec![
             MockAccount::trendyol("3001", SECRETS[0], SECRETS[1]),
             MockAccount::trendyol("3002", SECRETS[0], SECRETS[1]),
-            MockAccount::hepsiburada("hb-merchant-1", SECRETS[2]),
+            MockAccount::hepsiburada(HB_MERCHANT, SECRETS[2]),
         ],
         identical_window,
         // As a live merchant account: only the authorised user agent is accepted.
