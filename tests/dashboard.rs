@@ -497,7 +497,8 @@ async fn dashboard_charts_the_last_hour_after_a_workload() {
     // The paused store stands out: a banner with its name and reason, and its row.
     let banner = section(&dom, "<div id=\"paused\" class=\"banner\">", "</div>\n");
     assert!(
-        banner.contains("PAUSED: Charts Hepsiburada") && banner.contains("credentials refused"),
+        banner.contains("PAUSED (credentials): Charts Hepsiburada")
+            && banner.contains("credentials refused"),
         "{banner}"
     );
     let stores = section(&dom, "<tbody id=\"stores\">", "</tbody>");

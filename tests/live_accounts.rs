@@ -273,7 +273,7 @@ async fn upload_status_words_are_read_in_any_case_and_an_unknown_word_is_never_s
         upload_done_word: "completed_with_errors".into(),
         ..authorised("test_dev")
     });
-    eventually(Duration::from_secs(30), "the upload accepted", || async {
+    eventually(Duration::from_secs(60), "the upload accepted", || async {
         accepted().await == Some(3)
     })
     .await;
@@ -325,7 +325,7 @@ async fn a_403_pauses_the_store_which_probes_itself_and_resumes() {
     assert!(ty.next_probe_at.is_some(), "status shows the next probe");
     // It probes itself (one request per try, the wait doubling) and resumes once accepted.
     wait_quantity(&stack.mock, TY_SELLER, "F-1", 2).await;
-    eventually(Duration::from_secs(10), "the pause lifted", || async {
+    eventually(Duration::from_secs(60), "the pause lifted", || async {
         pause_of(&stack.client, s.trendyol).await.is_none()
     })
     .await;
@@ -409,7 +409,7 @@ async fn unexpected_statuses_keep_entries_pending_and_a_413_halves_the_batch() {
         };
         assert_eq!((dead, attempts), (0, 0), "after {status}");
         // (A 413 first halves the batch; the store backs off once halves are small.)
-        eventually(Duration::from_secs(20), "the store backing off", || async {
+        eventually(Duration::from_secs(60), "the store backing off", || async {
             stack
                 .client
                 .query_one(
@@ -462,7 +462,7 @@ async fn a_trendyol_result_naming_a_barcode_without_spaces_is_matched() {
         },
     )
     .await;
-    eventually(Duration::from_secs(30), "the item accepted", || async {
+    eventually(Duration::from_secs(60), "the item accepted", || async {
         stack
             .client
             .query_opt(
@@ -527,7 +527,7 @@ async fn listings_that_refuse_updates_dead_letter_at_once_with_the_reason() {
     );
     set_stock(&stack, locked, s.hb_one, 9).await;
     set_stock(&stack, campaign, s.hb_one, 2).await;
-    eventually(Duration::from_secs(30), "both dead-lettered", || async {
+    eventually(Duration::from_secs(60), "both dead-lettered", || async {
         stack
             .client
             .query_one(
@@ -696,12 +696,12 @@ async fn readiness_fails_while_dispatch_is_stuck() {
             .map(|r| r.status().is_success())
             .unwrap_or(false)
     };
-    eventually(Duration::from_secs(20), "ready", ready).await;
+    eventually(Duration::from_secs(60), "ready", ready).await;
     stack
         .exec("ALTER TABLE stores RENAME TO stores_elsewhere", &[])
         .await;
     set_stock(&stack, p, s.trendyol, 2).await;
-    eventually(Duration::from_secs(20), "unready while stuck", || async {
+    eventually(Duration::from_secs(60), "unready while stuck", || async {
         !ready().await
     })
     .await;
@@ -716,6 +716,6 @@ async fn readiness_fails_while_dispatch_is_stuck() {
         .exec("ALTER TABLE stores_elsewhere RENAME TO stores", &[])
         .await;
     wait_quantity(&stack.mock, TY_SELLER, "R-1", 2).await;
-    eventually(Duration::from_secs(20), "ready again", ready).await;
+    eventually(Duration::from_secs(60), "ready again", ready).await;
     stack.stop().await;
 }

@@ -100,7 +100,7 @@ pub async fn settled(stack: &Stack) {
         .await
         .unwrap()
         .get(0);
-    eventually(Duration::from_secs(30), "capture caught up", || async {
+    eventually(Duration::from_secs(60), "capture caught up", || async {
         stack
             .client
             .query_one(
@@ -112,7 +112,7 @@ pub async fn settled(stack: &Stack) {
             .get::<_, bool>(0)
     })
     .await;
-    eventually(Duration::from_secs(30), "the queue settled", || async {
+    eventually(Duration::from_secs(60), "the queue settled", || async {
         queue_idle(&stack.client).await
     })
     .await;
@@ -120,7 +120,7 @@ pub async fn settled(stack: &Stack) {
 
 pub async fn wait_quantity(mock: &MockMarketplace, seller: &str, key: &str, want: i64) {
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         &format!("{seller}/{key} to show {want}"),
         || async { mock.quantity(seller, key) == Some(want) },
     )
