@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "fenced_claims",
         include_str!("../../sql/004_fenced_claims.sql"),
     ),
+    (
+        5,
+        "stream_staging",
+        include_str!("../../sql/005_stream_staging.sql"),
+    ),
 ];
 
 /// The application tables stocksync reads through the slot.
