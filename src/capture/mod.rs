@@ -26,8 +26,8 @@
 //!    `spill_threshold` seeds, outside the queue and invisible to dispatch. Its Stream Commit
 //!    moves them into the queue (with the seeds still in memory, its TRUNCATEs and the set
 //!    expansion) in the database transaction that writes its `capture_batches` row and the
-//!    checkpoint (rule 1), and deletes them there; a Stream Abort of the transaction or of a
-//!    subtransaction deletes what that one staged. Staging is not part of any checkpoint:
+//!    checkpoint (rule 1), and deletes them once that committed; a Stream Abort of the
+//!    transaction or of a subtransaction deletes what that one staged. Staging is not part of any checkpoint:
 //!    at start-up everything staged for the slot is deleted, because a transaction whose
 //!    commit was not captured is streamed again from its start (rule 3 drops one whose
 //!    commit was). A streamed transaction with no published change (capture's own large
@@ -657,9 +657,6 @@ impl Capture<'_> {
                     }
                 }
                 self.streams.entry(xid).or_default();
-                if self.batch.opened_at.is_none() {
-                    self.batch.opened_at = Some(Instant::now());
-                }
             }
             StreamEvent::StreamStop => self.block = None,
             StreamEvent::StreamAbort { xid, subxid } => {
@@ -807,30 +804,39 @@ impl Capture<'_> {
                 .or_insert(seed.reason);
         }
         if stream.buffer.len() >= self.settings.spill_threshold {
-            let started = Instant::now();
-            let rows: Vec<StagedSeed> = stream
-                .buffer
-                .drain()
-                .map(|((subxid, product_id, store_id), reason)| StagedSeed {
-                    subxid,
-                    product_id,
-                    store_id,
-                    reason,
-                })
-                .collect();
-            for row in &rows {
-                stream.staged.insert(row.subxid);
-                stream.expand_sets |=
-                    row.store_id.is_none() || self.components.may_be_in_a_set(&row.product_id);
-            }
-            self.writer.stage(top, &rows).await?;
-            debug!(
-                xid = top,
-                rows = rows.len(),
-                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-                "seeds of a streamed transaction staged"
-            );
+            let mut stream = self.streams.remove(&top).unwrap_or_default();
+            let staged = self.stage_buffer(top, &mut stream).await;
+            self.streams.insert(top, stream);
+            staged?;
         }
+        Ok(())
+    }
+
+    /// Writes a streamed transaction's buffered seeds to the staging table.
+    async fn stage_buffer(&mut self, xid: u32, stream: &mut Streamed) -> Result<(), CaptureError> {
+        let started = Instant::now();
+        let rows: Vec<StagedSeed> = stream
+            .buffer
+            .drain()
+            .map(|((subxid, product_id, store_id), reason)| StagedSeed {
+                subxid,
+                product_id,
+                store_id,
+                reason,
+            })
+            .collect();
+        for row in &rows {
+            stream.staged.insert(row.subxid);
+            stream.expand_sets |=
+                row.store_id.is_none() || self.components.may_be_in_a_set(&row.product_id);
+        }
+        self.writer.stage(xid, &rows).await?;
+        debug!(
+            xid,
+            rows = rows.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "seeds of a streamed transaction staged"
+        );
         Ok(())
     }
 
@@ -844,7 +850,7 @@ impl Capture<'_> {
         commit_time_us: i64,
         stream: &ReplicationStream,
     ) -> Result<(), CaptureError> {
-        let streamed = self.streams.remove(&xid).unwrap_or_default();
+        let mut streamed = self.streams.remove(&xid).unwrap_or_default();
         if commit_lsn < self.checkpoint {
             if end_lsn > self.checkpoint {
                 return Err(CaptureError::Invariant(format!(
@@ -859,7 +865,10 @@ impl Capture<'_> {
             self.batch.position = self.batch.position.max(end_lsn);
             return Ok(());
         }
-        if let Some((_, e)) = streamed.schema_errors.into_iter().next() {
+        if let Some((_, e)) = std::mem::take(&mut streamed.schema_errors)
+            .into_iter()
+            .next()
+        {
             return Err(e.into());
         }
         if streamed.row_changes == 0 {
@@ -870,15 +879,16 @@ impl Capture<'_> {
         }
         // Its relations are the session's from now on, as the server assumes.
         self.watched.extend(
-            streamed
-                .watched
+            std::mem::take(&mut streamed.watched)
                 .into_iter()
                 .filter_map(|(id, table)| Some((id, table?))),
         );
-        if self.batch.opened_at.is_none() {
-            self.batch.opened_at = Some(Instant::now());
-        }
         let started = Instant::now();
+        if !streamed.staged.is_empty() && !streamed.buffer.is_empty() {
+            // All of a staged transaction goes through the move (one statement, no
+            // speculative insertion: see `move_staged`).
+            self.stage_buffer(xid, &mut streamed).await?;
+        }
         if !streamed.staged.is_empty() {
             let n = self
                 .writer
@@ -918,7 +928,11 @@ impl Capture<'_> {
         });
         self.batch.position = self.batch.position.max(end_lsn);
         // A streamed transaction is large: nothing is gained by waiting for more.
-        self.commit_batch(stream).await
+        self.commit_batch(stream).await?;
+        if !streamed.staged.is_empty() {
+            self.writer.discard_staged(xid, None).await?;
+        }
+        Ok(())
     }
 
     async fn commit_batch(&mut self, stream: &ReplicationStream) -> Result<(), CaptureError> {

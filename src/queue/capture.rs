@@ -516,9 +516,11 @@ impl CaptureWriter {
     }
 
     /// The streamed transaction `xid` committed at `commit_lsn`: its staged seeds become queue
-    /// entries (with their sets when `expand_sets`) and leave the staging table, in the open
-    /// transaction (opening one), which [`CaptureWriter::commit`] ends with the checkpoint.
-    /// Returns queue rows written.
+    /// entries (with their sets when `expand_sets`), in the open transaction (opening one),
+    /// which [`CaptureWriter::commit`] ends with the checkpoint. The staged rows are deleted
+    /// after that commit ([`CaptureWriter::discard_staged`]), off the path to the checkpoint:
+    /// rows of a captured transaction are never moved again (a session moves a transaction
+    /// once, and start-up deletes everything staged). Returns queue rows written.
     pub async fn move_staged(
         &mut self,
         xid: u32,
@@ -529,7 +531,7 @@ impl CaptureWriter {
         // The move sorts the staged rows by pair: in memory, not in temporary files, for the
         // size a transaction streams in (one sort of some 50 bytes a row).
         self.client.batch_execute(MOVE_WORK_MEM_SQL).await?;
-        let (xid, lsn, none) = (i64::from(xid), PgLsn::from(commit_lsn), None::<i64>);
+        let (xid, lsn) = (i64::from(xid), PgLsn::from(commit_lsn));
         let params: [&(dyn ToSql + Sync); 3] = [&self.slot, &xid, &lsn];
         self.client.batch_execute("SAVEPOINT move_staged").await?;
         let pairs = match self
@@ -556,9 +558,6 @@ impl CaptureWriter {
         } else {
             0
         };
-        self.client
-            .execute(&self.discard_staged, &[&self.slot, &xid, &none])
-            .await?;
         metrics().queue_entries_written.inc_by(pairs + sets);
         Ok(pairs + sets)
     }
