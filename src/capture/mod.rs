@@ -584,21 +584,13 @@ impl Capture<'_> {
                         self.watched.entry(change.relation.id).or_insert(table)
                     }
                 };
-                metrics()
-                    .changes_captured
-                    .with_label_values(&[table.table_name()])
-                    .inc();
-                self.seeds_scratch.clear();
-                if let Err(bad) = seeds::seeds_for_change(
+                change_seeds(
                     table,
                     &change,
                     commit_lsn,
                     &mut self.seeds_scratch,
                     &mut self.components,
-                ) {
-                    warn!(error = %bad, "skipping a row stocksync cannot read");
-                    metrics().bad_rows.with_label_values(&[bad.table]).inc();
-                }
+                );
                 for seed in self.seeds_scratch.drain(..) {
                     self.batch.seeds.add(seed);
                 }
@@ -777,21 +769,14 @@ impl Capture<'_> {
                 }
             },
         };
-        metrics()
-            .changes_captured
-            .with_label_values(&[table.table_name()])
-            .inc();
-        self.seeds_scratch.clear();
-        if let Err(bad) = seeds::seeds_for_change(
+        // The commit LSN is not known yet; the move gives the seeds theirs.
+        change_seeds(
             table,
             &change,
             Lsn::ZERO,
             &mut self.seeds_scratch,
             &mut self.components,
-        ) {
-            warn!(error = %bad, "skipping a row stocksync cannot read");
-            metrics().bad_rows.with_label_values(&[bad.table]).inc();
-        }
+        );
         for seed in self.seeds_scratch.drain(..) {
             stream
                 .buffer
@@ -975,6 +960,26 @@ impl Capture<'_> {
     fn set_checkpoint(&mut self, position: Lsn) {
         self.checkpoint = self.checkpoint.max(position);
         metrics().checkpoint_lsn.set(self.checkpoint.0 as i64);
+    }
+}
+
+/// The seeds of one row change, into `out` (emptied first); a row that cannot be read is
+/// reported and skipped.
+fn change_seeds(
+    table: &WatchedTable,
+    change: &RowChange,
+    commit_lsn: Lsn,
+    out: &mut Vec<seeds::Seed>,
+    components: &mut Components,
+) {
+    metrics()
+        .changes_captured
+        .with_label_values(&[table.table_name()])
+        .inc();
+    out.clear();
+    if let Err(bad) = seeds::seeds_for_change(table, change, commit_lsn, out, components) {
+        warn!(error = %bad, "skipping a row stocksync cannot read");
+        metrics().bad_rows.with_label_values(&[bad.table]).inc();
     }
 }
 
