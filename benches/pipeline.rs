@@ -154,10 +154,7 @@ async fn latency_bench(cluster: &LocalCluster) -> Row {
         ))
         .await
         .unwrap();
-    let steps = stocksync::ops::setup::plan(&client, name, name)
-        .await
-        .unwrap();
-    stocksync::ops::setup::apply(&client, &steps).await.unwrap();
+    setup_slot(&client, name).await;
     let mock = MockMarketplace::start(
         MockConfig {
             accounts: vec![MockAccount::trendyol("4001", "k", "s")],
@@ -300,11 +297,16 @@ async fn database_with_store(
         )
         .await
         .unwrap();
-    let steps = stocksync::ops::setup::plan(&client, name, name)
+    setup_slot(&client, name).await;
+    (url, client, store)
+}
+
+/// `stocksync setup` with slot = publication = `name` (slot names are cluster-wide).
+async fn setup_slot(client: &Client, name: &str) {
+    let steps = stocksync::ops::setup::plan(client, name, name)
         .await
         .unwrap();
-    stocksync::ops::setup::apply(&client, &steps).await.unwrap();
-    (url, client, store)
+    stocksync::ops::setup::apply(client, &steps).await.unwrap();
 }
 
 /// `stocksync run` (the release binary) on `slot`, with `extra` settings.
@@ -706,10 +708,7 @@ async fn initial_sync_bench(cluster: &LocalCluster) -> Row {
         ))
         .await
         .unwrap();
-    let steps = stocksync::ops::setup::plan(&client, name, name)
-        .await
-        .unwrap();
-    stocksync::ops::setup::apply(&client, &steps).await.unwrap();
+    setup_slot(&client, name).await;
     let mock = MockMarketplace::start(
         MockConfig {
             accounts: sellers

@@ -389,6 +389,25 @@ async fn add_listings(client: &Client, store: Uuid, n: i32) -> Vec<Uuid> {
 const BULK_UPDATE: &str = "UPDATE product_stores SET sellable_quantity = sellable_quantity + 1 \
      WHERE store_id = $1 AND product_id = ANY($2)";
 
+/// The catalogue plus 12,000 listings in its store (their products), transactions over 64 kB
+/// streamed, capture running on `slot` (with `streaming`) past its first run, queue empty.
+async fn bulk_rig(slot: &str, streaming: bool) -> (String, Client, Catalogue, Vec<Uuid>, Running) {
+    let url = fresh_database(slot);
+    let client = connect(&url).await;
+    let c = load_catalogue(&client).await;
+    let bulk = add_listings(&client, c.store, 12_000).await;
+    stream_small_transactions(&client, &url).await;
+    setup(&url, slot, slot).await;
+    let running = start_capture_with(&url, slot, streaming);
+    eventually(Duration::from_secs(30), "first run", || async {
+        checkpoint(&client, slot).await.is_some()
+    })
+    .await;
+    wait_caught_up(&client, slot).await;
+    clear_queue(&client).await;
+    (url, client, c, bulk, running)
+}
+
 /// Transactions the server streamed to the slot so far.
 async fn streamed_transactions(client: &Client, slot: &str) -> i64 {
     client
@@ -408,19 +427,7 @@ async fn streamed_transactions(client: &Client, slot: &str) -> i64 {
 /// changes away and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_transactions_are_staged_until_commit_and_dropped_on_abort() {
-    let url = fresh_database("capture_stream");
-    let client = connect(&url).await;
-    let c = load_catalogue(&client).await;
-    let bulk = add_listings(&client, c.store, 12_000).await;
-    stream_small_transactions(&client, &url).await;
-    setup(&url, "stream_slot", "stream_slot").await;
-    let running = start_capture(&url, "stream_slot");
-    eventually(Duration::from_secs(30), "first run", || async {
-        checkpoint(&client, "stream_slot").await.is_some()
-    })
-    .await;
-    wait_caught_up(&client, "stream_slot").await;
-    clear_queue(&client).await;
+    let (url, client, c, bulk, running) = bulk_rig("stream_slot", true).await;
     let streamed_before = streamed_transactions(&client, "stream_slot").await;
 
     // Committed: staged while it runs (12,000 seeds: one chunk of 10,000 staged before the
@@ -558,19 +565,7 @@ async fn streamed_transactions_are_staged_until_commit_and_dropped_on_abort() {
 /// and is enqueued the same; nothing is staged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_streaming_a_large_transaction_arrives_at_commit() {
-    let url = fresh_database("capture_nostream");
-    let client = connect(&url).await;
-    let c = load_catalogue(&client).await;
-    let bulk = add_listings(&client, c.store, 12_000).await;
-    stream_small_transactions(&client, &url).await;
-    setup(&url, "nostream_slot", "nostream_slot").await;
-    let running = start_capture_with(&url, "nostream_slot", false);
-    eventually(Duration::from_secs(30), "first run", || async {
-        checkpoint(&client, "nostream_slot").await.is_some()
-    })
-    .await;
-    wait_caught_up(&client, "nostream_slot").await;
-    clear_queue(&client).await;
+    let (url, client, c, bulk, running) = bulk_rig("nostream_slot", false).await;
     let mut writer = connect(&url).await;
     let tx = writer.transaction().await.unwrap();
     tx.execute(BULK_UPDATE, &[&c.store, &bulk]).await.unwrap();
