@@ -207,7 +207,6 @@ async fn latency_bench(cluster: &LocalCluster) -> Row {
     let http = MarketplaceClient::new(ClientSettings {
         trendyol_url: mock.base_url(),
         hepsiburada_url: mock.base_url(),
-        hepsiburada_user_agent: "bench".into(),
         timeout: Duration::from_secs(10),
     });
     let creds = StoreCredentials {
@@ -215,6 +214,7 @@ async fn latency_bench(cluster: &LocalCluster) -> Row {
         seller_id: "4001".into(),
         api_key: Some("k".into()),
         api_secret: "s".into(),
+        user_agent: "4001 - SelfIntegration".into(),
     };
     let mut direct = Vec::with_capacity(changes);
     for i in 0..changes {

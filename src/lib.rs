@@ -3,14 +3,27 @@
 //! The data's path, one module per stage (lower stages never import higher ones):
 //!
 //! ```text
-//! PostgreSQL WAL --pgoutput--> replication (wire, decode, stream) --> capture --> stock_sync.queue
-//! stock_sync.queue --> dispatch (claim, coalesce, limit) --> stock (quantity SQL)
-//!                              \--> marketplace clients --> Trendyol / Hepsiburada
+//! PostgreSQL WAL --pgoutput--> replication (wire, decode, stream) --> capture --> queue
+//!                                            (queue rows + checkpoint, one transaction)
+//! queue --> dispatch (claim, gates, limits, build, send, outcome) --> stock (quantity SQL)
+//!                    \--> marketplace clients --> Trendyol / Hepsiburada
 //! ```
 //!
-//! `ops` holds the CLI, configuration, HTTP endpoints and metrics; `mock` is the strict local
-//! marketplace used by tests, staging and the demo; `localpg` starts private PostgreSQL
-//! clusters for tests, benchmarks and the demo.
+//! | module | holds | may use |
+//! | --- | --- | --- |
+//! | [`replication`] | the replication wire, the pure pgoutput decoder, the stream | `db` |
+//! | [`capture`] | row changes -> queue entries (+ parent sets); the exactly-once rules | `replication`, `queue`, `db` |
+//! | [`queue`] | the queue's state machine: every statement on the queue, `listing_state`, `capture_batches` and the checkpoint | `db` |
+//! | [`stock`] | set-based quantity SQL | — |
+//! | [`stores`] | the `stores` rows, gates and pauses, every request limit | `queue`, `marketplace`, `db` |
+//! | [`dispatch`] | one file per step of a store's cycle, batch-result polling | `queue`, `stores`, `stock`, `marketplace`, `db` |
+//! | [`marketplace`] | Trendyol and Hepsiburada clients; response classification | — |
+//! | [`mock`] | the strict local marketplaces (tests, staging, demo) | — |
+//! | [`ops`] | CLI, configuration, setup, status, HTTP, the service, the demo | everything |
+//!
+//! Shared by all: [`db`] (connection settings, TLS), [`locks`] (every advisory lock),
+//! [`backoff`] (every retry delay), [`metrics`] (the Prometheus registry), [`localpg`]
+//! (private clusters for tests, benchmarks and the demo).
 
 pub mod backoff;
 pub mod capture;
@@ -25,3 +38,4 @@ pub mod ops;
 pub mod queue;
 pub mod replication;
 pub mod stock;
+pub mod stores;

@@ -12,7 +12,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,8 @@ pub struct ClusterOptions {
     pub settings: Vec<(String, String)>,
     /// Serve TLS with a self-signed certificate made at start (see [`LocalCluster::tls_root_cert`]).
     pub tls: bool,
+    /// Serve TLS with a certificate for `localhost` (the name only) issued by this CA instead.
+    pub tls_issuer: Option<TestCa>,
     /// `wal_level`; `logical` unless a test wants to see the preflight refuse.
     pub wal_level: String,
 }
@@ -52,6 +54,7 @@ impl Default for ClusterOptions {
             hba_lines: Vec::new(),
             settings: Vec::new(),
             tls: false,
+            tls_issuer: None,
             wal_level: "logical".into(),
         }
     }
@@ -64,7 +67,7 @@ pub struct LocalCluster {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
-    running: bool,
+    running: AtomicBool,
 }
 
 static CLUSTER_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -85,12 +88,12 @@ impl LocalCluster {
             step: "find a free port",
             source,
         })?;
-        let mut cluster = LocalCluster {
+        let cluster = LocalCluster {
             dir,
             bin,
             port,
             as_postgres,
-            running: false,
+            running: AtomicBool::new(false),
         };
         if as_postgres {
             cluster.run_plain("chown", &["-R", "postgres:postgres", &cluster.dir_str()])?;
@@ -117,7 +120,29 @@ impl LocalCluster {
             dir = cluster.dir_str(),
             wal_level = options.wal_level,
         );
-        if options.tls {
+        if let Some(ca) = &options.tls_issuer {
+            let data = cluster.data_dir();
+            ca.issue(
+                "localhost",
+                Path::new(&format!("{data}/server.crt")),
+                Path::new(&format!("{data}/server.key")),
+            )?;
+            if as_postgres {
+                cluster.run_plain(
+                    "chown",
+                    &[
+                        "postgres:postgres",
+                        &format!("{data}/server.crt"),
+                        &format!("{data}/server.key"),
+                    ],
+                )?;
+            }
+            fs::copy(&ca.cert, cluster.tls_root_cert()).map_err(|source| LocalPgError::Io {
+                step: "copy the CA certificate",
+                source,
+            })?;
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        } else if options.tls {
             cluster.make_certificate()?;
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
@@ -189,7 +214,8 @@ impl LocalCluster {
         format!("postgres://{user}@127.0.0.1:{}/{database}", self.port)
     }
 
-    /// Path of the CA certificate (the self-signed server certificate) when started with TLS.
+    /// Path of the CA certificate when started with TLS: the self-signed server certificate,
+    /// or the issuer's certificate.
     pub fn tls_root_cert(&self) -> PathBuf {
         self.dir.join("root.crt")
     }
@@ -208,28 +234,28 @@ impl LocalCluster {
     }
 
     /// Stops the server. `mode` is `fast` or `immediate` (a crash as far as the server knows).
-    pub fn stop(&mut self, mode: &str) -> Result<(), LocalPgError> {
-        if !self.running {
+    pub fn stop(&self, mode: &str) -> Result<(), LocalPgError> {
+        if !self.running.load(Ordering::SeqCst) {
             return Ok(());
         }
         let data = self.data_dir();
         self.run_pg("pg_ctl", &["-D", &data, "-m", mode, "-w", "stop"])?;
-        self.running = false;
+        self.running.store(false, Ordering::SeqCst);
         Ok(())
     }
 
-    pub fn start_server(&mut self) -> Result<(), LocalPgError> {
+    pub fn start_server(&self) -> Result<(), LocalPgError> {
         let data = self.data_dir();
         let log = format!("{}/server.log", self.dir_str());
         self.run_pg(
             "pg_ctl",
             &["-D", &data, "-l", &log, "-w", "-t", "60", "start"],
         )?;
-        self.running = true;
+        self.running.store(true, Ordering::SeqCst);
         Ok(())
     }
 
-    pub fn restart(&mut self, mode: &str) -> Result<(), LocalPgError> {
+    pub fn restart(&self, mode: &str) -> Result<(), LocalPgError> {
         self.stop(mode)?;
         self.start_server()
     }
@@ -343,6 +369,124 @@ impl Drop for LocalCluster {
         let _ = self.stop("immediate");
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+static CA_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A throw-away certificate authority (openssl CLI) for TLS tests: it signs server
+/// certificates for [`ClusterOptions::tls_issuer`]. Its few files stay in the temporary
+/// directory.
+#[derive(Debug, Clone)]
+pub struct TestCa {
+    dir: PathBuf,
+    /// The CA's certificate (PEM): what `sslrootcert` names.
+    pub cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TestCa {
+    /// A new CA named `name` (its subject CN).
+    pub fn new(name: &str) -> Result<TestCa, LocalPgError> {
+        let n = CA_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("stocksync-ca-{}-{n}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(|source| LocalPgError::Io {
+            step: "create CA directory",
+            source,
+        })?;
+        let ca = TestCa {
+            cert: dir.join("ca.crt"),
+            key: dir.join("ca.key"),
+            dir,
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            &ca.key.to_string_lossy(),
+            "-out",
+            &ca.cert.to_string_lossy(),
+        ])?;
+        Ok(ca)
+    }
+
+    /// Issues a server certificate for DNS name `host` only (no IP address: `verify-full`
+    /// to 127.0.0.1 must fail), key mode 600.
+    pub fn issue(&self, host: &str, cert: &Path, key: &Path) -> Result<(), LocalPgError> {
+        let csr = self.dir.join(format!("{host}.csr"));
+        let ext = self.dir.join(format!("{host}.ext"));
+        fs::write(
+            &ext,
+            format!(
+                "subjectAltName=DNS:{host}\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+            ),
+        )
+        .map_err(|source| LocalPgError::Io {
+            step: "write certificate extensions",
+            source,
+        })?;
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={host}"),
+            "-keyout",
+            &key.to_string_lossy(),
+            "-out",
+            &csr.to_string_lossy(),
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr.to_string_lossy(),
+            "-CA",
+            &self.cert.to_string_lossy(),
+            "-CAkey",
+            &self.key.to_string_lossy(),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext.to_string_lossy(),
+            "-out",
+            &cert.to_string_lossy(),
+        ])?;
+        openssl_plain("chmod", &["600", &key.to_string_lossy()])
+    }
+}
+
+fn openssl(args: &[&str]) -> Result<(), LocalPgError> {
+    openssl_plain("openssl", args)
+}
+
+fn openssl_plain(program: &str, args: &[&str]) -> Result<(), LocalPgError> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| LocalPgError::Io {
+            step: "run openssl",
+            source,
+        })?;
+    check(program, out).map(|_| ())
 }
 
 fn check(step: &str, out: Output) -> Result<Output, LocalPgError> {

@@ -1,6 +1,10 @@
 //! Process-wide Prometheus metrics. Every stage records here; `ops` serves them at `/metrics`.
-//! Labels never carry credentials: stores are named by their id.
+//! Labels never carry credentials or free text: stores are named by their id, reasons by a
+//! closed set of kinds. Labels whose values are a closed set (tables, limiter rules) are
+//! created at 0 up front, so a series exists before its first event (Prometheus' `increase`
+//! misses the first event of a series that appears with it).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use prometheus::{
@@ -34,7 +38,25 @@ pub struct Metrics {
     pub quantity_computation_seconds: Histogram,
     pub dead_letters: IntCounterVec,
     pub store_paused: IntGaugeVec,
+    /// 1 while a store waits out a backoff, by why (a closed set).
+    pub store_backing_off: IntGaugeVec,
+    /// Upload status words no client has seen, per provider.
+    pub unknown_status_words: IntCounterVec,
+    /// Long-running tasks that ended unexpectedly and were restarted, per task.
+    pub task_restarts: IntCounterVec,
+    /// Dead letters held per store, read from the database (every instance reports it).
+    pub queue_dead_letters: IntGaugeVec,
+    pub dispatch_ready: IntGauge,
+    // process and slot health
+    pub slot_lost: IntGauge,
+    pub build_info: IntGaugeVec,
+    pub start_time_seconds: prometheus::Gauge,
+    /// `/metrics` answers rendered so far (not exported): tells whether a scraper watches.
+    scrapes: AtomicU64,
 }
+
+/// The tables capture reads (the values of the `table` label).
+pub const CAPTURED_TABLES: [&str; 2] = ["product_stores", "product_set_items"];
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -106,7 +128,20 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(compute.clone()))
             .expect("unique metric");
-        Metrics {
+        let start_time = prometheus::Gauge::new(
+            "start_time_seconds",
+            "Start of this process, seconds since the Unix epoch (a change is a restart)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(start_time.clone()))
+            .expect("unique metric");
+        start_time.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        );
+        let m = Metrics {
             changes_captured: counter_vec(
                 &r,
                 "changes_captured_total",
@@ -198,20 +233,79 @@ impl Metrics {
             store_paused: gauge_vec(
                 &r,
                 "store_paused",
-                "1 while a store is paused (bad credentials, ...)",
-                &["store", "reason"],
+                "1 while a store is paused, by kind (credentials, forbidden, not_configured, other)",
+                &["store", "kind"],
             ),
+            store_backing_off: gauge_vec(
+                &r,
+                "store_backing_off",
+                "1 while a store waits out a backoff, by kind (throttled, server_error, unexpected_status)",
+                &["store", "kind"],
+            ),
+            unknown_status_words: counter_vec(
+                &r,
+                "unknown_status_words_total",
+                "Batch/upload status answers with a word stocksync does not know (treated as pending), per provider",
+                &["provider"],
+            ),
+            task_restarts: counter_vec(
+                &r,
+                "task_restarts_total",
+                "Long-running tasks that ended unexpectedly (panic or return) and were restarted, per task",
+                &["task"],
+            ),
+            queue_dead_letters: gauge_vec(
+                &r,
+                "queue_dead_letters",
+                "Dead-lettered entries held per store (until `stocksync retry-failed`)",
+                &["store"],
+            ),
+            dispatch_ready: gauge(
+                &r,
+                "dispatch_ready",
+                "1 while this process's dispatcher reads the queue (0 while it cannot, or before it started)",
+            ),
+            slot_lost: gauge(
+                &r,
+                "slot_lost",
+                "1 when the slot is lost or missing although stocksync has a checkpoint for it (the process then exits with code 3)",
+            ),
+            build_info: gauge_vec(
+                &r,
+                "build_info",
+                "Always 1; the version of the running binary",
+                &["version"],
+            ),
+            start_time_seconds: start_time,
+            scrapes: AtomicU64::new(0),
             registry: r,
+        };
+        for table in CAPTURED_TABLES {
+            m.changes_captured.with_label_values(&[table]);
+            m.bad_rows.with_label_values(&[table]);
         }
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for provider in ["TRENDYOL", "HEPSIBURADA"] {
+            m.unknown_status_words.with_label_values(&[provider]);
+        }
+        m
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition (the answer of `/metrics`: counted as a scrape).
     pub fn render(&self) -> String {
+        self.scrapes.fetch_add(1, Ordering::Relaxed);
         use prometheus::Encoder;
         let mut out = Vec::new();
         let encoder = prometheus::TextEncoder::new();
         let _ = encoder.encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// How many times `/metrics` was rendered in this process.
+    pub fn scrapes(&self) -> u64 {
+        self.scrapes.load(Ordering::Relaxed)
     }
 }
 

@@ -697,11 +697,7 @@ async fn dropping_a_read_column_stops_capture_with_a_clear_error_and_adding_one_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_nine_loop_loses_nothing_and_captures_nothing_twice() {
     use rand::{Rng, SeedableRng};
-    let seed: u64 = std::env::var("STOCKSYNC_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("kill -9 loop seed: {seed} (replay with STOCKSYNC_TEST_SEED={seed})");
+    let seed = common::seed();
     let url = fresh_database("capture_kill");
     let client = connect(&url).await;
     // Stores of a type stocksync ignores: dispatch marks their entries done without requests.

@@ -1,7 +1,9 @@
 //! The dashboard as an operator sees it: the service runs in-process against a real database
 //! and the project's mock marketplace, headless Chromium loads `/` and runs its script, and
 //! the rendered DOM must show the figures the database holds (store names, queue depth, items
-//! sent, pause reasons, the slot's streaming pid, API log rows), not just the static page.
+//! sent, pause reasons, the slot's streaming pid, API log rows), not just the static page;
+//! after a short workload the charts of the last hour are drawn with that workload in them
+//! (a screenshot is kept in `target/test-artifacts/`).
 
 mod common;
 
@@ -10,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use stocksync::mock::{MockAccount, MockConfig, MockMarketplace};
+use stocksync::mock::MockMarketplace;
 use stocksync::ops::config::Config;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -37,9 +39,8 @@ fn chromium() -> PathBuf {
     })
 }
 
-/// Loads `url` in headless Chromium, lets its scripts run for 5 s of virtual time and
-/// returns the serialised DOM.
-async fn rendered_dom(url: &str) -> String {
+/// Runs headless Chromium on `url` with `extra` flags, its scripts given 5 s of virtual time.
+async fn run_chromium(url: &str, extra: &[String]) -> std::process::Output {
     let profile = std::env::temp_dir().join(format!("stocksync-dashboard-{}", uuid()));
     let child = tokio::process::Command::new(chromium())
         .args([
@@ -49,8 +50,8 @@ async fn rendered_dom(url: &str) -> String {
             "--no-first-run",
             "--disable-extensions",
             "--virtual-time-budget=5000",
-            "--dump-dom",
         ])
+        .args(extra)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(url)
         .stdin(std::process::Stdio::null())
@@ -64,6 +65,13 @@ async fn rendered_dom(url: &str) -> String {
         .expect("chromium finished within 90 s")
         .expect("chromium output");
     let _ = std::fs::remove_dir_all(&profile);
+    output
+}
+
+/// Loads `url` in headless Chromium, lets its scripts run for 5 s of virtual time and
+/// returns the serialised DOM.
+async fn rendered_dom(url: &str) -> String {
+    let output = run_chromium(url, &["--dump-dom".to_string()]).await;
     let dom = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success() && dom.contains("</html>"),
@@ -73,6 +81,48 @@ async fn rendered_dom(url: &str) -> String {
         dom
     );
     dom
+}
+
+type ServiceTask =
+    tokio::task::JoinHandle<anyhow::Result<Result<(), stocksync::capture::CaptureError>>>;
+
+/// The service in-process against `url` and `mock`, answering HTTP on `http_addr`.
+fn start_service(
+    url: &str,
+    slot: &str,
+    http_addr: std::net::SocketAddr,
+    mock: &MockMarketplace,
+) -> (CancellationToken, ServiceTask) {
+    let env: HashMap<&str, String> = [
+        ("DATABASE_URL", url.to_string()),
+        ("STOCKSYNC_SLOT", slot.to_string()),
+        ("STOCKSYNC_PUBLICATION", slot.to_string()),
+        ("STOCKSYNC_HTTP_ADDR", http_addr.to_string()),
+        ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
+        ("STOCKSYNC_HEPSIBURADA_URL", mock.base_url()),
+        ("STOCKSYNC_HEPSIBURADA_USER_AGENT", "test_dev".to_string()),
+        ("STOCKSYNC_FLUSH_INTERVAL", "100ms".into()),
+        ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s".into()),
+        ("STOCKSYNC_REQUEST_TIMEOUT", "2s".into()),
+    ]
+    .into_iter()
+    .collect();
+    let config = Config::load_from(None, |k| env.get(k).cloned()).unwrap();
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(stocksync::ops::service::run_until(config, shutdown.clone()));
+    (shutdown, service)
+}
+
+/// Stops the service (capture must end cleanly) and the mock.
+async fn stop_service(shutdown: CancellationToken, service: ServiceTask, mock: MockMarketplace) {
+    shutdown.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(20), service)
+        .await
+        .expect("service stops")
+        .unwrap()
+        .expect("service starts");
+    result.expect("capture ends cleanly");
+    mock.shutdown().await;
 }
 
 /// Text as Chromium serialises it in the DOM (only &, < and > are escaped in text nodes).
@@ -137,68 +187,20 @@ async fn dashboard_renders_the_figures_in_the_database() {
     chromium();
     let url = fresh_database(SLOT);
     let client = connect(&url).await;
-    let (ty, hb) = (uuid(), uuid());
-    client
-        .execute(
-            "INSERT INTO stores (id, name, type, is_active, send_stock, seller_id, api_key, api_secret) VALUES \
-             ($1, $3, 'TRENDYOL', true, true, $5, 'ty-key', 'ty-secret'), \
-             ($2, $4, 'HEPSIBURADA', true, true, $6, NULL, 'wrong-secret')",
-            &[&ty, &hb, &TY_NAME, &HB_NAME, &TRENDYOL_SELLER, &HB_MERCHANT],
-        )
-        .await
-        .unwrap();
     let products = [("DSH-1", 7i32), ("DSH-2", 0), ("DSH-3", 25)];
-    for (code, sellable) in products {
-        let id = uuid();
-        client
-            .execute(
-                "INSERT INTO products (id, barcode, sku, name) VALUES ($1, $2, $2, $2)",
-                &[&id, &code],
-            )
-            .await
-            .unwrap();
-        for store in [ty, hb] {
-            client
-                .execute(
-                    "INSERT INTO product_stores (id, product_id, store_id, sellable_quantity) VALUES ($1, $2, $3, $4)",
-                    &[&uuid(), &id, &store, &sellable],
-                )
-                .await
-                .unwrap();
-        }
-    }
+    let (ty, hb) = trendyol_and_refused_hepsiburada(
+        &client,
+        (TY_NAME, HB_NAME),
+        (TRENDYOL_SELLER, HB_MERCHANT),
+        &products,
+    )
+    .await;
     setup(&url, SLOT, SLOT).await;
 
     // The Hepsiburada store's key is refused: it is paused and its entries wait.
-    let mock = MockMarketplace::start(
-        MockConfig {
-            accounts: vec![
-                MockAccount::trendyol(TRENDYOL_SELLER, "ty-key", "ty-secret"),
-                MockAccount::hepsiburada(HB_MERCHANT, "the-right-secret"),
-            ],
-            ..MockConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let mock = mock_refusing_hepsiburada(TRENDYOL_SELLER, HB_MERCHANT).await;
     let http_addr = free_addr();
-    let env: HashMap<&str, String> = [
-        ("DATABASE_URL", url.clone()),
-        ("STOCKSYNC_SLOT", SLOT.to_string()),
-        ("STOCKSYNC_PUBLICATION", SLOT.to_string()),
-        ("STOCKSYNC_HTTP_ADDR", http_addr.to_string()),
-        ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
-        ("STOCKSYNC_HEPSIBURADA_URL", mock.base_url()),
-        ("STOCKSYNC_FLUSH_INTERVAL", "100ms".into()),
-        ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s".into()),
-        ("STOCKSYNC_REQUEST_TIMEOUT", "2s".into()),
-    ]
-    .into_iter()
-    .collect();
-    let config = Config::load_from(None, |k| env.get(k).cloned()).unwrap();
-    let shutdown = CancellationToken::new();
-    let service = tokio::spawn(stocksync::ops::service::run_until(config, shutdown.clone()));
+    let (shutdown, service) = start_service(&url, SLOT, http_addr, &mock);
 
     // Wait for a settled state: Trendyol has every quantity and no open work or batch; the
     // Hepsiburada store is paused with all its entries pending.
@@ -337,12 +339,191 @@ async fn dashboard_renders_the_figures_in_the_database() {
         "the refused request, with the store's name:\n{log}"
     );
 
-    shutdown.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(20), service)
+    stop_service(shutdown, service, mock).await;
+}
+
+/// The `<g class="series">` of `store` in the chart `chart`: its attributes.
+fn chart_series<'a>(dom: &'a str, chart: &str, series: &str) -> &'a str {
+    let svg = section(dom, &format!("data-chart=\"{chart}\""), "</svg>");
+    let marker = format!("data-series=\"{series}\"");
+    let start = svg
+        .find(&marker)
+        .unwrap_or_else(|| panic!("series {series} in chart {chart}:\n{svg}"));
+    &svg[start..start + svg[start..].find('>').unwrap()]
+}
+
+/// The number in attribute `name="..."` of `tag`.
+fn attr(tag: &str, name: &str) -> f64 {
+    let marker = format!("{name}=\"");
+    let start = tag
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{name} in {tag}"))
+        + marker.len();
+    let value = &tag[start..start + tag[start..].find('"').unwrap()];
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("{name}={value:?} is a number"))
+}
+
+/// Headless Chromium's screenshot of `url` (after 5 s of virtual time) into `path`.
+async fn screenshot(url: &str, path: &std::path::Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(path);
+    let output = run_chromium(
+        url,
+        &[
+            "--hide-scrollbars".to_string(),
+            "--window-size=1400,2000".to_string(),
+            format!("--screenshot={}", path.display()),
+        ],
+    )
+    .await;
+    let png = std::fs::read(path).unwrap_or_default();
+    assert!(
+        output.status.success() && png.starts_with(b"\x89PNG"),
+        "no screenshot at {} ({}):\n{}",
+        path.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_charts_the_last_hour_after_a_workload() {
+    chromium();
+    let slot = "dashboard_charts";
+    let url = fresh_database(slot);
+    let client = connect(&url).await;
+    let (ty_seller, hb_merchant) = ("3002", "6a1f0a8e-0000-4000-8000-000000000005");
+    let (ty, hb) = trendyol_and_refused_hepsiburada(
+        &client,
+        ("Charts Trendyol", "Charts Hepsiburada"),
+        (ty_seller, hb_merchant),
+        &[("CHART-1", 1)],
+    )
+    .await;
+    let product: Uuid = client
+        .query_one("SELECT id FROM products WHERE barcode = 'CHART-1'", &[])
         .await
-        .expect("service stops")
         .unwrap()
-        .expect("service starts");
-    result.expect("capture ends cleanly");
-    mock.shutdown().await;
+        .get(0);
+    setup(&url, slot, slot).await;
+    let mock = mock_refusing_hepsiburada(ty_seller, hb_merchant).await;
+    let http_addr = free_addr();
+    let (shutdown, service) = start_service(&url, slot, http_addr, &mock);
+    eventually(Duration::from_secs(30), "the service streams", || async {
+        count(
+            &client,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&slot],
+        )
+        .await
+            == 1
+    })
+    .await;
+
+    // The workload: stock changes, each a new quantity (never an identical body), until the
+    // history holds captured changes, items sent to Trendyol and the paused store's queue.
+    let history_url = format!("http://{http_addr}/api/history");
+    let mut quantity = 1;
+    eventually(
+        Duration::from_secs(90),
+        "the history shows the workload",
+        || {
+            quantity += 1;
+            let (client, history_url) = (&client, &history_url);
+            let q = quantity;
+            async move {
+                client
+                    .execute(
+                        "UPDATE product_stores SET sellable_quantity = $1 WHERE product_id = $2",
+                        &[&q, &product],
+                    )
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let h: serde_json::Value = reqwest::get(history_url.as_str())
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let samples = h["samples"].as_array().unwrap();
+                let any = |f: &dyn Fn(&serde_json::Value) -> bool| samples.iter().any(f);
+                samples.len() >= 3
+                    && any(&|s| s["changes_per_second"].as_f64().unwrap_or(0.0) > 0.0)
+                    && any(&|s| {
+                        s["items_sent_per_second"][ty.to_string()]
+                            .as_f64()
+                            .unwrap_or(0.0)
+                            > 0.0
+                    })
+                    && any(&|s| s["queue_depth"][hb.to_string()].as_i64().unwrap_or(0) > 0)
+            }
+        },
+    )
+    .await;
+
+    let page = format!("http://{http_addr}/");
+    let dom = rendered_dom(&page).await;
+    assert!(
+        dom.contains("<span id=\"charts-error\" class=\"bad\"></span>"),
+        "the page could not read the history:\n{dom}"
+    );
+    for chart in ["lag", "changes", "items", "depth"] {
+        assert!(
+            dom.contains(&format!("data-chart=\"{chart}\"")),
+            "chart {chart}:\n{dom}"
+        );
+    }
+    let lag = chart_series(&dom, "lag", "lag");
+    assert!(attr(lag, "data-points") >= 3.0, "{lag}");
+    let changes = chart_series(&dom, "changes", "changes");
+    assert!(attr(changes, "data-max") > 0.0, "{changes}");
+    let items = chart_series(&dom, "items", &ty.to_string());
+    assert!(attr(items, "data-max") > 0.0, "{items}");
+    let depth = chart_series(&dom, "depth", &hb.to_string());
+    assert!(attr(depth, "data-max") >= 1.0, "{depth}");
+    assert!(
+        section(&dom, "data-chart=\"items\"", "</svg>").contains("<polyline"),
+        "a line is drawn"
+    );
+    // The legend names stores, not only ids.
+    assert!(
+        section(&dom, "id=\"chart-items\"", "</div></div>").contains("Charts Trendyol"),
+        "{dom}"
+    );
+
+    // The paused store stands out: a banner with its name and reason, and its row.
+    let banner = section(&dom, "<div id=\"paused\" class=\"banner\">", "</div>\n");
+    assert!(
+        banner.contains("PAUSED: Charts Hepsiburada") && banner.contains("credentials refused"),
+        "{banner}"
+    );
+    let stores = section(&dom, "<tbody id=\"stores\">", "</tbody>");
+    assert!(
+        stores.contains(&format!("data-store=\"{hb}\" class=\"paused\"")),
+        "{stores}"
+    );
+    // Relative times, the absolute time on hover.
+    let row = store_row(stores, ty);
+    let success = field(row, "last_success");
+    assert!(
+        success.starts_with("<time datetime=\"") && success.contains(" title=\""),
+        "{success}"
+    );
+    let shown = &success[success.find('>').unwrap() + 1..success.find("</time>").unwrap()];
+    assert!(
+        shown.ends_with(" s ago") || shown.ends_with(" min ago"),
+        "{shown}"
+    );
+
+    let artifact = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("test-artifacts")
+        .join("dashboard.png");
+    screenshot(&page, &artifact).await;
+    eprintln!("dashboard screenshot: {}", artifact.display());
+
+    stop_service(shutdown, service, mock).await;
 }

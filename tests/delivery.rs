@@ -7,6 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use common::workload::queue_idle;
 use common::*;
 use stocksync::mock::{Faults, MockAccount, MockConfig, MockMarketplace};
 use stocksync::ops::config::Config;
@@ -56,6 +57,7 @@ async fn start(
         ("STOCKSYNC_HTTP_ADDR", "127.0.0.1:0".into()),
         ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
         ("STOCKSYNC_HEPSIBURADA_URL", mock.base_url()),
+        ("STOCKSYNC_HEPSIBURADA_USER_AGENT", "test_dev".into()),
         ("STOCKSYNC_FLUSH_INTERVAL", "100ms".into()),
         ("STOCKSYNC_IDENTICAL_REQUEST_WINDOW", "2s".into()),
         ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s".into()),
@@ -171,8 +173,40 @@ fn mock_config() -> MockConfig {
             MockAccount::hepsiburada(HB_MERCHANT, "hb-secret"),
         ],
         identical_window: Duration::from_secs(2),
+        // As a live merchant account: only the authorised user agent is accepted.
+        behaviour: stocksync::mock::Behaviour {
+            hepsiburada_user_agent: Some("test_dev".into()),
+            ..stocksync::mock::Behaviour::default()
+        },
         ..MockConfig::default()
     }
+}
+
+/// Capture has passed everything committed so far and dispatch has decided about every
+/// entry (none pending or in flight, but those of paused stores; no open batch result).
+async fn settled(stack: &Stack) {
+    let wal: String = stack
+        .client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    eventually(Duration::from_secs(30), "capture caught up", || async {
+        stack
+            .client
+            .query_one(
+                "SELECT COALESCE(bool_and(lsn >= $1::text::pg_lsn), false) FROM stock_sync.checkpoint",
+                &[&wal],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the queue settled", || async {
+        queue_idle(&stack.client).await
+    })
+    .await;
 }
 
 async fn wait_quantity(mock: &MockMarketplace, seller: &str, key: &str, want: i64) {
@@ -221,8 +255,25 @@ async fn changes_reach_both_marketplaces_with_set_quantities() {
     wait_quantity(mock, HB_MERCHANT, "ATK-1", 20000).await;
 
     // Requests: never to the inactive or foreign-type stores; no unchanged items sent;
-    // every request carried the right User-Agent (the mock refuses otherwise).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // every request carried the right User-Agent (the mock refuses otherwise). The positive
+    // signal that dispatch has decided about every entry: all of them are closed, those of
+    // the inactive and foreign stores with their gate's outcome.
+    settled(&stack).await;
+    let gated: i64 = stack
+        .client
+        .query_one(
+            "SELECT count(*) FROM stock_sync.queue WHERE state = 'done' \
+               AND ((store_id = $1 AND outcome = 'store_inactive') \
+                 OR (store_id = $2 AND outcome = 'store_type_ignored'))",
+            &[&s.inactive, &s.other_type],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        gated, 8,
+        "every listing of the two gated stores closed by its gate"
+    );
     let requests = mock.requests();
     assert!(requests
         .iter()
@@ -244,7 +295,23 @@ async fn changes_reach_both_marketplaces_with_set_quantities() {
         .exec("UPDATE product_stores SET sellable_quantity = 31 WHERE product_id = $1 AND store_id = $2", &[&s.eldiven, &s.hepsiburada])
         .await;
     wait_quantity(mock, HB_MERCHANT, "ELD-1", 31).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Decided, not just quiet: capture passed both updates and the set's entry in that store
+    // closed as unchanged.
+    settled(&stack).await;
+    let set_unchanged: i64 = stack
+        .client
+        .query_one(
+            "SELECT count(*) FROM stock_sync.queue WHERE product_id = $1 AND store_id = $2 \
+               AND outcome = 'unchanged' AND sent_quantity = 15",
+            &[&s.kis_paketi, &s.hepsiburada],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        set_unchanged >= 1,
+        "the set's recomputation closed as unchanged"
+    );
     let new: Vec<_> = mock
         .requests()
         .into_iter()
@@ -339,7 +406,31 @@ async fn wrong_credentials_pause_only_that_store_and_bad_barcodes_do_not_block_b
         .iter()
         .filter(|r| r.seller_id.as_deref() == Some(HB_MERCHANT))
         .count();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Dispatch looks at a paused store every PAUSE_RECHECK (2 s), moving its `not_before` to
+    // two seconds after the look: wait for a look that happened after the count above.
+    let counted_at: chrono::DateTime<chrono::Utc> = stack
+        .client
+        .query_one("SELECT now()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    eventually(
+        Duration::from_secs(20),
+        "dispatch looked at the paused store again",
+        || async {
+            stack
+                .client
+                .query_one(
+                    "SELECT COALESCE(not_before > $2::timestamptz + interval '2 seconds', false) \
+                     FROM stock_sync.store_state WHERE store_id = $1",
+                    &[&s.hepsiburada, &counted_at],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        },
+    )
+    .await;
     assert_eq!(
         mock.requests()
             .iter()
@@ -396,22 +487,32 @@ async fn server_errors_and_throttling_recover_and_limits_hold() {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     wait_quantity(mock, TRENDYOL_SELLER, "MONT-1", 71).await;
-    let pushes: Vec<_> = mock
-        .requests()
-        .into_iter()
-        .filter(|r| r.seller_id.as_deref() == Some(TRENDYOL_SELLER) && r.method == "POST")
+    settled(&stack).await;
+    // The send-side record of every push (written before the request leaves), complete...
+    let sent: Vec<chrono::DateTime<chrono::Utc>> = stack
+        .client
+        .query(
+            "SELECT sent_at FROM stock_sync.sent_requests \
+             WHERE store_id = $1 AND endpoint = 'trendyol.price-and-inventory' ORDER BY sent_at",
+            &[&s.trendyol],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
         .collect();
-    let arrival = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
-    for (i, r) in pushes.iter().enumerate() {
-        let in_window = pushes[i..]
+    assert_eq!(
+        sent.len(),
+        trendyol_pushes(mock).len(),
+        "one record per push"
+    );
+    // ...never holds more than 3 within 2 s.
+    for (i, at) in sent.iter().enumerate() {
+        let in_window = sent[i..]
             .iter()
-            .filter(|o| arrival(&o.time) - arrival(&r.time) < chrono::Duration::milliseconds(2000))
+            .take_while(|o| **o - *at < chrono::Duration::milliseconds(2000))
             .count();
-        assert!(
-            in_window <= 3,
-            "more than 3 requests in 2 s starting at {}",
-            r.time
-        );
+        assert!(in_window <= 3, "more than 3 requests in 2 s from {at}");
     }
     assert!(mock
         .requests()
@@ -594,13 +695,8 @@ async fn a_body_refused_with_a_server_error_is_retried_without_waiting_the_ident
     )
     .await;
     mock.set_faults(Faults::default());
-    let started = std::time::Instant::now();
+    // Well within the 60 s identical window (wait_quantity gives up after 30 s).
     wait_quantity(mock, TRENDYOL_SELLER, "MONT-1", 77).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "the retry waited {:?}",
-        started.elapsed()
-    );
     let pushes = trendyol_pushes(mock);
     let (failed, ok) = (
         pushes.iter().rev().find(|(_, r)| r.status == 500).unwrap(),
@@ -610,6 +706,18 @@ async fn a_body_refused_with_a_server_error_is_retried_without_waiting_the_ident
         failed.1.body_sha256, ok.1.body_sha256,
         "the same body was retried"
     );
+    // The refused request's body was forgotten for the identical-body rule; the accepted
+    // one still counts.
+    let remembered: i64 = stack
+        .client
+        .query_one(
+            "SELECT count(*) FROM stock_sync.sent_requests WHERE store_id = $1 AND body_sha256 = $2",
+            &[&s.trendyol, &ok.1.body_sha256],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(remembered, 1, "only the accepted body counts as sent");
     stack.stop().await;
 }
 
@@ -762,5 +870,32 @@ async fn a_batch_with_unreadable_items_is_expired_and_its_listings_sent_again() 
     let pushes = trendyol_pushes(mock);
     let again: usize = pushes[before..].iter().map(|(_, r)| r.item_count).sum();
     assert_eq!(again, 1, "{:#?}", &pushes[before..]);
+    stack.stop().await;
+}
+
+/// Capture holds its leader lock for as long as it streams. A store whose dispatch lock key
+/// equals the slot's key must still be dispatched: the two locks have classes of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_lock_key_equals_the_slot_hash_is_dispatched() {
+    const SLOT_NAME: &str = "delivery_lock_key";
+    let probe = connect(&cluster().url_for("postgres", "postgres")).await;
+    let slot_key: i32 = probe
+        .query_one("SELECT hashtext($1)", &[&SLOT_NAME])
+        .await
+        .unwrap()
+        .get(0);
+    // store_key folds the uuid's four 32-bit words with XOR: choose the lowest word so the
+    // fold is the slot's key.
+    let high = uuid().as_u128() & !0xffff_ffff_u128;
+    let fold = |v: u128| (v ^ (v >> 32) ^ (v >> 64) ^ (v >> 96)) as u32;
+    let low = fold(high) ^ (slot_key as u32);
+    let mut s = seed_ids();
+    s.trendyol = Uuid::from_u128(high | u128::from(low));
+    assert_eq!(stocksync::locks::store_key(s.trendyol), slot_key);
+    let stack = start(SLOT_NAME, mock_config(), &[], async |c: &Client| {
+        load_seed(c, &s).await
+    })
+    .await;
+    wait_quantity(&stack.mock, TRENDYOL_SELLER, "SET-001", 15).await;
     stack.stop().await;
 }

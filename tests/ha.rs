@@ -1,7 +1,8 @@
 //! Two `stocksync run` processes (the real binary) on one database: exactly one streams the
 //! slot, the other stands by; when the streaming one is killed with SIGKILL the other takes
 //! over within seconds, the changes made meanwhile reach the marketplace with the right
-//! quantities, and nothing is sent twice.
+//! quantities, and nothing is sent twice. A store whose dispatcher loses its lock in the
+//! middle of a push is not sent twice either (claims are fenced).
 
 mod common;
 
@@ -56,6 +57,10 @@ fn free_addrs() -> [SocketAddr; 2] {
 }
 
 fn spawn(url: &str, http_addr: SocketAddr, marketplace: &str) -> Child {
+    spawn_with(url, http_addr, marketplace, "2s")
+}
+
+fn spawn_with(url: &str, http_addr: SocketAddr, marketplace: &str, timeout: &str) -> Child {
     Command::new(binary())
         .arg("run")
         .env_clear()
@@ -68,7 +73,7 @@ fn spawn(url: &str, http_addr: SocketAddr, marketplace: &str) -> Child {
         .env("STOCKSYNC_FLUSH_INTERVAL", "100ms")
         .env("STOCKSYNC_HEARTBEAT_INTERVAL", "0s")
         .env("STOCKSYNC_IDENTICAL_REQUEST_WINDOW", "2s")
-        .env("STOCKSYNC_REQUEST_TIMEOUT", "2s")
+        .env("STOCKSYNC_REQUEST_TIMEOUT", timeout)
         .env("STOCKSYNC_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -138,9 +143,9 @@ async fn wait_quantities(mock: &MockMarketplace, want: &[(&str, i64)]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_standby_takes_over_after_a_kill_and_nothing_is_sent_twice() {
-    let url = fresh_database(SLOT);
+/// A database with one Trendyol store and four listed products HA-1..HA-4 (10, 20, 30, 40).
+async fn catalogue(name: &str) -> (String, Client, Uuid, Vec<Uuid>) {
+    let url = fresh_database(name);
     let client = connect(&url).await;
     let store = uuid();
     client
@@ -171,8 +176,11 @@ async fn the_standby_takes_over_after_a_kill_and_nothing_is_sent_twice() {
             .unwrap();
         products.push(id);
     }
-    setup(&url, SLOT, SLOT).await;
-    let mock = MockMarketplace::start(
+    (url, client, store, products)
+}
+
+async fn mock_marketplace() -> MockMarketplace {
+    MockMarketplace::start(
         MockConfig {
             accounts: vec![MockAccount::trendyol(SELLER, "ha-key", "ha-secret")],
             identical_window: Duration::from_secs(2),
@@ -181,7 +189,14 @@ async fn the_standby_takes_over_after_a_kill_and_nothing_is_sent_twice() {
         "127.0.0.1:0".parse().unwrap(),
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_over_after_a_kill_and_nothing_is_sent_twice() {
+    let (url, client, store, products) = catalogue(SLOT).await;
+    setup(&url, SLOT, SLOT).await;
+    let mock = mock_marketplace().await;
 
     let addrs = free_addrs();
     let mut instances = Instances {
@@ -288,6 +303,124 @@ async fn the_standby_takes_over_after_a_kill_and_nothing_is_sent_twice() {
         "items pushed: {pushed}: {requests:#?}"
     );
     println!("takeover after the kill: {takeover:?}");
+    drop(instances);
+    mock.shutdown().await;
+}
+
+/// The connection holding a store's dispatch lock dies while that store's push is held up at
+/// the marketplace, with a second instance running. The cycle in flight still owns its claims
+/// (its own connection lives), so the other instance does not send them again; the first
+/// cycle sends no further request and records its outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_store_lock_mid_push_sends_nothing_twice() {
+    const SLOT_FENCE: &str = "ha_fence";
+    let (url, client, store, products) = catalogue(SLOT_FENCE).await;
+    setup(&url, SLOT_FENCE, SLOT_FENCE).await;
+    let mock = mock_marketplace().await;
+    let addrs = free_addrs();
+    // A request timeout longer than the latency below, so the held push is answered.
+    let spawn_one = |addr: &SocketAddr| {
+        let mut child = Command::new(binary());
+        child
+            .arg("run")
+            .env_clear()
+            .env("DATABASE_URL", &url)
+            .env("STOCKSYNC_SLOT", SLOT_FENCE)
+            .env("STOCKSYNC_PUBLICATION", SLOT_FENCE)
+            .env("STOCKSYNC_HTTP_ADDR", addr.to_string())
+            .env("STOCKSYNC_TRENDYOL_URL", mock.base_url())
+            .env("STOCKSYNC_HEPSIBURADA_URL", mock.base_url())
+            .env("STOCKSYNC_FLUSH_INTERVAL", "100ms")
+            .env("STOCKSYNC_HEARTBEAT_INTERVAL", "0s")
+            .env("STOCKSYNC_IDENTICAL_REQUEST_WINDOW", "2s")
+            .env("STOCKSYNC_REQUEST_TIMEOUT", "30s")
+            .env("STOCKSYNC_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        Some(child.spawn().expect("start stocksync run"))
+    };
+    let mut instances = Instances {
+        children: addrs.iter().map(spawn_one).collect(),
+    };
+    wait_quantities(
+        &mock,
+        &[("HA-1", 10), ("HA-2", 20), ("HA-3", 30), ("HA-4", 40)],
+    )
+    .await;
+    eventually(Duration::from_secs(20), "a settled queue", || {
+        common::workload::queue_idle(&client)
+    })
+    .await;
+
+    // Pushes now take 15 s: longer than any "stale claim" grace a dispatcher might give
+    // (claims used to count as orphans after 5 s, looked for every 5 s).
+    mock.set_faults(stocksync::mock::Faults {
+        latency_ms: 15_000,
+        scope: stocksync::mock::FaultScope::Push,
+        ..stocksync::mock::Faults::default()
+    });
+    let pushes_before = mock
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    set_quantity(&client, products[0], store, 5).await;
+    // The pair is marked in doubt just before its request leaves.
+    eventually(Duration::from_secs(20), "the push in flight", || async {
+        client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM stock_sync.listing_state l \
+                   JOIN stock_sync.queue q ON q.product_id = l.product_id AND q.store_id = l.store_id \
+                  WHERE l.store_id = $1 AND l.product_id = $2 AND l.in_doubt AND q.state = 'in_flight')",
+                &[&store, &products[0]],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    })
+    .await;
+    let key = i64::from(stocksync::locks::store_key(store) as u32);
+    let class = i64::from(stocksync::locks::STORE_CYCLE as u32);
+    let terminated: bool = client
+        .query_one(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks \
+             WHERE locktype = 'advisory' AND classid = $1::bigint::oid AND objid = $2::bigint::oid \
+               AND objsubid = 2 AND granted",
+            &[&class, &key],
+        )
+        .await
+        .expect("the store's lock is held by a dispatcher")
+        .get(0);
+    assert!(terminated);
+
+    wait_quantities(&mock, &[("HA-1", 5)]).await;
+    eventually(Duration::from_secs(30), "a settled queue", || {
+        common::workload::queue_idle(&client)
+    })
+    .await;
+    let pushes: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .skip(pushes_before)
+        .collect();
+    assert_eq!(pushes.len(), 1, "HA-1 was pushed once: {pushes:#?}");
+    let (outcome, sent): (String, Option<i32>) = {
+        let r = client
+            .query_one(
+                "SELECT outcome, sent_quantity FROM stock_sync.queue \
+                 WHERE product_id = $1 AND store_id = $2 ORDER BY id DESC LIMIT 1",
+                &[&products[0], &store],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((outcome.as_str(), sent), ("sent", Some(5)));
+    for i in 0..2 {
+        instances.assert_running(i);
+    }
     drop(instances);
     mock.shutdown().await;
 }

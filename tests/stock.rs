@@ -1,61 +1,19 @@
 //! `stocksync::stock` against a real PostgreSQL: the rules case by case, a randomized
-//! comparison with `stock::reference::Catalogue`, and timing prints.
+//! comparison with the Rust reference (`tests/common/reference.rs`), and timing prints.
 //!
 //! One private cluster per test binary, one database per test.
 
-use std::sync::{Mutex, OnceLock};
+mod common;
 
+use common::reference::Catalogue;
+use common::{connect, fresh_database};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use stocksync::db::DbConfig;
-use stocksync::localpg::{ClusterOptions, LocalCluster};
-use stocksync::stock::reference::Catalogue;
 use stocksync::stock::{
     compute_quantities, compute_store, ComputedQuantity, QuantityRules, SetProblem,
 };
 use tokio_postgres::Client;
 use uuid::Uuid;
-
-const APP_SCHEMA: &str = include_str!("../sql/app_schema.sql");
-
-static CLUSTER: OnceLock<Mutex<LocalCluster>> = OnceLock::new();
-static DB_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-fn cluster() -> &'static Mutex<LocalCluster> {
-    CLUSTER.get_or_init(|| {
-        let cluster = LocalCluster::start(ClusterOptions::default())
-            .expect("start a private PostgreSQL cluster");
-        cluster
-            .remove_when_process_exits(std::process::id())
-            .expect("cluster watchdog");
-        Mutex::new(cluster)
-    })
-}
-
-/// A fresh database with the application schema, connected.
-async fn fresh_database(prefix: &str) -> Client {
-    let url = fresh_database_url(prefix);
-    DbConfig::from_url(&url)
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect")
-}
-
-/// A fresh database with the application schema; its URL.
-fn fresh_database_url(prefix: &str) -> String {
-    let n = DB_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = format!("stock_{prefix}_{n}");
-    let url = {
-        let cluster = cluster().lock().unwrap();
-        cluster
-            .psql("postgres", &format!("CREATE DATABASE {name}"))
-            .expect("create database");
-        cluster.psql(&name, APP_SCHEMA).expect("load app schema");
-        cluster.url_for("postgres", &name)
-    };
-    url
-}
 
 /// Writes catalogue rows for one test.
 struct Db {
@@ -66,12 +24,8 @@ struct Db {
 
 impl Db {
     async fn new(prefix: &str) -> Db {
-        let url = fresh_database_url(prefix);
-        let client = DbConfig::from_url(&url)
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect");
+        let url = fresh_database(&format!("stock_{prefix}"));
+        let client = connect(&url).await;
         let db = Db {
             url,
             client,
@@ -508,7 +462,10 @@ async fn compute_store_lists_every_listed_product_and_works_in_a_transaction() {
 async fn works_with_deadpool_clients_and_transactions() {
     let db = Db::new("pool").await;
     let (kis, ..) = kis_paketi(&db).await;
-    let pool = DbConfig::from_url(&db.url).unwrap().pool(2).unwrap();
+    let pool = stocksync::db::DbConfig::from_url(&db.url)
+        .unwrap()
+        .pool(2)
+        .unwrap();
     let mut object = pool.get().await.unwrap();
     let rules = QuantityRules::default();
     let out = compute_quantities(&**object, db.store, &[kis], &rules)
@@ -583,11 +540,7 @@ fn seeded_uuid(rng: &mut StdRng) -> Uuid {
 /// stock in two stores with negative, zero, missing and huge quantities.
 #[tokio::test]
 async fn randomized_against_reference() {
-    let seed: u64 = std::env::var("STOCK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_261_128);
-    println!("randomized_against_reference seed = {seed} (override with STOCK_SEED)");
+    let seed = common::seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let db = Db::new("random").await;
     let stores = [db.store, seeded_uuid(&mut rng)];
@@ -746,7 +699,7 @@ async fn generate_scale(client: &Client, products: i64, stores: i64) -> Vec<Uuid
 /// batch statements agree with the reference. (Speed at full scale: `cargo bench`.)
 #[tokio::test]
 async fn generated_store_of_20000_matches_reference() {
-    let client = fresh_database("generated").await;
+    let client = connect(&fresh_database("stock_generated")).await;
     let stores = generate_scale(&client, 20_000, 1).await;
     let rules = QuantityRules::default();
     let all = compute_store(&client, stores[0], &rules).await.unwrap();
@@ -764,4 +717,182 @@ async fn generated_store_of_20000_matches_reference() {
     let reference = Catalogue::load(&client).await.unwrap();
     let ids = reference.listed_products(stores[0]);
     assert_eq!(all, reference.compute(stores[0], &ids, &rules));
+}
+
+/// The reference model on its own, before it judges the SQL.
+mod reference_model {
+    use super::common::reference::*;
+    use stocksync::stock::{QuantityRules, SetProblem};
+    use uuid::Uuid;
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    struct Builder {
+        products: Vec<ProductRow>,
+        items: Vec<SetItemRow>,
+        stock: Vec<ProductStoreRow>,
+    }
+
+    const STORE: u128 = 1000;
+
+    impl Builder {
+        fn new() -> Self {
+            Builder {
+                products: Vec::new(),
+                items: Vec::new(),
+                stock: Vec::new(),
+            }
+        }
+        fn simple(mut self, n: u128, sellable: i32) -> Self {
+            self.products.push(ProductRow {
+                id: id(n),
+                product_type: "SIMPLE".into(),
+            });
+            self.stock.push(ProductStoreRow {
+                product_id: id(n),
+                store_id: id(STORE),
+                sellable_quantity: sellable,
+            });
+            self
+        }
+        fn set(mut self, n: u128, items: &[(u128, i32)]) -> Self {
+            self.products.push(ProductRow {
+                id: id(n),
+                product_type: "SET".into(),
+            });
+            self.stock.push(ProductStoreRow {
+                product_id: id(n),
+                store_id: id(STORE),
+                sellable_quantity: 999,
+            });
+            for &(c, q) in items {
+                self.items.push(SetItemRow {
+                    set_product_id: id(n),
+                    component_product_id: id(c),
+                    quantity: q,
+                });
+            }
+            self
+        }
+        fn build(self) -> Catalogue {
+            Catalogue::new(self.products, self.items, self.stock)
+        }
+    }
+
+    fn q(c: &Catalogue, n: u128) -> (i64, Option<SetProblem>) {
+        c.quantity(id(n), id(STORE))
+    }
+
+    #[test]
+    fn simple_products() {
+        let c = Builder::new().simple(1, 7).simple(2, -3).build();
+        assert_eq!(q(&c, 1), (7, None));
+        assert_eq!(q(&c, 2), (0, None));
+        assert_eq!(q(&c, 3), (0, None), "unknown product");
+        assert_eq!(
+            c.quantity(id(1), id(9)),
+            (0, None),
+            "not listed in that store"
+        );
+    }
+
+    #[test]
+    fn sets_nested_and_out_of_stock() {
+        let c = Builder::new()
+            .simple(1, 50)
+            .simple(2, 30)
+            .simple(3, 40)
+            .simple(4, 0)
+            .simple(5, 9)
+            .set(10, &[(1, 1), (2, 2), (3, 1)])
+            .set(11, &[(1, 1), (4, 1)])
+            .set(12, &[(10, 2), (5, 1)])
+            .set(13, &[(1, 1), (99, 1)])
+            .set(14, &[(2, 4), (2, 1)])
+            .build();
+        assert_eq!(q(&c, 10), (15, None));
+        assert_eq!(q(&c, 11), (0, None), "one component out of stock");
+        assert_eq!(q(&c, 12), (7, None), "15 / 2 = 7 < 9");
+        assert_eq!(q(&c, 13), (0, None), "unknown component");
+        assert_eq!(q(&c, 14), (7, None), "duplicate rows: the stricter one");
+    }
+
+    #[test]
+    fn problems() {
+        let c = Builder::new()
+            .simple(1, 50)
+            .set(10, &[(1, 0)])
+            .set(11, &[(1, 1), (20, 1)])
+            .set(20, &[(21, 1)])
+            .set(21, &[(20, 1), (1, -1)])
+            .set(30, &[])
+            .set(31, &[(1, 1), (30, 1)])
+            .build();
+        assert_eq!(
+            q(&c, 10),
+            (
+                0,
+                Some(SetProblem::NonPositiveComponentQuantity {
+                    set_product_id: id(10),
+                    component_product_id: id(1),
+                    quantity: 0
+                })
+            )
+        );
+        // 20 -> 21 -> {20 (cycle), 1 (quantity -1)}: same depth; path order picks id(1).
+        assert_eq!(
+            q(&c, 20),
+            (
+                0,
+                Some(SetProblem::NonPositiveComponentQuantity {
+                    set_product_id: id(21),
+                    component_product_id: id(1),
+                    quantity: -1
+                })
+            )
+        );
+        assert!(matches!(
+            q(&c, 11),
+            (0, Some(SetProblem::NonPositiveComponentQuantity { .. }))
+        ));
+        assert_eq!(q(&c, 30), (0, Some(SetProblem::NoComponents)));
+        assert_eq!(q(&c, 31), (0, Some(SetProblem::NoComponents)));
+    }
+
+    #[test]
+    fn cycle_path() {
+        let c = Builder::new()
+            .simple(1, 50)
+            .set(20, &[(21, 1), (1, 1)])
+            .set(21, &[(20, 2)])
+            .set(22, &[(20, 1)])
+            .build();
+        assert_eq!(
+            q(&c, 20),
+            (
+                0,
+                Some(SetProblem::Cycle {
+                    set_product_id: id(21),
+                    path: vec![id(20), id(21), id(20)]
+                })
+            )
+        );
+        assert_eq!(
+            q(&c, 22),
+            (
+                0,
+                Some(SetProblem::Cycle {
+                    set_product_id: id(21),
+                    path: vec![id(22), id(20), id(21), id(20)]
+                })
+            )
+        );
+        let rules = QuantityRules::default();
+        let out = c.compute(id(STORE), &[id(1), id(22), id(1)], &rules);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].quantity, 50);
+        assert_eq!(out[1].quantity, 0);
+    }
 }

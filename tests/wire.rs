@@ -1,7 +1,7 @@
 //! The replication connection against real servers: SCRAM-SHA-256, MD5, trust, TLS with
 //! `sslmode=require` and `verify-full`, and clear errors for wrong passwords.
 
-use stocksync::db::DbConfig;
+use stocksync::db::{AuthError, DbConfig, DbError};
 use stocksync::localpg::{ClusterOptions, LocalCluster};
 use stocksync::replication::wire::{ReplicationConnection, WireError};
 
@@ -96,13 +96,14 @@ async fn tls_require_and_verify_full() {
     ))
     .await
     .expect("sslmode=verify-full with the CA");
-    // Without the CA the self-signed certificate is refused.
-    let err = identify(&format!(
-        "postgres://tls_user:tls-pass@localhost:{port}/postgres?sslmode=verify-full"
-    ))
-    .await
-    .unwrap_err();
-    assert!(matches!(err, WireError::Tls(_)), "{err}");
+    // Without a CA there is nothing to check against: refused before connecting.
+    if stocksync::db::tls::default_root_file().is_none() {
+        let err = DbConfig::from_url(&format!(
+            "postgres://tls_user:tls-pass@localhost:{port}/postgres?sslmode=verify-full"
+        ))
+        .unwrap_err();
+        assert!(matches!(err, DbError::NoTrustAnchor(_)), "{err}");
+    }
     // The query pool honours the same sslmode.
     let config = DbConfig::from_url(&format!(
         "postgres://tls_user:tls-pass@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={ca}"
@@ -118,4 +119,70 @@ async fn tls_require_and_verify_full() {
         .unwrap()
         .get(0);
     assert!(ssl);
+}
+
+/// A server that offers SCRAM and then says `AuthenticationOk` at once, before the client could
+/// check the server's proof: it never showed it knows the password. Both connections refuse.
+#[tokio::test]
+async fn authentication_ok_before_scram_finished_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        // One replication connection, then one query connection (plus the pool's).
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                // Startup message: length-prefixed.
+                let mut len = [0u8; 4];
+                if socket.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                if socket.read_exact(&mut rest).await.is_err() {
+                    return;
+                }
+                // AuthenticationSASL offering SCRAM-SHA-256.
+                let mechanisms = b"SCRAM-SHA-256\0\0";
+                let mut sasl = vec![b'R'];
+                sasl.extend_from_slice(&((8 + mechanisms.len()) as u32).to_be_bytes());
+                sasl.extend_from_slice(&10u32.to_be_bytes());
+                sasl.extend_from_slice(mechanisms);
+                let _ = socket.write_all(&sasl).await;
+                // The client's SASLInitialResponse ('p').
+                let mut tag = [0u8; 5];
+                if socket.read_exact(&mut tag).await.is_err() {
+                    return;
+                }
+                let mut rest =
+                    vec![0u8; u32::from_be_bytes([tag[1], tag[2], tag[3], tag[4]]) as usize - 4];
+                let _ = socket.read_exact(&mut rest).await;
+                // AuthenticationOk, ReadyForQuery: "you are in".
+                let _ = socket
+                    .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0, b'Z', 0, 0, 0, 5, b'I'])
+                    .await;
+                let mut sink = Vec::new();
+                let _ = socket.read_to_end(&mut sink).await;
+            });
+        }
+    });
+    let config = DbConfig::from_url(&format!(
+        "postgres://user:secret@127.0.0.1:{port}/postgres?sslmode=disable"
+    ))
+    .unwrap();
+    let err = ReplicationConnection::connect(&config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(err, WireError::Auth(AuthError::ScramUnfinished)),
+        "{err}"
+    );
+    let Err(err) = config.connect().await else {
+        panic!("the query connection must be refused");
+    };
+    assert!(matches!(err, DbError::Connect { .. }), "{err}");
+    server.abort();
 }

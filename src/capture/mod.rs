@@ -45,6 +45,7 @@
 //! the checkpoint; schema drift, a missing or lost slot and broken invariants stop capture
 //! with a [`CaptureError`] that says what to do.
 
+mod error;
 pub mod seeds;
 
 use std::collections::{HashMap, HashSet};
@@ -58,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::BackoffPolicy;
-use crate::db::{DbConfig, DbError};
+use crate::db::DbConfig;
 use crate::metrics::metrics;
 use crate::queue::capture::{
     CaptureWriter, CapturedTransaction, FirstRun, StagedSeed, TruncatedTable,
@@ -67,8 +68,9 @@ use crate::queue::Reason;
 use crate::replication::stream::{
     self, ReplicationStream, RowChange, StreamError, StreamEvent, StreamSettings,
 };
-use crate::replication::wire::{WireError, SQLSTATE_OBJECT_IN_USE, SQLSTATE_UNDEFINED_OBJECT};
+use crate::replication::wire::{WireError, SQLSTATE_OBJECT_IN_USE};
 use crate::replication::Lsn;
+pub use error::{open_failure, slot_state, CaptureError, ErrorSummary, SlotState};
 use seeds::{Components, SchemaError, SeedSet, WatchedTable};
 use uuid::Uuid;
 
@@ -120,64 +122,13 @@ impl Default for CaptureSettings {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    #[error("database error in capture: {}", crate::db::describe(.0))]
-    Database(#[from] tokio_postgres::Error),
-    #[error(transparent)]
-    Connect(#[from] DbError),
-    #[error(transparent)]
-    Stream(#[from] StreamError),
-    #[error(transparent)]
-    Schema(#[from] SchemaError),
-    #[error(
-        "replication slot {slot:?} does not exist (it existed before, so changes may have been \
-         lost): run `stocksync setup` to recreate it, then `stocksync resync`"
-    )]
-    SlotMissing { slot: String },
-    #[error(
-        "replication slot {slot:?} is lost (the server removed WAL it still needed: {detail}); run \
-         `stocksync teardown`, `stocksync setup`, then `stocksync resync`"
-    )]
-    SlotLost { slot: String, detail: String },
-    #[error("replication slot {slot:?} uses plugin {plugin:?}, not pgoutput; drop it and run `stocksync setup`")]
-    WrongPlugin { slot: String, plugin: String },
-    #[error("capture invariant broken: {0}")]
-    Invariant(String),
-}
-
-impl CaptureError {
-    /// Errors a reconnect cannot fix.
-    pub fn is_fatal(&self) -> bool {
-        match self {
-            CaptureError::Schema(_)
-            | CaptureError::SlotMissing { .. }
-            | CaptureError::SlotLost { .. }
-            | CaptureError::WrongPlugin { .. }
-            | CaptureError::Invariant(_) => true,
-            CaptureError::Database(e) => {
-                // The capture log's exclusion constraint: a transaction captured twice.
-                e.code() == Some(&tokio_postgres::error::SqlState::EXCLUSION_VIOLATION)
-            }
-            _ => false,
-        }
-    }
-
-    /// The slot is gone or unusable: the process exits with a distinct code.
-    pub fn is_slot_loss(&self) -> bool {
-        matches!(
-            self,
-            CaptureError::SlotMissing { .. } | CaptureError::SlotLost { .. }
-        )
-    }
-}
-
 /// Health of capture for `/readyz` and `status`.
 #[derive(Debug, Default)]
 pub struct CaptureHealth {
     pub streaming: AtomicBool,
     pub standby: AtomicBool,
-    pub last_error: Mutex<Option<String>>,
+    /// Kind and server message of the last failure; never a connection string.
+    pub last_error: Mutex<Option<ErrorSummary>>,
 }
 
 /// Runs capture until `shutdown` is cancelled (returns `Ok`) or a fatal error.
@@ -199,7 +150,7 @@ pub async fn run(
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_fatal() => {
-                *health.last_error.lock().expect("health lock") = Some(e.to_string());
+                *health.last_error.lock().expect("health lock") = Some(e.summary());
                 return Err(e);
             }
             Err(e) => {
@@ -211,7 +162,7 @@ pub async fn run(
                 }
                 let wait = backoff.next_delay();
                 warn!(error = %e, retry_in = ?wait, "capture interrupted; reconnecting");
-                *health.last_error.lock().expect("health lock") = Some(e.to_string());
+                *health.last_error.lock().expect("health lock") = Some(e.summary());
                 metrics().capture_reconnects.inc();
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
@@ -219,17 +170,6 @@ pub async fn run(
                 }
             }
         }
-    }
-}
-
-impl CaptureError {
-    /// A deadlock or serialization failure: the batch lost a lock conflict with the
-    /// dispatcher or an operator command. Not an outage: retried without growing the backoff.
-    pub fn is_lock_conflict(&self) -> bool {
-        matches!(self, CaptureError::Database(e) if e.code().is_some_and(|c| {
-            *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
-                || *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
-        }))
     }
 }
 
@@ -364,20 +304,7 @@ async fn session(
     };
     let stream = match stream::open(db, &stream_settings).await {
         Ok(stream) => stream,
-        Err(StreamError::Wire(e)) if e.sqlstate() == Some(SQLSTATE_UNDEFINED_OBJECT) => {
-            return Err(CaptureError::SlotMissing {
-                slot: settings.slot.clone(),
-            })
-        }
-        Err(StreamError::Wire(WireError::Server { code, message, .. }))
-            if code == "55000" && message.contains("can no longer get changes") =>
-        {
-            return Err(CaptureError::SlotLost {
-                slot: settings.slot.clone(),
-                detail: message,
-            })
-        }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(error::open_failure(e, &settings.slot, writer.client()).await),
     };
     info!(slot = %settings.slot, %checkpoint, %start, pid = stream.backend_pid, streaming, "streaming");
     health.streaming.store(true, Ordering::Release);

@@ -8,11 +8,12 @@
 //! 1. **lock and orphans** ([`store_cycle`]): the store's advisory lock
 //!    ([`crate::locks::STORE_CYCLE`]) on the dispatcher's lock connection (held elsewhere:
 //!    skip); claims whose cycle is gone go back to pending;
-//! 2. **gates and pauses** ([`gates`]): no `stores` row, a foreign type, inactive or
+//! 2. **gates and pauses** ([`crate::stores::gates`]): no `stores` row, a foreign type, inactive or
 //!    `send_stock = false` close the entries with that outcome; missing or refused
 //!    credentials pause the store until they change;
-//! 3. **limits** ([`limiter`]): backoff and Retry-After, `min_send_interval`, open
-//!    Hepsiburada uploads; later, per request, the rate window and the identical-body rule;
+//! 3. **limits** ([`crate::stores::limiter`]): backoff and Retry-After, `min_send_interval`,
+//!    open Hepsiburada uploads; later, per request, the rate window, the per-minute caps and
+//!    the identical-body rule;
 //! 4. **claim** ([`crate::queue::claim`]): up to a batch of entries under a fresh
 //!    [`crate::queue::ClaimToken`] (`FOR UPDATE SKIP LOCKED`, priority then age);
 //! 5. **build** ([`build`]): quantities with one statement ([`crate::stock`]); entries equal to
@@ -43,12 +44,9 @@
 pub mod apilog;
 mod batches;
 mod build;
-mod gates;
-mod limiter;
 mod outcome;
 mod send;
 mod store_cycle;
-pub mod store_state;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -62,11 +60,14 @@ use uuid::Uuid;
 
 use crate::backoff::BackoffPolicy;
 use crate::db::DbConfig;
-use crate::marketplace::{ClientSettings, MarketplaceClient, Provider};
+use crate::marketplace::{ClientSettings, MarketplaceClient, Provider, UserAgents};
+use crate::metrics::metrics;
 use crate::queue::{self, QueueError, Reason};
 use crate::stock::QuantityRules;
+use crate::stores::{self, state as store_state, LimitSettings, StoreError};
 
-pub use limiter::MAX_OPEN_HEPSIBURADA_BATCHES;
+/// Hepsiburada is said to keep at most five uploads per merchant in processing.
+pub const MAX_OPEN_HEPSIBURADA_BATCHES: i64 = 5;
 
 /// Errors that end one cycle (the dispatcher logs them and goes on).
 #[derive(Debug, thiserror::Error)]
@@ -77,12 +78,8 @@ pub enum DispatchError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error(transparent)]
     Queue(#[from] QueueError),
-    #[error("stores row {store}: column {column}: {problem}")]
-    BadStoreRow {
-        store: Uuid,
-        column: &'static str,
-        problem: String,
-    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// What dispatch needs from the configuration (built by `ops` from `Config`).
@@ -91,15 +88,19 @@ pub struct DispatchSettings {
     /// Names this process in `queue.claimed_by` (host:pid).
     pub instance_id: String,
     pub flush_interval: Duration,
-    pub min_send_interval: Duration,
-    pub identical_request_window: Duration,
-    pub rate_limit_requests: u32,
-    pub rate_limit_window: Duration,
+    /// Every limit a store's requests obey.
+    pub limits: LimitSettings,
     pub max_quantity: i32,
     pub safety_stock: i32,
     pub safety_stock_per_store: HashMap<Uuid, i32>,
     pub dry_run: bool,
     pub client: ClientSettings,
+    /// Who stocksync says it is, per marketplace and store.
+    pub user_agents: UserAgents,
+    /// A Retry-After further away than this is garbage: ignored.
+    pub max_retry_after: Duration,
+    /// A forbidden (403) store probes itself after this, doubling per 403 up to an hour.
+    pub forbidden_backoff: Duration,
     pub hepsiburada_batch_size: usize,
     /// Failed sends of one item before it is dead-lettered.
     pub max_attempts: i32,
@@ -120,10 +121,7 @@ impl Default for DispatchSettings {
         DispatchSettings {
             instance_id: instance_id(),
             flush_interval: Duration::from_secs(5),
-            min_send_interval: Duration::ZERO,
-            identical_request_window: Duration::from_secs(15 * 60),
-            rate_limit_requests: 50,
-            rate_limit_window: Duration::from_secs(10),
+            limits: LimitSettings::default(),
             max_quantity: crate::stock::DEFAULT_MAX_QUANTITY,
             safety_stock: 0,
             safety_stock_per_store: HashMap::new(),
@@ -131,9 +129,11 @@ impl Default for DispatchSettings {
             client: ClientSettings {
                 trendyol_url: crate::marketplace::TRENDYOL_PRODUCTION_URL.into(),
                 hepsiburada_url: crate::marketplace::HEPSIBURADA_PRODUCTION_URL.into(),
-                hepsiburada_user_agent: "stocksync".into(),
                 timeout: Duration::from_secs(30),
             },
+            user_agents: UserAgents::default(),
+            max_retry_after: Duration::from_secs(600),
+            forbidden_backoff: Duration::from_secs(60),
             hepsiburada_batch_size: 1000,
             max_attempts: 8,
             batch_result_timeout: Duration::from_secs(4 * 3600),
@@ -157,6 +157,14 @@ impl DispatchSettings {
         }
     }
 
+    /// What the gates need.
+    pub fn gates(&self) -> stores::gates::GateSettings<'_> {
+        stores::gates::GateSettings {
+            min_send_interval: self.limits.min_send_interval,
+            user_agents: &self.user_agents,
+        }
+    }
+
     /// Items per push for a provider.
     pub fn batch_size(&self, provider: Provider) -> usize {
         match provider {
@@ -175,7 +183,7 @@ impl DispatchSettings {
     /// rate-window wait plus a request's timeout, twice, and a minute of slack. A claim past
     /// its lease is an orphan even if its connection lives.
     pub fn claim_lease(&self) -> Duration {
-        2 * (self.rate_limit_window + self.client.timeout) + Duration::from_secs(60)
+        2 * (self.limits.rate_limit_window + self.client.timeout) + Duration::from_secs(60)
     }
 
     /// How often the queue is asked for due stores: often enough that `flush_interval`
@@ -299,12 +307,14 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
         let mut due = match due_stores(&dispatcher).await {
             Ok(due) => {
                 failing = false;
+                metrics().dispatch_ready.set(1);
                 due
             }
             // Warned once per stretch of failures, not on every tick.
             Err(e) if !failing => {
                 warn!(error = %e, "cannot read due stores; will retry");
                 failing = true;
+                metrics().dispatch_ready.set(0);
                 continue;
             }
             Err(e) => {
@@ -348,6 +358,8 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
             tokio::spawn(async move { prune(&dispatcher).await });
         }
     };
+    // Not ready from here: the lock connection broke (a new one is sought) or shutdown.
+    metrics().dispatch_ready.set(0);
     // Let running cycles finish their requests and release their claims.
     stop.cancel();
     while cycles.join_next().await.is_some() {}
@@ -362,7 +374,7 @@ async fn due_stores(d: &Dispatcher) -> Result<Vec<Uuid>, DispatchError> {
         &**db,
         s.flush_interval,
         s.largest_batch(),
-        s.min_send_interval,
+        s.limits.min_send_interval,
     )
     .await?)
 }
@@ -408,7 +420,12 @@ async fn prune(d: &Dispatcher) {
                 .await
                 .map_err(Into::into),
         ),
-        ("sent requests", limiter::prune(&**db, s).await),
+        (
+            "sent requests",
+            stores::limiter::prune(&**db, &s.limits)
+                .await
+                .map_err(Into::into),
+        ),
     ];
     for (what, result) in results {
         match result {

@@ -8,11 +8,11 @@ use tracing::{debug, info};
 
 use super::apilog::{self, kind, Entry};
 use super::build::{ids_and_quantities, stock_items, Outgoing};
-use super::limiter::RequestKind;
 use super::store_cycle::Cycle;
 use super::DispatchError;
 use crate::marketplace::{prepare, Exchange, PreparedRequest, PushOutcome};
 use crate::queue::{self, Outcome, Release};
+use crate::stores::RequestKind;
 
 /// Re-orderings tried before a body identical to a recent one is deferred.
 const MAX_ROTATIONS: usize = 4;
@@ -53,7 +53,7 @@ impl Cycle<'_> {
             .await?
         {
             if group.len() < 2 || rotations >= MAX_ROTATIONS.min(group.len() - 1) {
-                self.limiter.deferred_identical();
+                self.limiter.waited("identical_body");
                 debug!(store = %self.store_id, wait_s = wait.as_secs_f64(), "identical body sent recently; deferring");
                 let how = Release {
                     defer: Some(wait),
@@ -69,7 +69,12 @@ impl Cycle<'_> {
         }
 
         let endpoint = self.store.provider.push_endpoint();
-        if !self.limiter.wait_for_slot(db, endpoint, &self.stop).await? || self.lock_lost() {
+        if !self
+            .limiter
+            .wait_for_slot(db, endpoint, None, &self.stop)
+            .await?
+            || self.lock_lost()
+        {
             queue::release(db, self.token, &ids, Release::default()).await?;
             return Ok(Sending::Stopped);
         }

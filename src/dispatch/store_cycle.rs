@@ -10,15 +10,14 @@ use uuid::Uuid;
 
 use super::apilog::{self, kind, Entry};
 use super::build::{self, Outgoing};
-use super::gates::{self, Gate, OpenStore};
-use super::limiter::Limiter;
 use super::outcome::GroupEnd;
 use super::send::Sending;
-use super::{DispatchError, Dispatcher};
+use super::{batches, DispatchError, Dispatcher, MAX_OPEN_HEPSIBURADA_BATCHES};
 use crate::locks;
 use crate::marketplace::Provider;
 use crate::metrics::metrics;
 use crate::queue::{self, Claim, ClaimToken, Outcome, Release};
+use crate::stores::{gates, Gate, Limiter, OpenStore};
 
 /// Runs one cycle of `store_id` if no one else is. `Ok(true)`: it claimed a full batch, so
 /// the store may have more ready at once.
@@ -57,15 +56,29 @@ async fn cycle(
     if orphans > 0 {
         info!(store = %store_id, entries = orphans, "released claims left by a stopped dispatcher");
     }
-    let Gate::Open(store) = gates::check(d, db, store_id).await? else {
+    let Gate::Open(store) = gates::check(db, store_id, d.settings.gates()).await? else {
         return Ok(false);
     };
-    let limiter = Limiter::new(&d.settings, store_id);
-    if !limiter.admit(db, &store).await? {
+    let limiter = Limiter::new(&d.settings.limits, store_id);
+    if !limiter.admit(&store) {
+        return Ok(false);
+    }
+    if store.provider == Provider::Hepsiburada
+        && batches::open_batches(db, store_id).await? >= MAX_OPEN_HEPSIBURADA_BATCHES
+    {
+        limiter.waited("open_uploads");
         return Ok(false);
     }
     let token = ClaimToken::new();
-    let batch = d.settings.batch_size(store.provider);
+    // A 413 may have left the store a smaller batch; a probe needs one item.
+    let batch = match (store.probe, store.state.batch_limit) {
+        (true, _) => 1,
+        (false, Some(limit)) => d
+            .settings
+            .batch_size(store.provider)
+            .min(limit.max(1) as usize),
+        (false, None) => d.settings.batch_size(store.provider),
+    };
     let claims = queue::claim(db, store_id, &d.settings.instance_id, token, batch).await?;
     if claims.is_empty() {
         return Ok(false);

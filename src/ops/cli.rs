@@ -1,6 +1,7 @@
 //! The command line: one binary, subcommands for every operation. Errors are reported here
 //! with context; exit codes: 0 success, 1 runtime failure, 2 configuration or preflight
-//! failure, 3 replication slot missing or lost (run `setup` and `resync`).
+//! failure, or a permanent refusal by the database (authentication, privilege, missing table
+//! or database), 3 replication slot missing or lost (run `setup` and `resync`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,11 +9,19 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::config::{markdown_table, Config};
 use super::{setup, EXIT_CONFIG, EXIT_RUNTIME, EXIT_SLOT_LOST};
+use crate::backoff::BackoffPolicy;
 use crate::capture::CaptureError;
+use crate::db::DbError;
+
+/// `run` waiting for an unreachable database at start: from one second, doubling to 30 s.
+const STARTUP_RETRY: BackoffPolicy = BackoffPolicy::new(
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(30),
+);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -227,6 +236,10 @@ async fn preflight_exit(config: &Config, allow_active_slot: bool) -> Result<Opti
 }
 
 async fn cmd_check(config: &Config) -> Result<ExitCode> {
+    if let Err(e) = config.check_http_exposure() {
+        eprintln!("stocksync: configuration error: {e}");
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
     if let Some(code) = preflight_exit(config, false).await? {
         return Ok(ExitCode::from(code));
     }
@@ -234,17 +247,45 @@ async fn cmd_check(config: &Config) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `run`: the preflight (waiting for a database that cannot be reached yet, stopping at once
+/// when it refuses stocksync for good), then the service until a signal or a fatal error.
 async fn cmd_run(config: Config) -> Result<ExitCode> {
-    match preflight_exit(&config, true).await {
-        Ok(None) => {}
-        Ok(Some(code)) => return Ok(ExitCode::from(code)),
-        Err(e) => {
-            eprintln!("stocksync: {e:#}");
-            return Ok(ExitCode::from(EXIT_CONFIG));
-        }
+    if let Err(e) = config.check_http_exposure() {
+        eprintln!("stocksync: configuration error: {e}");
+        return Ok(ExitCode::from(EXIT_CONFIG));
     }
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
+    let mut retry = STARTUP_RETRY.start();
+    loop {
+        match preflight_exit(&config, true).await {
+            Ok(None) => break,
+            Ok(Some(code)) => return Ok(ExitCode::from(code)),
+            Err(e) => match e.downcast_ref::<DbError>() {
+                Some(db) if !db.is_permanent() => {
+                    let wait = retry.next_delay();
+                    warn!(error = %db, retry_in = ?wait, "PostgreSQL cannot be reached; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                Some(db) => {
+                    let fix = db.sqlstate().map_or(
+                        "change DATABASE_URL or the server's pg_hba.conf",
+                        crate::db::permanent_fix,
+                    );
+                    error!(error = %db, "cannot start");
+                    eprintln!("stocksync: {db}; {fix}");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+                None => {
+                    eprintln!("stocksync: {e:#}");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            },
+        }
+    }
     match super::service::run_until(config, shutdown).await? {
         Ok(()) => {
             info!("stopped cleanly");
@@ -256,10 +297,14 @@ async fn cmd_run(config: Config) -> Result<ExitCode> {
 
 fn report_capture_error(e: &CaptureError) -> ExitCode {
     error!(error = %e, "capture stopped");
-    eprintln!("stocksync: {e}");
     if e.is_slot_loss() {
+        eprintln!("stocksync: {e}");
         ExitCode::from(EXIT_SLOT_LOST)
+    } else if let Some(reason) = e.permanent_reason() {
+        eprintln!("stocksync: {reason}");
+        ExitCode::from(EXIT_CONFIG)
     } else {
+        eprintln!("stocksync: {e}");
         ExitCode::from(EXIT_RUNTIME)
     }
 }

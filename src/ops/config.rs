@@ -31,6 +31,8 @@ pub enum Kind {
     Duration,
     /// `STORE_UUID=N,STORE_UUID=N`; in TOML a table `{ "uuid" = N }`.
     PerStoreInteger,
+    /// `STORE_UUID=text,STORE_UUID=text`; in TOML a table `{ "uuid" = "text" }`.
+    PerStoreText,
 }
 
 /// One configuration key: TOML name, environment variable, default, how it is read, meaning.
@@ -83,7 +85,7 @@ pub mod keys {
     use super::Key;
     use super::Kind::*;
 
-    pub const DATABASE_URL: Key = Key::new("database_url", "DATABASE_URL", "(required)", Text, "libpq-style URL `postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=/path/ca.pem`; sslmode disable, prefer, require, verify-ca, verify-full").secret();
+    pub const DATABASE_URL: Key = Key::new("database_url", "DATABASE_URL", "(required)", Text, "libpq-style URL `postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=/path/ca.pem`; `sslmode`, `sslrootcert`, `channel_binding`, `require_auth` and the other parameters in the README's TLS section, as in libpq").secret();
     pub const SLOT: Key = Key::new(
         "slot",
         "STOCKSYNC_SLOT",
@@ -199,9 +201,51 @@ pub mod keys {
     pub const HEPSIBURADA_USER_AGENT: Key = Key::new(
         "hepsiburada_user_agent",
         "STOCKSYNC_HEPSIBURADA_USER_AGENT",
-        "stocksync",
+        "(none)",
         Text,
-        "User-Agent sent to Hepsiburada (your integrator user name)",
+        "User-Agent of Hepsiburada requests: the bare developer user name the merchant authorised (e.g. `acme_dev`); a Hepsiburada store without one (here or per store) is paused and sent nothing",
+    );
+    pub const HEPSIBURADA_USER_AGENT_PER_STORE: Key = Key::new(
+        "hepsiburada_user_agent_per_store",
+        "STOCKSYNC_HEPSIBURADA_USER_AGENT_PER_STORE",
+        "(none)",
+        PerStoreText,
+        "per-store Hepsiburada user agent: `STORE_UUID=name,STORE_UUID=name` (TOML: a table `{ \"uuid\" = \"name\" }`)",
+    );
+    pub const TRENDYOL_INTEGRATOR: Key = Key::new(
+        "trendyol_integrator",
+        "STOCKSYNC_TRENDYOL_INTEGRATOR",
+        "(none)",
+        Text,
+        "integrator name for the Trendyol User-Agent `{sellerId} - {name}` (alphanumeric, at most 30 characters); unset: `SelfIntegration`",
+    );
+    pub const TRENDYOL_WRITES_PER_MINUTE: Key = Key::new(
+        "trendyol_writes_per_minute",
+        "STOCKSYNC_TRENDYOL_WRITES_PER_MINUTE",
+        "350",
+        Integer,
+        "Trendyol \"Inventory & Price Write\" requests per minute per store (your seller tier: 350, 500, 1000, 1500 or 2000), on top of the per-window limit",
+    );
+    pub const TRENDYOL_READS_PER_MINUTE: Key = Key::new(
+        "trendyol_reads_per_minute",
+        "STOCKSYNC_TRENDYOL_READS_PER_MINUTE",
+        "1000",
+        Integer,
+        "Trendyol \"Product Integration Read\" requests per minute per store (batch results and stock reads; tier 1000 to 2000)",
+    );
+    pub const FORBIDDEN_BACKOFF: Key = Key::new(
+        "forbidden_backoff",
+        "STOCKSYNC_FORBIDDEN_BACKOFF",
+        "1m",
+        Duration,
+        "a store answered 403 (an IP block or overload) is paused and probes itself after this, doubling per 403 up to 1h",
+    );
+    pub const MAX_RETRY_AFTER: Key = Key::new(
+        "max_retry_after",
+        "STOCKSYNC_MAX_RETRY_AFTER",
+        "10m",
+        Duration,
+        "a Retry-After or X-RateLimit-Reset further away than this is ignored as garbage (the store waits as for a 429 without a hint)",
     );
     pub const HEPSIBURADA_BATCH_SIZE: Key = Key::new(
         "hepsiburada_batch_size",
@@ -238,6 +282,28 @@ pub mod keys {
         Duration,
         "transactional `pg_logical_emit_message` so an idle slot advances (`0s` = off)",
     );
+    pub const HTTP_TOKEN: Key = Key::new(
+        "http_token",
+        "STOCKSYNC_HTTP_TOKEN",
+        "(none)",
+        Text,
+        "bearer token for `/api/*`, the dashboard and (unless `metrics_public`) `/metrics`; required when `http_addr` is not loopback (at least 16 characters, e.g. `openssl rand -hex 32`)",
+    )
+    .secret();
+    pub const METRICS_PUBLIC: Key = Key::new(
+        "metrics_public",
+        "STOCKSYNC_METRICS_PUBLIC",
+        "false",
+        Boolean,
+        "serve `/metrics` without the token (Prometheus convention); `/healthz` and `/readyz` are always open",
+    );
+    pub const ALLOW_INSECURE_MARKETPLACE: Key = Key::new(
+        "allow_insecure_marketplace",
+        "STOCKSYNC_ALLOW_INSECURE_MARKETPLACE",
+        "false",
+        Boolean,
+        "allow an `http://` marketplace URL to a host other than loopback (credentials would travel in clear)",
+    );
     pub const SAFE_WAL_SIZE_WARN: Key = Key::new(
         "safe_wal_size_warn",
         "STOCKSYNC_SAFE_WAL_SIZE_WARN",
@@ -253,6 +319,8 @@ pub const KEYS: &[Key] = &[
     keys::SLOT,
     keys::PUBLICATION,
     keys::HTTP_ADDR,
+    keys::HTTP_TOKEN,
+    keys::METRICS_PUBLIC,
     keys::LOG_FORMAT,
     keys::LOG,
     keys::FLUSH_INTERVAL,
@@ -266,7 +334,14 @@ pub const KEYS: &[Key] = &[
     keys::DRY_RUN,
     keys::TRENDYOL_URL,
     keys::HEPSIBURADA_URL,
+    keys::ALLOW_INSECURE_MARKETPLACE,
     keys::HEPSIBURADA_USER_AGENT,
+    keys::HEPSIBURADA_USER_AGENT_PER_STORE,
+    keys::TRENDYOL_INTEGRATOR,
+    keys::TRENDYOL_WRITES_PER_MINUTE,
+    keys::TRENDYOL_READS_PER_MINUTE,
+    keys::FORBIDDEN_BACKOFF,
+    keys::MAX_RETRY_AFTER,
     keys::HEPSIBURADA_BATCH_SIZE,
     keys::REQUEST_TIMEOUT,
     keys::MAX_ATTEMPTS,
@@ -320,13 +395,37 @@ impl ConfigError {
     }
 }
 
-/// Resolved configuration.
+/// A configuration value that is never shown: its `Debug` is `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Resolved configuration. Secrets are [`Secret`]s, so `{:?}` never shows them.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub database_url: Option<String>,
+    pub database_url: Option<Secret>,
     pub slot: String,
     pub publication: String,
     pub http_addr: SocketAddr,
+    /// Required by `/api/*`, the dashboard and (unless `metrics_public`) `/metrics`.
+    pub http_token: Option<Secret>,
+    pub metrics_public: bool,
     pub log_json: bool,
     pub log_filter: String,
     pub flush_interval: Duration,
@@ -340,7 +439,14 @@ pub struct Config {
     pub dry_run: bool,
     pub trendyol_url: String,
     pub hepsiburada_url: String,
-    pub hepsiburada_user_agent: String,
+    pub allow_insecure_marketplace: bool,
+    pub hepsiburada_user_agent: Option<String>,
+    pub hepsiburada_user_agent_per_store: HashMap<Uuid, String>,
+    pub trendyol_integrator: Option<String>,
+    pub trendyol_writes_per_minute: u32,
+    pub trendyol_reads_per_minute: u32,
+    pub forbidden_backoff: Duration,
+    pub max_retry_after: Duration,
     pub hepsiburada_batch_size: usize,
     pub request_timeout: Duration,
     pub max_attempts: i32,
@@ -357,6 +463,8 @@ struct Raw {
     slot: String,
     publication: String,
     http_addr: String,
+    http_token: Option<String>,
+    metrics_public: bool,
     log_format: String,
     log: String,
     #[serde(with = "humantime_serde")]
@@ -375,7 +483,17 @@ struct Raw {
     dry_run: bool,
     trendyol_url: String,
     hepsiburada_url: String,
-    hepsiburada_user_agent: String,
+    allow_insecure_marketplace: bool,
+    hepsiburada_user_agent: Option<String>,
+    #[serde(default)]
+    hepsiburada_user_agent_per_store: HashMap<String, String>,
+    trendyol_integrator: Option<String>,
+    trendyol_writes_per_minute: i64,
+    trendyol_reads_per_minute: i64,
+    #[serde(with = "humantime_serde")]
+    forbidden_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    max_retry_after: Duration,
     hepsiburada_batch_size: i64,
     #[serde(with = "humantime_serde")]
     request_timeout: Duration,
@@ -424,9 +542,9 @@ impl Config {
     pub fn db(&self) -> Result<DbConfig, ConfigError> {
         let url = self
             .database_url
-            .as_deref()
+            .as_ref()
             .ok_or(ConfigError::MissingDatabaseUrl)?;
-        Ok(DbConfig::from_url(url)?)
+        Ok(DbConfig::from_url(url.expose())?)
     }
 
     /// Safety stock of one store.
@@ -470,6 +588,19 @@ fn typed(key: &'static Key, text: &str) -> Result<toml::Value, ConfigError> {
             }
             toml::Value::Table(table)
         }
+        Kind::PerStoreText => {
+            let mut table = toml::Table::new();
+            for item in trimmed.split(',').filter(|i| !i.trim().is_empty()) {
+                let (store, value) = item
+                    .split_once('=')
+                    .ok_or_else(|| bad(&format!("{item:?} is not STORE_UUID=value")))?;
+                table.insert(
+                    store.trim().to_string(),
+                    toml::Value::String(value.trim().to_string()),
+                );
+            }
+            toml::Value::Table(table)
+        }
     })
 }
 
@@ -481,11 +612,21 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         path: shown.clone(),
         source,
     })?;
+    // The error's message and position only: its `Display` quotes the offending line, which
+    // may hold a password or a token.
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ConfigError::File {
             path: shown.clone(),
-            message: e.to_string(),
+            message: match e.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {column}: {}", e.message().trim())
+                }
+                None => e.message().trim().to_string(),
+            },
         })?;
     let mut values = toml::Table::new();
     for (name, value) in table {
@@ -496,6 +637,8 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         })?;
         let value = match value {
             toml::Value::String(text) => typed(key, &text)?,
+            // A secret given as a number or table would be quoted by the type error.
+            _ if key.secret => return Err(ConfigError::invalid(key, "", "must be a string")),
             other => other,
         };
         values.insert(name, value);
@@ -520,17 +663,111 @@ fn in_range<T: TryFrom<i64>>(
     T::try_from(value).map_err(|_| ConfigError::invalid(key, &value.to_string(), "out of range"))
 }
 
-fn url(key: &'static Key, value: &str) -> Result<String, ConfigError> {
+/// A marketplace base URL: `https://`, or `http://` to loopback (the mock), or `http://`
+/// anywhere with `allow_insecure` (Basic credentials would travel in clear).
+fn url(key: &'static Key, value: &str, allow_insecure: bool) -> Result<String, ConfigError> {
     let parsed =
         url::Url::parse(value).map_err(|e| ConfigError::invalid(key, value, e.to_string()))?;
-    if parsed.scheme() != "http" && parsed.scheme() != "https" {
-        return Err(ConfigError::invalid(
-            key,
-            value,
-            "must be an http:// or https:// URL",
-        ));
+    match parsed.scheme() {
+        "https" => {}
+        "http" if allow_insecure || is_loopback_host(&parsed) => {}
+        "http" => {
+            return Err(ConfigError::invalid(
+                key,
+                value,
+                format!(
+                    "plain http:// to a host other than loopback would send the stores' credentials in clear; \
+                     use https://, or set {}=true if this network is trusted",
+                    keys::ALLOW_INSECURE_MARKETPLACE.env
+                ),
+            ))
+        }
+        _ => {
+            return Err(ConfigError::invalid(
+                key,
+                value,
+                "must be an http:// or https:// URL",
+            ))
+        }
     }
     Ok(value.trim_end_matches('/').to_string())
+}
+
+/// `localhost`, `*.localhost`, 127.0.0.0/8 or `[::1]`.
+fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Minimum length of `STOCKSYNC_HTTP_TOKEN`.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// The HTTP token (see [`Config::check_http_exposure`] for when one is needed).
+fn http_token(token: Option<String>) -> Result<Option<Secret>, ConfigError> {
+    let token = token.filter(|t| !t.is_empty());
+    if let Some(t) = &token {
+        if t.chars().count() < MIN_TOKEN_LEN || t.trim() != t {
+            return Err(ConfigError::invalid(
+                &keys::HTTP_TOKEN,
+                t,
+                format!("use at least {MIN_TOKEN_LEN} characters without surrounding spaces, e.g. `openssl rand -hex 32`"),
+            ));
+        }
+    }
+    Ok(token.map(Secret))
+}
+
+impl Config {
+    /// `run` serves HTTP: anything but a loopback address needs `STOCKSYNC_HTTP_TOKEN`.
+    /// (Checked for `run` and `check` only, so `setup` or `status` with the service's
+    /// environment still work.)
+    pub fn check_http_exposure(&self) -> Result<(), ConfigError> {
+        if self.http_token.is_some() || self.http_addr.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(ConfigError::invalid(
+            &keys::HTTP_ADDR,
+            &self.http_addr.to_string(),
+            format!(
+                "this is not a loopback address, so the HTTP endpoints need a token: set {} \
+                 (then /api/* and the dashboard require `Authorization: Bearer <token>`, and so does \
+                 /metrics unless {}=true), or bind to 127.0.0.1",
+                keys::HTTP_TOKEN.env,
+                keys::METRICS_PUBLIC.env
+            ),
+        ))
+    }
+}
+
+/// A value sent in an HTTP header: trimmed, not empty, visible ASCII and spaces.
+fn header_text(key: &'static Key, value: String) -> Result<String, ConfigError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() || !trimmed.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
+        return Err(ConfigError::invalid(
+            key,
+            &value,
+            "must be a non-empty user name of visible ASCII characters",
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+fn at_least_a_second(key: &'static Key, value: Duration) -> Result<Duration, ConfigError> {
+    if value < Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            key,
+            &humantime::format_duration(value).to_string(),
+            "must be at least 1s",
+        ));
+    }
+    Ok(value)
 }
 
 fn identifier(key: &'static Key, value: String) -> Result<String, ConfigError> {
@@ -540,7 +777,7 @@ fn identifier(key: &'static Key, value: String) -> Result<String, ConfigError> {
 
 impl Raw {
     fn resolve(self) -> Result<Config, ConfigError> {
-        let http_addr = self.http_addr.parse().map_err(|_| {
+        let http_addr: SocketAddr = self.http_addr.parse().map_err(|_| {
             ConfigError::invalid(
                 &keys::HTTP_ADDR,
                 &self.http_addr,
@@ -565,13 +802,32 @@ impl Raw {
                 "must be longer than 0s",
             ));
         }
-        if self.hepsiburada_user_agent.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                &keys::HEPSIBURADA_USER_AGENT,
-                &self.hepsiburada_user_agent,
-                "must not be empty (Hepsiburada requires a User-Agent)",
-            ));
+        let hepsiburada_user_agent = self
+            .hepsiburada_user_agent
+            .map(|ua| header_text(&keys::HEPSIBURADA_USER_AGENT, ua))
+            .transpose()?;
+        let mut hepsiburada_user_agent_per_store = HashMap::new();
+        for (store, ua) in self.hepsiburada_user_agent_per_store {
+            let key = &keys::HEPSIBURADA_USER_AGENT_PER_STORE;
+            let id: Uuid = store.parse().map_err(|_| {
+                ConfigError::invalid(key, &store, format!("{store:?} is not a store uuid"))
+            })?;
+            hepsiburada_user_agent_per_store.insert(id, header_text(key, ua)?);
         }
+        let trendyol_integrator = match self.trendyol_integrator {
+            Some(name)
+                if name.is_empty()
+                    || name.len() > 30
+                    || !name.chars().all(|c| c.is_ascii_alphanumeric()) =>
+            {
+                return Err(ConfigError::invalid(
+                    &keys::TRENDYOL_INTEGRATOR,
+                    &name,
+                    "must be 1 to 30 letters or digits (Trendyol's rule for integrator names)",
+                ))
+            }
+            other => other,
+        };
         let mut safety_stock_per_store = HashMap::new();
         for (store, n) in &self.safety_stock_per_store {
             let key = &keys::SAFETY_STOCK_PER_STORE;
@@ -584,10 +840,12 @@ impl Raw {
             );
         }
         Ok(Config {
-            database_url: self.database_url,
+            database_url: self.database_url.map(Secret),
             slot: identifier(&keys::SLOT, self.slot)?,
             publication: identifier(&keys::PUBLICATION, self.publication)?,
             http_addr,
+            http_token: http_token(self.http_token)?,
+            metrics_public: self.metrics_public,
             log_json,
             log_filter: self.log,
             flush_interval: self.flush_interval,
@@ -604,9 +862,34 @@ impl Raw {
             safety_stock: in_range(&keys::SAFETY_STOCK, self.safety_stock, 0, 1_000_000)?,
             safety_stock_per_store,
             dry_run: self.dry_run,
-            trendyol_url: url(&keys::TRENDYOL_URL, &self.trendyol_url)?,
-            hepsiburada_url: url(&keys::HEPSIBURADA_URL, &self.hepsiburada_url)?,
-            hepsiburada_user_agent: self.hepsiburada_user_agent,
+            trendyol_url: url(
+                &keys::TRENDYOL_URL,
+                &self.trendyol_url,
+                self.allow_insecure_marketplace,
+            )?,
+            hepsiburada_url: url(
+                &keys::HEPSIBURADA_URL,
+                &self.hepsiburada_url,
+                self.allow_insecure_marketplace,
+            )?,
+            allow_insecure_marketplace: self.allow_insecure_marketplace,
+            hepsiburada_user_agent,
+            hepsiburada_user_agent_per_store,
+            trendyol_integrator,
+            trendyol_writes_per_minute: in_range(
+                &keys::TRENDYOL_WRITES_PER_MINUTE,
+                self.trendyol_writes_per_minute,
+                1,
+                100_000,
+            )?,
+            trendyol_reads_per_minute: in_range(
+                &keys::TRENDYOL_READS_PER_MINUTE,
+                self.trendyol_reads_per_minute,
+                1,
+                100_000,
+            )?,
+            forbidden_backoff: at_least_a_second(&keys::FORBIDDEN_BACKOFF, self.forbidden_backoff)?,
+            max_retry_after: at_least_a_second(&keys::MAX_RETRY_AFTER, self.max_retry_after)?,
             hepsiburada_batch_size: in_range(
                 &keys::HEPSIBURADA_BATCH_SIZE,
                 self.hepsiburada_batch_size,
@@ -754,5 +1037,129 @@ mod tests {
         );
         let c = Config::load_from(None, env(&[("STOCKSYNC_MIN_SEND_INTERVAL", "0")])).unwrap();
         assert_eq!(c.min_send_interval, Duration::ZERO);
+    }
+
+    const PASSWORD: &str = "pw-Hunter2-do-not-print";
+    const TOKEN: &str = "tok-0123456789abcdef-do-not-print";
+
+    fn assert_hidden(text: &str) {
+        for secret in [PASSWORD, TOKEN, "do-not-print"] {
+            assert!(!text.contains(secret), "a secret is shown: {text}");
+        }
+    }
+
+    #[test]
+    fn debug_and_errors_never_show_passwords_or_tokens() {
+        let url = format!("postgres://svc:{PASSWORD}@db.example/shop?sslmode=require");
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("DATABASE_URL", &url),
+                ("STOCKSYNC_HTTP_TOKEN", TOKEN),
+                ("STOCKSYNC_HTTP_ADDR", "0.0.0.0:9187"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http_token.as_ref().map(Secret::expose), Some(TOKEN));
+        let shown = format!("{c:?} {c:#?} {:?}", c.db().unwrap());
+        assert_hidden(&shown);
+        assert!(shown.contains("db.example"), "{shown}");
+
+        let mut errors = Vec::new();
+        // Values refused by the environment.
+        for (key, value) in [
+            ("STOCKSYNC_HTTP_TOKEN", "do-not-print"),
+            (
+                "DATABASE_URL",
+                &format!("postgres://svc:{PASSWORD}@h/db?sslmode=maybe"),
+            ),
+            (
+                "DATABASE_URL",
+                &format!("postgres://svc:{PASSWORD}@h:notaport/db"),
+            ),
+            (
+                "DATABASE_URL",
+                &format!("postgres://svc:{PASSWORD}@h/db?require_auth=kerberos"),
+            ),
+        ] {
+            let err = Config::load_from(None, env(&[(key, value)]))
+                .and_then(|c| c.db().map(|_| c))
+                .unwrap_err();
+            errors.push(format!("{err} {err:?}"));
+        }
+        // TOML files: a syntax error on the secret's line, and a secret of the wrong type.
+        let dir = std::env::temp_dir().join(format!("stocksync-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        for text in [
+            format!("database_url = \"postgres://svc:{PASSWORD}@h/db\nslot = \"x\"\n"),
+            format!("database_url = 'postgres://svc:{PASSWORD}@h/db' trailing\n"),
+            format!("http_token = {{ value = \"{TOKEN}\" }}\n"),
+            "http_token = 1234567890123456789\n".to_string(),
+            format!("http_token = \"{TOKEN}\"\nhttp_token = \"{TOKEN}\"\n"),
+        ] {
+            std::fs::write(&file, &text).unwrap();
+            let err = Config::load_from(Some(&file), env(&[])).unwrap_err();
+            errors.push(format!("{err} {err:?}"));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        for e in &errors {
+            assert_hidden(e);
+            assert!(!e.contains("1234567890123456789"), "{e}");
+        }
+        assert!(errors[4].contains("line 1"), "{}", errors[4]);
+    }
+
+    #[test]
+    fn non_loopback_http_needs_a_token() {
+        let err = Config::load_from(None, env(&[("STOCKSYNC_HTTP_ADDR", "0.0.0.0:9187")]))
+            .unwrap()
+            .check_http_exposure()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("STOCKSYNC_HTTP_TOKEN") && err.contains("STOCKSYNC_METRICS_PUBLIC"),
+            "{err}"
+        );
+        for addr in ["127.0.0.1:9187", "[::1]:9187", "127.0.0.2:1"] {
+            let c = Config::load_from(None, env(&[("STOCKSYNC_HTTP_ADDR", addr)])).unwrap();
+            assert!(c.http_token.is_none());
+            c.check_http_exposure().unwrap();
+        }
+        let err = Config::load_from(None, env(&[("STOCKSYNC_HTTP_TOKEN", "short")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 16"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_marketplaces_only_on_loopback_unless_allowed() {
+        for url in [
+            "http://127.0.0.1:8089",
+            "http://localhost:8089/",
+            "http://[::1]:8089",
+            "https://apigw.example",
+        ] {
+            let c = Config::load_from(None, env(&[("STOCKSYNC_TRENDYOL_URL", url)])).unwrap();
+            assert_eq!(c.trendyol_url, url.trim_end_matches('/'));
+        }
+        for key in ["STOCKSYNC_TRENDYOL_URL", "STOCKSYNC_HEPSIBURADA_URL"] {
+            let err = Config::load_from(None, env(&[(key, "http://mock.example:8089")]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("STOCKSYNC_ALLOW_INSECURE_MARKETPLACE"),
+                "{err}"
+            );
+            let c = Config::load_from(
+                None,
+                env(&[
+                    (key, "http://mock.example:8089"),
+                    ("STOCKSYNC_ALLOW_INSECURE_MARKETPLACE", "true"),
+                ]),
+            )
+            .unwrap();
+            assert!(c.allow_insecure_marketplace);
+        }
     }
 }

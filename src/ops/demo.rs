@@ -47,6 +47,9 @@ use crate::mock::{Marketplace, MockAccount, MockConfig, MockMarketplace, MockSta
 use crate::stock::{compute_store, QuantityRules};
 
 /// The application schema the demo database is made with.
+/// The developer user name the demo's Hepsiburada merchants authorised.
+const DEMO_HEPSIBURADA_USER_AGENT: &str = "demo_dev";
+
 const APP_SCHEMA: &str = include_str!("../../sql/app_schema.sql");
 
 /// Name of the demo database inside the private cluster.
@@ -730,22 +733,65 @@ fn counters_line(counters: &Counters) -> String {
     line
 }
 
-/// Prints a frame: redrawn in place on a terminal, appended otherwise.
+/// Prints a frame. On a terminal the frame is redrawn in place, like `top`: the cursor goes
+/// home, every line overwrites the previous frame's and clears what is left of it, the rest
+/// of the screen below is cleared, and the cursor is hidden meanwhile (shown again when the
+/// screen is dropped). Piped or redirected, frames are appended line by line, no escape codes.
 struct Screen {
     terminal: bool,
     header: String,
 }
 
+/// Cursor to the top left corner.
+const HOME: &str = "\x1b[H";
+/// Clear from the cursor to the end of the line.
+const CLEAR_LINE: &str = "\x1b[K";
+/// Clear from the cursor to the end of the screen.
+const CLEAR_BELOW: &str = "\x1b[J";
+const HIDE_CURSOR: &str = "\x1b[?25l";
+const SHOW_CURSOR: &str = "\x1b[?25h";
+
 impl Screen {
     fn show(&self, frame: &str) {
         let mut stdout = std::io::stdout().lock();
-        if self.terminal {
-            let _ = write!(stdout, "\x1b[H\x1b[J{}\n{frame}", self.header);
-        } else {
-            let _ = write!(stdout, "{frame}");
-        }
+        let _ = stdout.write_all(self.render(frame).as_bytes());
         let _ = stdout.flush();
     }
+
+    fn render(&self, frame: &str) -> String {
+        if !self.terminal {
+            return frame.to_string();
+        }
+        let mut out = format!("{HIDE_CURSOR}{HOME}");
+        for line in self.header.lines().chain([""]).chain(frame.lines()) {
+            out.push_str(line);
+            out.push_str(CLEAR_LINE);
+            out.push('\n');
+        }
+        out.push_str(CLEAR_BELOW);
+        out
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        if self.terminal {
+            let mut stdout = std::io::stdout().lock();
+            let _ = write!(stdout, "{SHOW_CURSOR}");
+            let _ = stdout.flush();
+        }
+    }
+}
+
+/// The demo's last words: where to look while stocksync runs for real.
+fn next_steps(dashboard: &str) -> String {
+    format!(
+        "\nstocksync demo: operating stocksync for real (see the README, \"Operating stocksync\"):\n  \
+         dashboard:     / on STOCKSYNC_HTTP_ADDR (this run's was {dashboard}): status, API log, charts of the last hour\n  \
+         Grafana board: deploy/grafana/stocksync.json\n  \
+         alert rules:   deploy/prometheus/alerts.yml (runbooks in the annotations; tests in alerts_test.yml)\n  \
+         systemd unit:  deploy/systemd/stocksync.service (+ stocksync.env.example)\n"
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -864,6 +910,11 @@ async fn with_cluster(
 
     let mock_config = MockConfig {
         accounts: catalogue.mock_accounts(),
+        // As a live merchant account: only the authorised developer user name is accepted.
+        behaviour: crate::mock::Behaviour {
+            hepsiburada_user_agent: Some(DEMO_HEPSIBURADA_USER_AGENT.into()),
+            ..crate::mock::Behaviour::default()
+        },
         ..MockConfig::default()
     };
     let mock = MockMarketplace::start(mock_config, args.mock_addr)
@@ -899,6 +950,10 @@ async fn with_mock(
         ("DATABASE_URL", url.to_string()),
         ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
         ("STOCKSYNC_HEPSIBURADA_URL", mock.base_url()),
+        (
+            "STOCKSYNC_HEPSIBURADA_USER_AGENT",
+            DEMO_HEPSIBURADA_USER_AGENT.to_string(),
+        ),
         ("STOCKSYNC_FLUSH_INTERVAL", "1s".to_string()),
         ("STOCKSYNC_HTTP_ADDR", http_addr.to_string()),
         ("STOCKSYNC_IDENTICAL_REQUEST_WINDOW", "15m".to_string()),
@@ -957,15 +1012,21 @@ async fn with_mock(
         eprintln!("stocksync demo: {problem}");
     }
     let converged = outcome?;
-    if converged && service_result.is_ok() {
+    let ok = converged && service_result.is_ok();
+    if ok {
         println!("stocksync demo: done; everything it started is stopped and removed.");
-        Ok(ExitCode::SUCCESS)
     } else {
         println!(
             "stocksync demo: done (not converged); everything it started is stopped and removed."
         );
-        Ok(ExitCode::from(super::EXIT_RUNTIME))
     }
+    print!("{}", next_steps(&browsable(http_addr)));
+    let _ = std::io::stdout().flush();
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(super::EXIT_RUNTIME)
+    })
 }
 
 /// Runs the workload and the live table, then waits for convergence. Returns whether every
@@ -1153,6 +1214,45 @@ mod tests {
         keys.sort_unstable();
         keys.dedup();
         assert_eq!(keys.len(), n);
+    }
+
+    #[test]
+    fn a_terminal_frame_overwrites_the_last_one_and_a_pipe_gets_plain_lines() {
+        let header = "stocksync demo\n  dashboard: http://127.0.0.1:9187/\n".to_string();
+        let frame = "[  1s/60s] orders 1\n  store   pending\n";
+        let piped = Screen {
+            terminal: false,
+            header: header.clone(),
+        };
+        assert_eq!(piped.render(frame), frame, "no escape codes in a pipe");
+        let tty = Screen {
+            terminal: true,
+            header,
+        };
+        let drawn = tty.render(frame);
+        assert!(drawn.starts_with("\x1b[?25l\x1b[H"), "{drawn:?}");
+        assert!(drawn.ends_with("\x1b[J"), "{drawn:?}");
+        // Every line clears what a longer line of the previous frame left.
+        assert_eq!(drawn.matches("\x1b[K\n").count(), 2 + 1 + 2);
+        assert!(!drawn.contains("\x1b[2J"), "no full clear: no flicker");
+        std::mem::forget(tty); // its Drop would write to the test's stdout
+    }
+
+    #[test]
+    fn the_last_words_point_at_the_kit() {
+        let text = next_steps("http://127.0.0.1:9187/");
+        for wanted in [
+            "http://127.0.0.1:9187/",
+            "deploy/grafana/stocksync.json",
+            "deploy/prometheus/alerts.yml",
+            "deploy/systemd/stocksync.service",
+        ] {
+            assert!(text.contains(wanted), "{wanted} in {text}");
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            if let Some(file) = wanted.strip_prefix("deploy/") {
+                assert!(path.join("deploy").join(file).is_file(), "{wanted} exists");
+            }
+        }
     }
 
     #[test]

@@ -1,30 +1,102 @@
 //! HTTP: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz` (streaming or
 //! standing by, and the database answers), `/api/status` (the JSON of `stocksync status`),
 //! `/api/log` (recent API log entries) and `/` (the dashboard). Read-only: no endpoint
-//! changes state. Binds to loopback by default.
+//! changes state, and none takes a request body.
+//!
+//! It cannot hurt the pipeline: it has its own pool ([`POOL`]: 2 connections,
+//! `statement_timeout` 5 s), so a burst of requests never takes connections from capture or
+//! dispatch; headers must arrive within [`HEADER_READ_TIMEOUT`]; at most [`MAX_CONNECTIONS`]
+//! connections are served at once (more wait in the listen backlog).
+//!
+//! Access: with `STOCKSYNC_HTTP_TOKEN` set, `/api/*`, the dashboard and (unless
+//! `STOCKSYNC_METRICS_PUBLIC=true`) `/metrics` need `Authorization: Bearer <token>`
+//! (compared in constant time); `/healthz` and `/readyz` stay open. The dashboard page asks
+//! for the token once and keeps it in the browser session. A non-loopback address without a
+//! token is refused by the configuration. On a loopback address, a request whose `Host` is not
+//! a loopback name or address is refused (DNS rebinding: a web page must not read it through a
+//! name that resolves to 127.0.0.1). Answers carry no connection strings: errors are a short
+//! kind and the server's message.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use deadpool_postgres::Pool;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::config::Secret;
 use crate::capture::CaptureHealth;
+use crate::db::PoolSettings;
 use crate::metrics::metrics;
+
+/// The HTTP surface's own pool.
+pub const POOL: PoolSettings = PoolSettings {
+    max_size: 2,
+    statement_timeout: Some(Duration::from_secs(5)),
+    wait_timeout: Duration::from_secs(5),
+};
+/// `application_name` of the HTTP pool's sessions (visible in `pg_stat_activity`).
+pub const POOL_APPLICATION_NAME: &str = "stocksync-http";
+/// A request's headers must arrive within this (slow or idle clients are closed).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Who may read what.
+#[derive(Clone, Debug)]
+pub struct Access {
+    /// SHA-256 of `STOCKSYNC_HTTP_TOKEN` (compared in constant time).
+    token_hash: Option<[u8; 32]>,
+    metrics_public: bool,
+    /// Bound to loopback: refuse foreign `Host` headers.
+    loopback: bool,
+}
+
+impl Access {
+    pub fn new(addr: SocketAddr, token: Option<&Secret>, metrics_public: bool) -> Access {
+        Access {
+            token_hash: token.map(|t| sha256(t.expose().as_bytes())),
+            metrics_public,
+            loopback: addr.ip().is_loopback(),
+        }
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(expected) = &self.token_hash else {
+            return true;
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| sha256(t.trim().as_bytes()));
+        // Hashing first makes the comparison independent of the token's length too.
+        presented.is_some_and(|p| bool::from(p.ct_eq(expected)))
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
 
 #[derive(Clone)]
 pub struct AppState {
+    /// The HTTP surface's own pool ([`POOL`]).
     pub pool: Pool,
     pub slot: String,
     pub capture: Arc<CaptureHealth>,
+    pub access: Access,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -35,7 +107,97 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/status", get(api_status))
         .route("/api/log", get(api_log))
+        // The dashboard's charts: the last hour, sampled in this process (`history.rs`).
+        .route("/api/history", get(super::history::api))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
+}
+
+/// A JSON error: a short kind and a message.
+fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": { "kind": kind, "message": message.into() } });
+    (status, axum::Json(body)).into_response()
+}
+
+/// Methods, bodies, `Host` and the token, before any handler runs.
+async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+            "only GET and HEAD are served",
+        );
+    }
+    let headers = req.headers();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body",
+            "requests take no body",
+        );
+    }
+    if state.access.loopback && !loopback_host(headers) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host",
+            "this server is bound to loopback and answers only requests for localhost or a loopback address",
+        );
+    }
+    let path = req.uri().path();
+    let open = path == "/healthz"
+        || path == "/readyz"
+        || (path == "/metrics" && state.access.metrics_public);
+    if !open && !state.access.authorized(headers) {
+        let mut resp = if path == "/" {
+            // The page itself asks for the token, keeps it in the session and sends it.
+            (
+                StatusCode::UNAUTHORIZED,
+                Html(include_str!("dashboard.html")),
+            )
+                .into_response()
+        } else {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send Authorization: Bearer <STOCKSYNC_HTTP_TOKEN>",
+            )
+        };
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    }
+    next.run(req).await
+}
+
+/// `Host` is `localhost`, `*.localhost`, a 127.0.0.0/8 address or `[::1]` (any port), or absent.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Binds now (so a taken port is reported at start) and serves until `shutdown`.
@@ -44,6 +206,9 @@ pub async fn spawn(
     state: AppState,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>> {
+    if !state.access.loopback && state.access.token_hash.is_none() {
+        anyhow::bail!("refusing to serve HTTP on {addr} without STOCKSYNC_HTTP_TOKEN");
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (STOCKSYNC_HTTP_ADDR)"))?;
@@ -51,11 +216,57 @@ pub async fn spawn(
     let bound = listener.local_addr().unwrap_or(addr);
     tracing::info!(addr = %bound, "HTTP listening: /metrics /healthz /readyz /api/status and the dashboard at /");
     let app = router(state);
-    Ok(tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-    }))
+    Ok(tokio::spawn(serve(listener, app, shutdown)))
+}
+
+/// The accept loop: at most [`MAX_CONNECTIONS`] at once, HTTP/1.1 with a header-read timeout.
+async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, _peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+            drop(permit);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 async fn metrics_text() -> Response {
@@ -87,24 +298,32 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// A pool failure, without the connection string.
+fn unavailable(e: &deadpool_postgres::PoolError) -> Response {
+    let message = match e {
+        deadpool_postgres::PoolError::Backend(e) => crate::db::describe(e),
+        deadpool_postgres::PoolError::Timeout(_) => "no database connection within 5 s".into(),
+        _ => "no database connection".into(),
+    };
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        message,
+    )
+}
+
 async fn api_status(State(state): State<AppState>) -> Response {
     let client = match state.pool.get().await {
         Ok(client) => client,
-        Err(e) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("database unavailable: {e}"),
-            )
-                .into_response()
-        }
+        Err(e) => return unavailable(&e),
     };
     match super::status::read(&client, &state.slot).await {
         Ok(status) => axum::Json(status).into_response(),
-        Err(e) => (
+        Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("status query failed: {e}"),
-        )
-            .into_response(),
+            "status_query",
+            e.to_string(),
+        ),
     }
 }
 
@@ -118,13 +337,7 @@ FROM stock_sync.api_log ORDER BY id DESC LIMIT 50
 async fn api_log(State(state): State<AppState>) -> Response {
     let client = match state.pool.get().await {
         Ok(client) => client,
-        Err(e) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("database unavailable: {e}"),
-            )
-                .into_response()
-        }
+        Err(e) => return unavailable(&e),
     };
     match client.query(RECENT_API_LOG_SQL, &[]).await {
         Ok(rows) => {
@@ -147,14 +360,50 @@ async fn api_log(State(state): State<AppState>) -> Response {
                 .collect();
             axum::Json(entries).into_response()
         }
-        Err(e) => (
+        Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("api log query failed: {}", crate::db::describe(&e)),
-        )
-            .into_response(),
+            "api_log_query",
+            crate::db::describe(&e),
+        ),
     }
 }
 
 async fn dashboard() -> Html<&'static str> {
     Html(include_str!("dashboard.html"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        let host = |h: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, h.parse().unwrap());
+            loopback_host(&headers)
+        };
+        for ok in [
+            "localhost",
+            "localhost:9187",
+            "127.0.0.1:9187",
+            "127.9.9.9",
+            "[::1]:80",
+            "app.localhost",
+            "LOCALHOST.",
+        ] {
+            assert!(host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9187",
+            "localhost.evil.example",
+            "10.0.0.1:9187",
+            "[::2]:1",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!host(bad), "{bad}");
+        }
+        assert!(loopback_host(&HeaderMap::new()));
+    }
 }

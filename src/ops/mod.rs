@@ -5,8 +5,10 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod history;
 pub mod http;
 pub mod logging;
+pub mod notify;
 pub mod resync;
 pub mod service;
 pub mod setup;
@@ -19,16 +21,36 @@ pub const EXIT_CONFIG: u8 = 2;
 /// The replication slot stocksync consumed is missing or lost: run `setup` and `resync`.
 pub const EXIT_SLOT_LOST: u8 = 3;
 
+/// The request limits from the configuration (shared by dispatch and reconciliation).
+pub fn limit_settings(config: &config::Config) -> crate::stores::LimitSettings {
+    use crate::marketplace::ServiceGroup;
+    let mut limits = crate::stores::LimitSettings {
+        rate_limit_requests: config.rate_limit_requests,
+        rate_limit_window: config.rate_limit_window,
+        identical_request_window: config.identical_request_window,
+        min_send_interval: config.min_send_interval,
+        ..crate::stores::LimitSettings::default()
+    };
+    limits.per_minute.insert(
+        ServiceGroup::TrendyolWrite,
+        config.trendyol_writes_per_minute,
+    );
+    limits
+        .per_minute
+        .insert(ServiceGroup::TrendyolRead, config.trendyol_reads_per_minute);
+    limits
+}
+
 /// Dispatch's settings from the configuration.
 pub fn dispatch_settings(config: &config::Config) -> crate::dispatch::DispatchSettings {
     use crate::dispatch::DispatchSettings;
     use crate::marketplace::ClientSettings;
     DispatchSettings {
         flush_interval: config.flush_interval,
-        min_send_interval: config.min_send_interval,
-        identical_request_window: config.identical_request_window,
-        rate_limit_requests: config.rate_limit_requests,
-        rate_limit_window: config.rate_limit_window,
+        limits: limit_settings(config),
+        user_agents: user_agents(config),
+        max_retry_after: config.max_retry_after,
+        forbidden_backoff: config.forbidden_backoff,
         max_quantity: config.max_quantity,
         safety_stock: config.safety_stock,
         safety_stock_per_store: config.safety_stock_per_store.clone(),
@@ -36,12 +58,20 @@ pub fn dispatch_settings(config: &config::Config) -> crate::dispatch::DispatchSe
         client: ClientSettings {
             trendyol_url: config.trendyol_url.clone(),
             hepsiburada_url: config.hepsiburada_url.clone(),
-            hepsiburada_user_agent: config.hepsiburada_user_agent.clone(),
             timeout: config.request_timeout,
         },
         hepsiburada_batch_size: config.hepsiburada_batch_size,
         max_attempts: config.max_attempts.max(1),
         ..DispatchSettings::default()
+    }
+}
+
+/// Who stocksync says it is to the marketplaces, from the configuration.
+pub fn user_agents(config: &config::Config) -> crate::marketplace::UserAgents {
+    crate::marketplace::UserAgents {
+        trendyol_integrator: config.trendyol_integrator.clone(),
+        hepsiburada_default: config.hepsiburada_user_agent.clone(),
+        hepsiburada_per_store: config.hepsiburada_user_agent_per_store.clone(),
     }
 }
 

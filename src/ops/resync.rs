@@ -65,7 +65,7 @@ pub async fn retry_failed(
 ) -> Result<u64, crate::dispatch::DispatchError> {
     let tx = client.transaction().await?;
     let n = queue::retry_dead_letters(&tx, store).await?;
-    crate::dispatch::store_state::unpause(&tx, store).await?;
+    crate::stores::state::unpause(&tx, store).await?;
     tx.commit().await?;
     Ok(n)
 }

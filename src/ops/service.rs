@@ -1,7 +1,9 @@
 //! The long-running parts of `stocksync run` besides capture: the HTTP endpoints, the
-//! dispatcher, the metrics refresher and the slot heartbeat. Started together, stopped in
-//! order within a bound.
+//! dispatcher, the metrics refresher, the dashboard's history sampler and the slot heartbeat.
+//! Started together, stopped in order within a bound. Under a `Type=notify` systemd unit the
+//! service reports readiness, status, watchdog keep-alives and stopping (`notify.rs`).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,13 +14,30 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::config::Config;
+use super::notify::Notifier;
 use crate::capture::CaptureHealth;
 use crate::db::DbConfig;
 use crate::metrics::metrics;
 
-/// The slot's `safe_wal_size` (NULL: unlimited, no row: no slot), for `/metrics`.
-const SAFE_WAL_SIZE_SQL: &str =
-    "SELECT safe_wal_size FROM pg_replication_slots WHERE slot_name = $1";
+/// The slot's `safe_wal_size` (NULL: unlimited or no slot), `wal_status`, whether it exists,
+/// and whether stocksync has a checkpoint for it (a missing slot with a checkpoint is lost).
+const SLOT_HEALTH_SQL: &str = r#"
+SELECT s.safe_wal_size, s.wal_status, s.slot_name IS NOT NULL,
+       EXISTS (SELECT 1 FROM stock_sync.checkpoint c WHERE c.slot_name = $1)
+FROM (VALUES (1)) AS one (x) LEFT JOIN pg_replication_slots s ON s.slot_name = $1
+"#;
+
+/// How long `Service::stop` waits for its tasks (the unit's `TimeoutStopSec` must exceed
+/// this plus capture's own stop).
+pub const STOP_BOUND: Duration = Duration::from_secs(10);
+
+/// Dead letters are counted with a scan of the queue (no index covers them): every this
+/// many metric refreshes (2 s each), not on every one.
+const DEAD_LETTERS_EVERY: u32 = 15;
+
+/// When something scrapes `/metrics`, a process about to exit because its slot is lost waits
+/// at most this long for one more scrape, so Prometheus sees `stocksync_slot_lost 1`.
+const LINGER_FOR_SCRAPE: Duration = Duration::from_secs(75);
 
 /// A transactional message: decoding it moves the slot even when the published tables are
 /// quiet (the empty transaction is skipped, the keepalive that follows is confirmed).
@@ -42,12 +61,23 @@ impl Service {
         shutdown: CancellationToken,
     ) -> Result<Service> {
         let pool = db.pool(16).context("creating the connection pool")?;
+        // The HTTP surface's own pool: its requests never wait for, or take, the pipeline's.
+        let mut http_db = db.clone();
+        http_db.application_name = super::http::POOL_APPLICATION_NAME.into();
+        let http_pool = http_db
+            .pool_with(super::http::POOL)
+            .context("creating the HTTP connection pool")?;
         let config = Arc::new(config);
         let mut tasks = Vec::new();
         let state = super::http::AppState {
-            pool: pool.clone(),
+            pool: http_pool,
             slot: config.slot.clone(),
             capture: capture_health.clone(),
+            access: super::http::Access::new(
+                config.http_addr,
+                config.http_token.as_ref(),
+                config.metrics_public,
+            ),
         };
         tasks.push(super::http::spawn(config.http_addr, state, shutdown.clone()).await?);
         tasks.push(tokio::spawn(refresh_metrics(
@@ -55,6 +85,7 @@ impl Service {
             config.clone(),
             shutdown.clone(),
         )));
+        tasks.push(tokio::spawn(super::history::run(shutdown.clone())));
         if !config.heartbeat_interval.is_zero() {
             tasks.push(tokio::spawn(heartbeat(
                 pool.clone(),
@@ -99,6 +130,15 @@ pub async fn run_until(
     let health = Arc::new(CaptureHealth::default());
     let service = Service::start(config, db, health, shutdown.clone()).await?;
     tracing::info!("stocksync running");
+    let notifier = Arc::new(Notifier::from_env());
+    let done = CancellationToken::new();
+    let systemd = tokio::spawn(tell_systemd(
+        notifier.clone(),
+        service.capture_health.clone(),
+        service.config.slot.clone(),
+        shutdown.clone(),
+        done.clone(),
+    ));
     let result = crate::capture::run(
         service.db.clone(),
         settings,
@@ -106,16 +146,112 @@ pub async fn run_until(
         service.capture_health.clone(),
     )
     .await;
+    if let Err(e) = &result {
+        notifier.status(&format!("capture stopped: {e}"));
+        if e.is_slot_loss() {
+            metrics().slot_lost.set(1);
+            linger_for_scrape(&shutdown).await;
+        }
+    }
     // Capture ended: by shutdown, or fatally. Either way stop the rest in order.
     shutdown.cancel();
-    service.stop(Duration::from_secs(10)).await;
+    service.stop(STOP_BOUND).await;
+    done.cancel();
+    let _ = systemd.await;
     Ok(result)
+}
+
+/// Keeps systemd informed (a no-op outside a `Type=notify` unit): `READY=1` once HTTP is up
+/// (it is bound before this starts) and capture streams or stands by, `STATUS=` when that
+/// changes, `WATCHDOG=1` at half the unit's `WatchdogSec=`, `STOPPING=1` once shutdown begins.
+/// The watchdog keep-alive comes from the async runtime: a runtime that stops scheduling
+/// tasks gets the process restarted.
+async fn tell_systemd(
+    notifier: Arc<Notifier>,
+    health: Arc<CaptureHealth>,
+    slot: String,
+    shutdown: CancellationToken,
+    done: CancellationToken,
+) {
+    if !notifier.enabled() {
+        return;
+    }
+    let watchdog = super::notify::watchdog_interval();
+    let mut last_watchdog = tokio::time::Instant::now();
+    let mut shown: Option<&str> = None;
+    let mut ready = false;
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let state = if health.streaming.load(Ordering::Acquire) {
+            Some("streaming")
+        } else if health.standby.load(Ordering::Acquire) {
+            Some("standing by")
+        } else {
+            None
+        };
+        if state != shown {
+            let line = format!("{} (slot {slot})", state.unwrap_or("capture reconnecting"));
+            match state {
+                Some(_) if !ready => {
+                    notifier.ready(&line);
+                    ready = true;
+                }
+                _ if ready => notifier.status(&line),
+                _ => {}
+            }
+            shown = state;
+        }
+        if let Some(every) = watchdog {
+            if last_watchdog.elapsed() >= every {
+                notifier.watchdog();
+                last_watchdog = tokio::time::Instant::now();
+            }
+        }
+    }
+    notifier.stopping("stopping: committing the checkpoint, ending requests in flight");
+    // Stopping can take a while (in-flight requests): the watchdog must not fire meanwhile.
+    if let Some(every) = watchdog {
+        loop {
+            tokio::select! {
+                _ = done.cancelled() => return,
+                _ = tokio::time::sleep(every) => notifier.watchdog(),
+            }
+        }
+    }
+}
+
+/// The process is about to exit because its slot is lost. Prometheus sees that only if it
+/// scrapes `/metrics` before the exit: when this process has been scraped, wait (at most
+/// [`LINGER_FOR_SCRAPE`]; SIGTERM ends the wait) for one more scrape.
+async fn linger_for_scrape(shutdown: &CancellationToken) {
+    let m = metrics();
+    let seen = m.scrapes();
+    if seen == 0 {
+        return;
+    }
+    warn!(
+        max_wait = ?LINGER_FOR_SCRAPE,
+        "slot lost: serving /metrics until the next scrape, then exiting with code 3"
+    );
+    let deadline = tokio::time::Instant::now() + LINGER_FOR_SCRAPE;
+    while m.scrapes() == seen && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
 }
 
 async fn refresh_metrics(pool: Pool, config: Arc<Config>, shutdown: CancellationToken) {
     let m = metrics();
     let mut ticker = tokio::time::interval(Duration::from_secs(2));
     let mut warned = false;
+    let mut refreshes: u32 = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -124,6 +260,33 @@ async fn refresh_metrics(pool: Pool, config: Arc<Config>, shutdown: Cancellation
         let Ok(client) = pool.get().await else {
             continue;
         };
+        if refreshes.is_multiple_of(DEAD_LETTERS_EVERY) {
+            if let Ok(dead) = crate::queue::dead_by_store(&**client).await {
+                m.queue_dead_letters.reset();
+                for (store, n) in dead {
+                    m.queue_dead_letters
+                        .with_label_values(&[&store.to_string()])
+                        .set(n);
+                }
+            }
+        }
+        refreshes = refreshes.wrapping_add(1);
+        if let Ok(paused) = crate::stores::state::paused(&**client).await {
+            m.store_paused.reset();
+            for (store, kind) in paused {
+                m.store_paused
+                    .with_label_values(&[&store.to_string(), kind.as_str()])
+                    .set(1);
+            }
+        }
+        if let Ok(backing_off) = crate::stores::state::backing_off(&**client).await {
+            m.store_backing_off.reset();
+            for (store, problem) in backing_off {
+                m.store_backing_off
+                    .with_label_values(&[&store.to_string(), problem.as_str()])
+                    .set(1);
+            }
+        }
         if let Ok(pending) = crate::queue::pending_by_store(&**client).await {
             m.queue_depth.reset();
             m.queue_oldest_age_seconds.reset();
@@ -133,15 +296,21 @@ async fn refresh_metrics(pool: Pool, config: Arc<Config>, shutdown: Cancellation
                 m.queue_oldest_age_seconds
                     .with_label_values(&[&store])
                     .set(p.oldest_age_seconds);
+                // A store with work shows its dead letters (0 until the next count says more).
+                m.queue_dead_letters.with_label_values(&[&store]);
             }
         }
         if let Ok(lag) = crate::queue::checkpoint_lag(&**client, &config.slot).await {
             m.replication_lag_bytes
                 .set(lag.lag_bytes.unwrap_or(0).max(0));
         }
-        match client.query_opt(SAFE_WAL_SIZE_SQL, &[&config.slot]).await {
+        match client.query_one(SLOT_HEALTH_SQL, &[&config.slot]).await {
             Ok(row) => {
-                let safe: Option<i64> = row.and_then(|r| r.get(0));
+                let safe: Option<i64> = row.get(0);
+                let wal_status: Option<String> = row.get(1);
+                let (exists, checkpointed): (bool, bool) = (row.get(2), row.get(3));
+                let lost = wal_status.as_deref() == Some("lost") || (!exists && checkpointed);
+                m.slot_lost.set(i64::from(lost));
                 m.slot_safe_wal_size_bytes.set(safe.unwrap_or(-1));
                 match safe {
                     Some(bytes) if bytes < config.safe_wal_size_warn => {

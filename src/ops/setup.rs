@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "stream_staging",
         include_str!("../../sql/005_stream_staging.sql"),
     ),
+    (
+        6,
+        "live_accounts",
+        include_str!("../../sql/006_live_accounts.sql"),
+    ),
 ];
 
 /// The application tables stocksync reads through the slot.

@@ -92,6 +92,16 @@ SELECT store_id, count(*), EXTRACT(EPOCH FROM now() - min(enqueued_at))::float8
 FROM stock_sync.queue WHERE state = 'pending' GROUP BY store_id
 "#;
 
+/// Dead-lettered entries per store, 0 for every store dispatch has seen (for `/metrics`).
+/// No index covers `state = 'dead'`: the caller runs it seldom.
+const DEAD_BY_STORE_SQL: &str = r#"
+SELECT store_id, count(*) FILTER (WHERE dead)
+FROM (SELECT store_id, true AS dead FROM stock_sync.queue WHERE state = 'dead'
+      UNION ALL
+      SELECT store_id, false FROM stock_sync.store_state) entries
+GROUP BY store_id
+"#;
+
 /// Pending and dead entries per store (the demo's table).
 const QUEUE_COUNTS_SQL: &str = r#"
 SELECT store_id, count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'dead')
@@ -237,6 +247,16 @@ pub async fn pending_by_store(db: &impl GenericClient) -> Result<Vec<PendingBySt
             pending: r.get(1),
             oldest_age_seconds: r.get::<_, Option<f64>>(2).unwrap_or(0.0),
         })
+        .collect())
+}
+
+/// Dead letters per store, including 0 for the stores dispatch has a state row for.
+pub async fn dead_by_store(db: &impl GenericClient) -> Result<Vec<(Uuid, i64)>, QueueError> {
+    Ok(db
+        .query(DEAD_BY_STORE_SQL, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
         .collect())
 }
 

@@ -59,9 +59,9 @@ mod listings;
 mod reason;
 
 pub use admin::{
-    checkpoint_lag, dead_letters, enqueue_all_listed, outstanding, pending_by_store, prune,
-    queue_counts, retry_dead_letters, store_summaries, CheckpointLag, DeadLetter, PendingByStore,
-    QueueCounts, StoreSummary,
+    checkpoint_lag, dead_by_store, dead_letters, enqueue_all_listed, outstanding, pending_by_store,
+    prune, queue_counts, retry_dead_letters, store_summaries, CheckpointLag, DeadLetter,
+    PendingByStore, QueueCounts, StoreSummary,
 };
 pub use capture::read_checkpoint;
 pub use claims::{

@@ -2,26 +2,27 @@
 //! replication support).
 //!
 //! Contract: [`ReplicationConnection::connect`] performs the startup handshake with
-//! `replication=database` (so both SQL and replication commands are accepted), optional TLS
-//! per `sslmode`, and trust, cleartext, MD5 or SCRAM-SHA-256 authentication.
+//! `replication=database` (so both SQL and replication commands are accepted), TLS as the
+//! query connections do it (`crate::db::tls`: the same trust anchors and checks), and trust,
+//! cleartext, MD5 or SCRAM-SHA-256 authentication — SCRAM-SHA-256-PLUS (channel binding
+//! `tls-server-end-point`) over TLS per `channel_binding` — checked against `require_auth`
+//! before anything is answered (`crate::db::auth`). `AuthenticationOk` before the SCRAM
+//! exchange finished (the server never proved it knows the password) is an error.
 //! [`ReplicationConnection::start_replication`] enters CopyBoth mode; after that
 //! [`ReplicationConnection::recv`] yields CopyData payloads (cancel-safe: bytes read are kept
 //! in the connection's buffer) and [`ReplicationConnection::send_copy_data`] writes standby
 //! status updates. Server errors keep their SQLSTATE so callers can tell "slot in use"
 //! (55006) from "slot missing" (42704).
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::backend::{self, ErrorFields, Header, Message};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Lsn;
-use crate::db::{DbConfig, SslMode};
+use crate::db::auth::{AuthError, AuthMethod, AuthTracker, ChannelBinding};
+use crate::db::{DbConfig, Socket, SslMode};
 
 /// SQLSTATE 55006: the slot is active for another process.
 pub const SQLSTATE_OBJECT_IN_USE: &str = "55006";
@@ -50,6 +51,8 @@ pub enum WireError {
     TlsConfig(String),
     #[error("the server asks for a password and none is configured in DATABASE_URL")]
     PasswordRequired,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("the server asks for an authentication method stocksync does not support ({0}); use scram-sha-256, md5 or trust")]
     UnsupportedAuth(&'static str),
     #[error("SCRAM authentication failed: {0}")]
@@ -72,37 +75,8 @@ impl WireError {
     }
 }
 
-trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
-
 /// Either a plain or a TLS stream.
-struct Stream(Box<dyn Transport>);
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0).poll_shutdown(cx)
-    }
-}
+type Stream = Socket;
 
 /// Spare room kept in the read buffer before each socket read.
 const READ_CHUNK: usize = 64 * 1024;
@@ -152,19 +126,11 @@ impl ReplicationConnection {
             url: url.clone(),
             source,
         };
-        let stream = if config.is_unix_socket() {
-            let path = format!("{}/.s.PGSQL.{}", config.host, config.port);
-            Stream(Box::new(UnixStream::connect(path).await.map_err(io_err)?))
+        let socket = config.open_socket().await.map_err(io_err)?;
+        let (stream, end_point) = if config.is_unix_socket() || config.sslmode == SslMode::Disable {
+            (Socket::boxed(socket), None)
         } else {
-            let tcp = TcpStream::connect((config.host.as_str(), config.port))
-                .await
-                .map_err(io_err)?;
-            tcp.set_nodelay(true).map_err(io_err)?;
-            if config.sslmode == SslMode::Disable {
-                Stream(Box::new(tcp))
-            } else {
-                negotiate_tls(tcp, config, &url).await?
-            }
+            negotiate_tls(socket, config, &url).await?
         };
         let mut conn = ReplicationConnection {
             stream,
@@ -175,11 +141,16 @@ impl ReplicationConnection {
             backend_pid: 0,
             in_copy: false,
         };
-        conn.startup(config).await?;
+        conn.startup(config, end_point).await?;
         Ok(conn)
     }
 
-    async fn startup(&mut self, config: &DbConfig) -> Result<(), WireError> {
+    /// `end_point`: the TLS server certificate's hash for channel binding (`None`: no TLS).
+    async fn startup(
+        &mut self,
+        config: &DbConfig,
+        end_point: Option<Vec<u8>>,
+    ) -> Result<(), WireError> {
         let params = [
             ("user", config.user.as_str()),
             ("database", config.dbname.as_str()),
@@ -190,7 +161,7 @@ impl ReplicationConnection {
         frontend::startup_message(params.iter().copied(), &mut self.write_buf)
             .map_err(|e| WireError::Protocol(e.to_string()))?;
         self.flush().await?;
-        self.authenticate(config).await?;
+        self.authenticate(config, end_point).await?;
         // Parameter status, backend key data, then ReadyForQuery.
         loop {
             match self.next_message().await? {
@@ -218,7 +189,15 @@ impl ReplicationConnection {
         }
     }
 
-    async fn authenticate(&mut self, config: &DbConfig) -> Result<(), WireError> {
+    async fn authenticate(
+        &mut self,
+        config: &DbConfig,
+        end_point: Option<Vec<u8>>,
+    ) -> Result<(), WireError> {
+        let mut tracker = AuthTracker::new(config.require_auth.clone());
+        let require_binding = config.channel_binding == ChannelBinding::Require;
+        let mut bound = false;
+        let password = || config.password.as_ref().ok_or(WireError::PasswordRequired);
         loop {
             let message = match self.next_message().await? {
                 Incoming::Message(m) => m,
@@ -227,50 +206,91 @@ impl ReplicationConnection {
                 }
             };
             match message {
-                Message::AuthenticationOk => return Ok(()),
+                Message::AuthenticationOk => {
+                    tracker.ok()?;
+                    if require_binding && !bound {
+                        return Err(AuthError::ChannelBindingRequired(
+                            "the server let stocksync in without SCRAM-SHA-256-PLUS",
+                        )
+                        .into());
+                    }
+                    return Ok(());
+                }
                 Message::AuthenticationCleartextPassword => {
-                    let password = config
-                        .password
-                        .as_ref()
-                        .ok_or(WireError::PasswordRequired)?;
-                    frontend::password_message(password.as_bytes(), &mut self.write_buf)
+                    tracker.request(AuthMethod::Password)?;
+                    if require_binding {
+                        return Err(AuthError::ChannelBindingRequired(
+                            "the server asked for a cleartext password",
+                        )
+                        .into());
+                    }
+                    frontend::password_message(password()?.as_bytes(), &mut self.write_buf)
                         .map_err(|e| WireError::Protocol(e.to_string()))?;
                     self.flush().await?;
                 }
                 Message::AuthenticationMd5Password(body) => {
-                    let password = config
-                        .password
-                        .as_ref()
-                        .ok_or(WireError::PasswordRequired)?;
-                    let hash = md5_hash(config.user.as_bytes(), password.as_bytes(), body.salt());
+                    tracker.request(AuthMethod::Md5)?;
+                    if require_binding {
+                        return Err(AuthError::ChannelBindingRequired(
+                            "the server asked for an MD5 password hash",
+                        )
+                        .into());
+                    }
+                    let hash =
+                        md5_hash(config.user.as_bytes(), password()?.as_bytes(), body.salt());
                     frontend::password_message(hash.as_bytes(), &mut self.write_buf)
                         .map_err(|e| WireError::Protocol(e.to_string()))?;
                     self.flush().await?;
                 }
                 Message::AuthenticationSasl(body) => {
-                    let password = config
-                        .password
-                        .as_ref()
-                        .ok_or(WireError::PasswordRequired)?;
-                    let mut offers_scram = false;
+                    tracker.request(AuthMethod::ScramSha256)?;
+                    let (mut scram_offered, mut plus_offered) = (false, false);
                     let mut mechanisms = body.mechanisms();
                     while let Some(mechanism) =
                         fallible_iterator::FallibleIterator::next(&mut mechanisms).map_err(proto)?
                     {
-                        if mechanism == sasl::SCRAM_SHA_256 {
-                            offers_scram = true;
-                        }
+                        scram_offered |= mechanism == sasl::SCRAM_SHA_256;
+                        plus_offered |= mechanism == sasl::SCRAM_SHA_256_PLUS;
                     }
-                    if !offers_scram {
+                    // As libpq: bind when TLS is in use and the server offers it (unless
+                    // disabled); "y" tells a server that offers no binding that we could have.
+                    let (mechanism, binding) = match (&end_point, config.channel_binding) {
+                        (Some(hash), ChannelBinding::Prefer | ChannelBinding::Require)
+                            if plus_offered =>
+                        {
+                            bound = true;
+                            (
+                                sasl::SCRAM_SHA_256_PLUS,
+                                sasl::ChannelBinding::tls_server_end_point(hash.clone()),
+                            )
+                        }
+                        (_, ChannelBinding::Require) => {
+                            return Err(AuthError::ChannelBindingRequired(if end_point.is_none() {
+                                "the connection is not encrypted"
+                            } else {
+                                "the server does not offer SCRAM-SHA-256-PLUS"
+                            })
+                            .into())
+                        }
+                        (Some(_), ChannelBinding::Prefer) => {
+                            (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested())
+                        }
+                        _ => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+                    };
+                    if mechanism == sasl::SCRAM_SHA_256 && !scram_offered {
                         return Err(WireError::UnsupportedAuth("SASL without SCRAM-SHA-256"));
                     }
-                    self.scram(password).await?;
+                    self.scram(password()?, mechanism, binding).await?;
+                    tracker.sasl_finished();
                 }
-                Message::AuthenticationKerberosV5 => {
-                    return Err(WireError::UnsupportedAuth("Kerberos"))
+                Message::AuthenticationKerberosV5 | Message::AuthenticationGss => {
+                    tracker.request(AuthMethod::Gss)?;
+                    return Err(WireError::UnsupportedAuth("GSSAPI"));
                 }
-                Message::AuthenticationGss => return Err(WireError::UnsupportedAuth("GSSAPI")),
-                Message::AuthenticationSspi => return Err(WireError::UnsupportedAuth("SSPI")),
+                Message::AuthenticationSspi => {
+                    tracker.request(AuthMethod::Sspi)?;
+                    return Err(WireError::UnsupportedAuth("SSPI"));
+                }
                 Message::ErrorResponse(body) => return Err(server_error(body.fields())),
                 _ => {
                     return Err(WireError::Protocol(
@@ -281,11 +301,14 @@ impl ReplicationConnection {
         }
     }
 
-    async fn scram(&mut self, password: &str) -> Result<(), WireError> {
-        // Channel binding is not used: the password proof alone authenticates us.
-        let mut scram =
-            sasl::ScramSha256::new(password.as_bytes(), sasl::ChannelBinding::unsupported());
-        frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), &mut self.write_buf)
+    async fn scram(
+        &mut self,
+        password: &str,
+        mechanism: &str,
+        binding: sasl::ChannelBinding,
+    ) -> Result<(), WireError> {
+        let mut scram = sasl::ScramSha256::new(password.as_bytes(), binding);
+        frontend::sasl_initial_response(mechanism, scram.message(), &mut self.write_buf)
             .map_err(|e| WireError::Protocol(e.to_string()))?;
         self.flush().await?;
         match self.next_message().await? {
@@ -295,6 +318,9 @@ impl ReplicationConnection {
             Incoming::Message(Message::ErrorResponse(body)) => {
                 return Err(server_error(body.fields()))
             }
+            Incoming::Message(Message::AuthenticationOk) => {
+                return Err(AuthError::ScramUnfinished.into())
+            }
             _ => return Err(WireError::Protocol("expected SASL continue".into())),
         }
         frontend::sasl_response(scram.message(), &mut self.write_buf)
@@ -302,10 +328,12 @@ impl ReplicationConnection {
         self.flush().await?;
         match self.next_message().await? {
             Incoming::Message(Message::AuthenticationSaslFinal(body)) => {
+                // Checks the server's signature: it proves the server knows the password.
                 scram.finish(body.data()).map_err(WireError::Scram)?;
                 Ok(())
             }
             Incoming::Message(Message::ErrorResponse(body)) => Err(server_error(body.fields())),
+            Incoming::Message(Message::AuthenticationOk) => Err(AuthError::ScramUnfinished.into()),
             _ => Err(WireError::Protocol("expected SASL final".into())),
         }
     }
@@ -521,21 +549,22 @@ impl ReplicationConnection {
 }
 
 /// SSLRequest; the TLS connector (and with it the system trust store) is loaded only when
-/// the server accepts.
+/// the server accepts. Returns the stream and, with TLS, the certificate hash for channel
+/// binding.
 async fn negotiate_tls(
-    mut tcp: TcpStream,
+    mut socket: Socket,
     config: &DbConfig,
     url: &str,
-) -> Result<Stream, WireError> {
+) -> Result<(Stream, Option<Vec<u8>>), WireError> {
     let io_err = |source| WireError::Io {
         url: url.to_string(),
         source,
     };
     let mut buf = BytesMut::new();
     frontend::ssl_request(&mut buf);
-    tcp.write_all(&buf).await.map_err(io_err)?;
+    socket.write_all(&buf).await.map_err(io_err)?;
     let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await.map_err(io_err)?;
+    socket.read_exact(&mut answer).await.map_err(io_err)?;
     match answer[0] {
         b'S' => {
             let connector = config
@@ -543,10 +572,11 @@ async fn negotiate_tls(
                 .map_err(|e| WireError::TlsConfig(e.to_string()))?
                 .ok_or_else(|| WireError::TlsConfig("TLS with sslmode=disable".into()))?;
             let connector = tokio_native_tls::TlsConnector::from(connector);
-            let tls = connector.connect(&config.host, tcp).await?;
-            Ok(Stream(Box::new(tls)))
+            let tls = connector.connect(&config.host, socket).await?;
+            let end_point = tls.get_ref().tls_server_end_point().ok().flatten();
+            Ok((Socket::boxed(tls), end_point))
         }
-        b'N' if !config.tls_required() => Ok(Stream(Box::new(tcp))),
+        b'N' if !config.tls_required() => Ok((Socket::boxed(socket), None)),
         b'N' => Err(WireError::TlsNotOffered),
         other => Err(WireError::Protocol(format!(
             "unexpected answer {other:#x} to SSLRequest"

@@ -33,8 +33,8 @@
 //! * Because `floor(floor(a / m) / k) = floor(a / (m * k))` for positive integers, a set is
 //!   evaluated by expanding it to its leaf (non-set) components with the item quantities
 //!   multiplied along the path, which is equal to evaluating the nested sets one by one.
-//!   [`reference::Catalogue`] implements the nested evaluation directly in Rust and is the
-//!   oracle the tests compare the SQL with.
+//!   `tests/common/reference.rs` implements the nested evaluation directly in Rust and is
+//!   the oracle the tests compare the SQL with.
 //! * Out-of-stock components are **not** filtered out before the minimum: a set with one
 //!   component at 0 is 0 (filtering `sellable_quantity > 0` hid such components and oversold
 //!   sets).
@@ -62,8 +62,6 @@ use std::fmt;
 
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
-
-pub mod reference;
 
 /// Upper bound of a multiplied item quantity along a path (2^31). Any available quantity is
 /// an `integer` (< 2^31), so dividing it by a factor of 2^31 or more gives 0 whatever the

@@ -1,9 +1,13 @@
 //! Test harness: one private PostgreSQL cluster per test binary (started from the installed
 //! server binaries, `wal_level=logical`), a fresh database per test, and helpers to run
 //! `stocksync` pieces against it. The cluster is removed when the test process exits.
+//!
+//! The cluster is shared without a lock (its methods take `&self`), so a test that panics
+//! cannot poison it for the others. Random workloads draw from [`seed`]: fixed per test
+//! binary and printed, overridden with `STOCKSYNC_TEST_SEED`, so a red run can be replayed.
 #![allow(dead_code)]
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use stocksync::db::DbConfig;
@@ -12,18 +16,38 @@ use tokio_postgres::Client;
 
 pub const APP_SCHEMA: &str = include_str!("../../sql/app_schema.sql");
 
-static CLUSTER: OnceLock<Mutex<LocalCluster>> = OnceLock::new();
+static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
 static DB_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// The shared cluster of this test binary.
-pub fn cluster() -> &'static Mutex<LocalCluster> {
+pub fn cluster() -> &'static LocalCluster {
     CLUSTER.get_or_init(|| {
         let cluster = LocalCluster::start(ClusterOptions::default())
             .expect("start a private PostgreSQL cluster");
         cluster
             .remove_when_process_exits(std::process::id())
             .expect("cluster watchdog");
-        Mutex::new(cluster)
+        cluster
+    })
+}
+
+/// The seed of this test binary's random workloads: `STOCKSYNC_TEST_SEED`, else a value
+/// fixed per test binary. Printed once, so every run can be replayed.
+pub fn seed() -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    *SEED.get_or_init(|| {
+        let binary = env!("CARGO_CRATE_NAME");
+        let seed = std::env::var("STOCKSYNC_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            // FNV-1a of the binary's name: fixed, and different per binary.
+            .unwrap_or_else(|| {
+                binary.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                })
+            });
+        println!("{binary}: test seed {seed} (replay with STOCKSYNC_TEST_SEED={seed})");
+        seed
     })
 }
 
@@ -31,7 +55,7 @@ pub fn cluster() -> &'static Mutex<LocalCluster> {
 pub fn fresh_database(prefix: &str) -> String {
     let n = DB_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!("{prefix}_{n}");
-    let cluster = cluster().lock().unwrap();
+    let cluster = cluster();
     cluster
         .psql("postgres", &format!("CREATE DATABASE {name}"))
         .expect("create database");
@@ -96,5 +120,68 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_stocksync")
 }
 
+/// A Trendyol store the mock accepts (`ty-key`/`ty-secret`) and a Hepsiburada store whose key
+/// it refuses (`wrong-secret`: the store pauses, its entries wait), both listing every
+/// product of `products` (barcode = sku = name, sellable quantity). Returns the two store ids.
+pub async fn trendyol_and_refused_hepsiburada(
+    client: &Client,
+    names: (&str, &str),
+    sellers: (&str, &str),
+    products: &[(&str, i32)],
+) -> (uuid::Uuid, uuid::Uuid) {
+    let (ty, hb) = (uuid(), uuid());
+    client
+        .execute(
+            "INSERT INTO stores (id, name, type, is_active, send_stock, seller_id, api_key, api_secret) VALUES \
+             ($1, $3, 'TRENDYOL', true, true, $5, 'ty-key', 'ty-secret'), \
+             ($2, $4, 'HEPSIBURADA', true, true, $6, NULL, 'wrong-secret')",
+            &[&ty, &hb, &names.0, &names.1, &sellers.0, &sellers.1],
+        )
+        .await
+        .unwrap();
+    for (code, sellable) in products {
+        let id = uuid();
+        client
+            .execute(
+                "INSERT INTO products (id, barcode, sku, name) VALUES ($1, $2, $2, $2)",
+                &[&id, code],
+            )
+            .await
+            .unwrap();
+        for store in [ty, hb] {
+            client
+                .execute(
+                    "INSERT INTO product_stores (id, product_id, store_id, sellable_quantity) VALUES ($1, $2, $3, $4)",
+                    &[&uuid(), &id, &store, sellable],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    (ty, hb)
+}
+
+/// The mock marketplace for [`trendyol_and_refused_hepsiburada`]: it knows the Trendyol
+/// store's key and expects another one from the Hepsiburada store.
+pub async fn mock_refusing_hepsiburada(
+    ty_seller: &str,
+    hb_merchant: &str,
+) -> stocksync::mock::MockMarketplace {
+    use stocksync::mock::{MockAccount, MockConfig, MockMarketplace};
+    MockMarketplace::start(
+        MockConfig {
+            accounts: vec![
+                MockAccount::trendyol(ty_seller, "ty-key", "ty-secret"),
+                MockAccount::hepsiburada(hb_merchant, "the-right-secret"),
+            ],
+            ..MockConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
 pub mod oracle;
+pub mod reference;
 pub mod workload;

@@ -35,6 +35,8 @@ pub struct Oracle {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Mismatch {
     pub store: Uuid,
+    /// `None` for a key no listed product of the store has.
+    pub product: Option<Uuid>,
     pub key: String,
     pub expected: i64,
     pub actual: Option<i64>,
@@ -206,6 +208,7 @@ impl Oracle {
                 if actual != Some(expected) {
                     out.push(Mismatch {
                         store: store.id,
+                        product: Some(product),
                         key,
                         expected,
                         actual,
@@ -219,6 +222,7 @@ impl Oracle {
                         checked += 1;
                         out.push(Mismatch {
                             store: store.id,
+                            product: None,
                             key: key.clone(),
                             expected: 0,
                             actual: Some(*actual),

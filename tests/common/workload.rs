@@ -161,6 +161,11 @@ pub fn mock_config(identical_window: Duration) -> MockConfig {
             MockAccount::hepsiburada("hb-merchant-1", SECRETS[2]),
         ],
         identical_window,
+        // As a live merchant account: only the authorised user agent is accepted.
+        behaviour: stocksync::mock::Behaviour {
+            hepsiburada_user_agent: Some("test_dev".into()),
+            ..stocksync::mock::Behaviour::default()
+        },
         ..MockConfig::default()
     }
 }
@@ -388,14 +393,6 @@ pub async fn queue_idle(client: &Client) -> bool {
         )
         .await;
     matches!(row, Ok(r) if r.get::<_, i64>(0) == 0)
-}
-
-/// The test seed: `STOCKSYNC_TEST_SEED` or a random one (printed by the caller).
-pub fn seed() -> u64 {
-    std::env::var("STOCKSYNC_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random)
 }
 
 /// `STOCKSYNC_STREAMING` for the service, when the test run sets it (`on` or `off`): the

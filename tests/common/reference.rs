@@ -1,5 +1,5 @@
 //! A pure-Rust implementation of the stock rules over rows of the application tables: the
-//! oracle the SQL is tested against and the naive baseline of benchmarks.
+//! oracle `tests/stock.rs` tests the SQL of `stocksync::stock` against.
 //!
 //! It evaluates nested sets one level at a time (`floor(available / quantity)` per item,
 //! recursing into component sets) rather than expanding to leaves with multiplied quantities
@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::{ComputedQuantity, QuantityRules, SetProblem};
+use stocksync::stock::{ComputedQuantity, QuantityRules, SetProblem};
 
 /// A `products` row (the columns the rules read).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,181 +252,5 @@ impl Catalogue {
         } else {
             min.unwrap_or(0)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id(n: u128) -> Uuid {
-        Uuid::from_u128(n)
-    }
-
-    struct Builder {
-        products: Vec<ProductRow>,
-        items: Vec<SetItemRow>,
-        stock: Vec<ProductStoreRow>,
-    }
-
-    const STORE: u128 = 1000;
-
-    impl Builder {
-        fn new() -> Self {
-            Builder {
-                products: Vec::new(),
-                items: Vec::new(),
-                stock: Vec::new(),
-            }
-        }
-        fn simple(mut self, n: u128, sellable: i32) -> Self {
-            self.products.push(ProductRow {
-                id: id(n),
-                product_type: "SIMPLE".into(),
-            });
-            self.stock.push(ProductStoreRow {
-                product_id: id(n),
-                store_id: id(STORE),
-                sellable_quantity: sellable,
-            });
-            self
-        }
-        fn set(mut self, n: u128, items: &[(u128, i32)]) -> Self {
-            self.products.push(ProductRow {
-                id: id(n),
-                product_type: "SET".into(),
-            });
-            self.stock.push(ProductStoreRow {
-                product_id: id(n),
-                store_id: id(STORE),
-                sellable_quantity: 999,
-            });
-            for &(c, q) in items {
-                self.items.push(SetItemRow {
-                    set_product_id: id(n),
-                    component_product_id: id(c),
-                    quantity: q,
-                });
-            }
-            self
-        }
-        fn build(self) -> Catalogue {
-            Catalogue::new(self.products, self.items, self.stock)
-        }
-    }
-
-    fn q(c: &Catalogue, n: u128) -> (i64, Option<SetProblem>) {
-        c.quantity(id(n), id(STORE))
-    }
-
-    #[test]
-    fn simple_products() {
-        let c = Builder::new().simple(1, 7).simple(2, -3).build();
-        assert_eq!(q(&c, 1), (7, None));
-        assert_eq!(q(&c, 2), (0, None));
-        assert_eq!(q(&c, 3), (0, None), "unknown product");
-        assert_eq!(
-            c.quantity(id(1), id(9)),
-            (0, None),
-            "not listed in that store"
-        );
-    }
-
-    #[test]
-    fn sets_nested_and_out_of_stock() {
-        let c = Builder::new()
-            .simple(1, 50)
-            .simple(2, 30)
-            .simple(3, 40)
-            .simple(4, 0)
-            .simple(5, 9)
-            .set(10, &[(1, 1), (2, 2), (3, 1)])
-            .set(11, &[(1, 1), (4, 1)])
-            .set(12, &[(10, 2), (5, 1)])
-            .set(13, &[(1, 1), (99, 1)])
-            .set(14, &[(2, 4), (2, 1)])
-            .build();
-        assert_eq!(q(&c, 10), (15, None));
-        assert_eq!(q(&c, 11), (0, None), "one component out of stock");
-        assert_eq!(q(&c, 12), (7, None), "15 / 2 = 7 < 9");
-        assert_eq!(q(&c, 13), (0, None), "unknown component");
-        assert_eq!(q(&c, 14), (7, None), "duplicate rows: the stricter one");
-    }
-
-    #[test]
-    fn problems() {
-        let c = Builder::new()
-            .simple(1, 50)
-            .set(10, &[(1, 0)])
-            .set(11, &[(1, 1), (20, 1)])
-            .set(20, &[(21, 1)])
-            .set(21, &[(20, 1), (1, -1)])
-            .set(30, &[])
-            .set(31, &[(1, 1), (30, 1)])
-            .build();
-        assert_eq!(
-            q(&c, 10),
-            (
-                0,
-                Some(SetProblem::NonPositiveComponentQuantity {
-                    set_product_id: id(10),
-                    component_product_id: id(1),
-                    quantity: 0
-                })
-            )
-        );
-        // 20 -> 21 -> {20 (cycle), 1 (quantity -1)}: same depth; path order picks id(1).
-        assert_eq!(
-            q(&c, 20),
-            (
-                0,
-                Some(SetProblem::NonPositiveComponentQuantity {
-                    set_product_id: id(21),
-                    component_product_id: id(1),
-                    quantity: -1
-                })
-            )
-        );
-        assert!(matches!(
-            q(&c, 11),
-            (0, Some(SetProblem::NonPositiveComponentQuantity { .. }))
-        ));
-        assert_eq!(q(&c, 30), (0, Some(SetProblem::NoComponents)));
-        assert_eq!(q(&c, 31), (0, Some(SetProblem::NoComponents)));
-    }
-
-    #[test]
-    fn cycle_path() {
-        let c = Builder::new()
-            .simple(1, 50)
-            .set(20, &[(21, 1), (1, 1)])
-            .set(21, &[(20, 2)])
-            .set(22, &[(20, 1)])
-            .build();
-        assert_eq!(
-            q(&c, 20),
-            (
-                0,
-                Some(SetProblem::Cycle {
-                    set_product_id: id(21),
-                    path: vec![id(20), id(21), id(20)]
-                })
-            )
-        );
-        assert_eq!(
-            q(&c, 22),
-            (
-                0,
-                Some(SetProblem::Cycle {
-                    set_product_id: id(21),
-                    path: vec![id(22), id(20), id(21), id(20)]
-                })
-            )
-        );
-        let rules = QuantityRules::default();
-        let out = c.compute(id(STORE), &[id(1), id(22), id(1)], &rules);
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[0].quantity, 50);
-        assert_eq!(out[1].quantity, 0);
     }
 }

@@ -1,0 +1,153 @@
+//! The `stores` row: the application's table of stores, read defensively (an enum or varchar
+//! `type`, NULLs, other columns), and the credentials it holds.
+
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::marketplace::{Provider, StoreCredentials, UserAgents};
+
+/// The credentials of a store for reading (batch results, listings), if it has usable ones
+/// and a user agent.
+pub async fn store_credentials(
+    db: &impl GenericClient,
+    store_id: Uuid,
+    provider: Provider,
+    agents: &UserAgents,
+) -> Result<Option<StoreCredentials>, StoreError> {
+    Ok(load_store(db, store_id).await?.and_then(|store| {
+        let seller = store.seller_id.clone().unwrap_or_default();
+        let agent = agents.for_store(provider, store_id, &seller)?;
+        store.credentials(provider, agent).ok()
+    }))
+}
+
+/// The columns of `stores` stocksync reads, cast so an enum or varchar `type`, a numeric
+/// seller id or an integer flag read the same.
+const STORE_SQL: &str = r#"
+SELECT type::text, is_active::boolean, send_stock::boolean, seller_id::text, api_key::text,
+       api_secret::text
+FROM stores WHERE id = $1
+"#;
+
+/// The `stores` row as dispatch needs it.
+#[derive(Debug, Clone)]
+pub struct StoreRow {
+    pub store_type: String,
+    pub active: bool,
+    pub seller_id: Option<String>,
+    pub api_key: Option<String>,
+    pub api_secret: Option<String>,
+}
+
+impl StoreRow {
+    /// The credentials (sent with `user_agent`), or which field is missing.
+    pub fn credentials(
+        &self,
+        provider: Provider,
+        user_agent: String,
+    ) -> Result<StoreCredentials, &'static str> {
+        let present = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
+        if !present(&self.seller_id) {
+            return Err("stores.seller_id is empty");
+        }
+        if !present(&self.api_secret) {
+            return Err("stores.api_secret is empty");
+        }
+        if provider == Provider::Trendyol && !present(&self.api_key) {
+            return Err("stores.api_key is empty");
+        }
+        Ok(StoreCredentials {
+            user_agent,
+            ..self.credentials_as_is(provider)
+        })
+    }
+
+    /// Whatever is there (empty for missing fields): its fingerprint notices any change.
+    pub fn credentials_as_is(&self, provider: Provider) -> StoreCredentials {
+        StoreCredentials {
+            provider,
+            seller_id: self.seller_id.clone().unwrap_or_default(),
+            api_key: self.api_key.clone(),
+            api_secret: self.api_secret.clone().unwrap_or_default(),
+            user_agent: String::new(),
+        }
+    }
+}
+
+/// Reads the `stores` row. Columns are read with `try_get`, so a NULL or an unexpected type
+/// is reported with the row and column instead of a panic.
+pub async fn load_store(
+    db: &impl GenericClient,
+    store_id: Uuid,
+) -> Result<Option<StoreRow>, StoreError> {
+    let Some(row) = db.query_opt(STORE_SQL, &[&store_id]).await? else {
+        return Ok(None);
+    };
+    let column = |e: tokio_postgres::Error, column: &'static str| StoreError::BadStoreRow {
+        store: store_id,
+        column,
+        problem: e.to_string(),
+    };
+    let is_active: Option<bool> = row.try_get(1).map_err(|e| column(e, "is_active"))?;
+    let send_stock: Option<bool> = row.try_get(2).map_err(|e| column(e, "send_stock"))?;
+    Ok(Some(StoreRow {
+        store_type: row
+            .try_get::<_, Option<String>>(0)
+            .map_err(|e| column(e, "type"))?
+            .unwrap_or_default(),
+        active: is_active == Some(true) && send_stock == Some(true),
+        seller_id: row.try_get(3).map_err(|e| column(e, "seller_id"))?,
+        api_key: row.try_get(4).map_err(|e| column(e, "api_key"))?,
+        api_secret: row.try_get(5).map_err(|e| column(e, "api_secret"))?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_credentials_name_the_missing_field() {
+        let row = StoreRow {
+            store_type: "TRENDYOL".into(),
+            active: true,
+            seller_id: Some("1".into()),
+            api_key: None,
+            api_secret: Some("s".into()),
+        };
+        assert_eq!(
+            row.credentials(Provider::Trendyol, "ua".into())
+                .unwrap_err(),
+            "stores.api_key is empty"
+        );
+        // Hepsiburada authenticates with merchant id and secret only.
+        assert!(row.credentials(Provider::Hepsiburada, "ua".into()).is_ok());
+        let blank = StoreRow {
+            api_secret: Some("  ".into()),
+            ..row
+        };
+        assert_eq!(
+            blank
+                .credentials(Provider::Hepsiburada, "ua".into())
+                .unwrap_err(),
+            "stores.api_secret is empty"
+        );
+        // Filling a field changes the fingerprint, so a pause for it lifts.
+        let filled = StoreRow {
+            api_secret: Some("new".into()),
+            ..blank
+        };
+        assert_ne!(
+            filled
+                .credentials_as_is(Provider::Hepsiburada)
+                .fingerprint(),
+            StoreRow {
+                api_secret: None,
+                ..filled
+            }
+            .credentials_as_is(Provider::Hepsiburada)
+            .fingerprint()
+        );
+    }
+}
