@@ -130,8 +130,10 @@ const STAGE_TYPES: [Type; 7] = [
 /// disk instead; the move is the largest transaction capture writes. A pending entry that
 /// another writer commits between this statement's snapshot and its insert makes it fail
 /// with a unique violation: [`CaptureWriter::move_staged`] then runs
-/// [`ENQUEUE_STAGED_PAIRS_UPSERT_SQL`] instead. Rows are written in (product, store) order,
-/// like every multi-row write of the queue (locality in the pair index; no deadlocks).
+/// [`ENQUEUE_STAGED_PAIRS_UPSERT_SQL`] instead. New rows are written in (product, store)
+/// order (locality in the pair index); pending entries are updated in the plan's order, and a
+/// deadlock with another writer of them ends the capture transaction like any lock conflict
+/// (retried at once, see `CaptureError::is_lock_conflict`).
 const ENQUEUE_STAGED_PAIRS_SQL: &str = r#"
 WITH staged AS MATERIALIZED (
     SELECT DISTINCT ON (product_id, store_id) product_id, store_id, reason, priority
