@@ -2,7 +2,10 @@
 //! ending with the convergence oracle (tests/common/oracle.rs) agreeing with the mock
 //! marketplace for every pair, and the mock having refused nothing stocksync could have
 //! avoided. `STOCKSYNC_SOAK_SCALE=N` multiplies the workload (the soak run), and
-//! `STOCKSYNC_TEST_SEED` replays a printed seed.
+//! `STOCKSYNC_TEST_SEED` replays a printed seed. The service streams large transactions
+//! (`STOCKSYNC_STREAMING=on`, its default) unless the test run sets `STOCKSYNC_STREAMING`,
+//! which every scenario then uses; the kill -9 scenario switches between the two protocols
+//! at every restart otherwise.
 
 mod common;
 
@@ -56,6 +59,10 @@ async fn rig_on(url: String, client: Client, prefix: &str, extra: &[(&str, &str)
         ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s"),
         ("STOCKSYNC_REQUEST_TIMEOUT", "2s"),
         ("STOCKSYNC_LOG", "info,stocksync=debug,tokio_postgres=warn"),
+        (
+            "STOCKSYNC_STREAMING",
+            forced_streaming().as_deref().unwrap_or("on"),
+        ),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -237,11 +244,15 @@ async fn random_workload_under_kill_nine_converges() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let (mut rig, catalogue) = rig("rel_kill", &mut rng, &[]).await;
+    // Transactions over 64 kB of changes are streamed: the bulk client's always are, so
+    // kills land in streamed transactions and in their commits too.
+    set_logical_decoding_work_mem(&rig.client, &rig.url, "64kB").await;
     rig.service.start();
     let per_client = 300 * soak_scale();
     let clients = spawn_clients(&rig, &catalogue, seed, 3, per_client, 60);
+    let bulk = tokio::spawn(bulk_client(rig.url.clone(), seed, 15 * soak_scale()));
     let mut kills = 0;
-    while kills < 20 || clients.iter().any(|c| !c.is_finished()) {
+    while kills < 20 || clients.iter().any(|c| !c.is_finished()) || !bulk.is_finished() {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(150..900))).await;
         if let Some(status) = rig.service.exited() {
             panic!(
@@ -251,9 +262,14 @@ async fn random_workload_under_kill_nine_converges() {
         }
         rig.service.kill9();
         kills += 1;
+        if forced_streaming().is_none() {
+            // Protocol 1 and 2 in turn: a restart may change it (upgrade, rollback, setting).
+            let streaming = if kills % 2 == 0 { "on" } else { "off" };
+            rig.service.set_env("STOCKSYNC_STREAMING", streaming);
+        }
         rig.service.start();
     }
-    let mut committed = 0;
+    let mut committed = bulk.await.unwrap();
     for c in clients {
         committed += c.await.unwrap().committed;
     }
@@ -271,6 +287,40 @@ async fn random_workload_under_kill_nine_converges() {
     );
     rig.service.kill9();
     rig.mock.shutdown().await;
+}
+
+/// `transactions` large transactions, one every second or so: every listing's sellable
+/// quantity moves by a random amount (some are rolled back, some roll a savepoint back).
+/// Returns those committed.
+async fn bulk_client(url: String, seed: u64, transactions: u64) -> u64 {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xb01c);
+    let mut committed = 0;
+    for _ in 0..transactions {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1500))).await;
+        let client = match stocksync::db::DbConfig::from_url(&url)
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => c,
+            Err(_) => continue,
+        };
+        let delta: i32 = rng.gen_range(-5..=5);
+        let end = match rng.gen_range(0..4) {
+            0 => "ROLLBACK;",
+            1 => "ROLLBACK TO SAVEPOINT s; COMMIT;",
+            _ => "COMMIT;",
+        };
+        let sql = format!(
+            "BEGIN; SAVEPOINT s; \
+             UPDATE product_stores SET sellable_quantity = sellable_quantity + ({delta}) \
+             WHERE sellable_quantity BETWEEN 10 AND 1000; {end}"
+        );
+        if client.batch_execute(&sql).await.is_ok() && end != "ROLLBACK;" {
+            committed += 1;
+        }
+    }
+    committed
 }
 
 /// Scenario 4: 30% 500s, then a burst of 429 with Retry-After, then latency beyond the
@@ -771,10 +821,14 @@ async fn large_transaction_converges_with_bounded_memory() {
         ))
         .await
         .unwrap();
+    // The server streams anything over 1 MB of changes: this transaction is streamed (when
+    // streaming is on) and, like every transaction capture writes for it, never spilled.
+    set_logical_decoding_work_mem(&client, &url, "1MB").await;
     setup(&url, "rel_large", "rel_large").await;
     let mut rig = rig_on(url, client, "rel_large", &[("STOCKSYNC_LOG", "info")]).await;
     rig.service.start();
     converged(&mut rig, 0, Duration::from_secs(300)).await;
+    let (spilled, streamed) = slot_stats(&rig.client, "rel_large").await;
     let updated = rig
         .client
         .execute(
@@ -786,6 +840,14 @@ async fn large_transaction_converges_with_bounded_memory() {
     assert_eq!(updated as i64, rows);
     let checked = converged(&mut rig, 0, Duration::from_secs(300)).await;
     assert_eq!(checked as i64, rows);
+    if forced_streaming().as_deref() != Some("off") {
+        let (spilled_after, streamed_after) = slot_stats(&rig.client, "rel_large").await;
+        assert!(streamed_after > streamed, "the transaction was streamed");
+        assert_eq!(
+            spilled_after, spilled,
+            "the server spilled changes to disk for the slot"
+        );
+    }
     let peak_kib = rig.service.peak_rss_kib().expect("VmHWM of the service");
     // A memory bound holds for the release build operators run (the benchmark measures it
     // at full scale); a debug build only reports it.
@@ -801,6 +863,18 @@ async fn large_transaction_converges_with_bounded_memory() {
     );
     rig.service.kill9();
     rig.mock.shutdown().await;
+}
+
+/// The server's spill bytes and streamed transactions for `slot`.
+async fn slot_stats(client: &Client, slot: &str) -> (i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT spill_bytes, stream_txns FROM pg_stat_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
 }
 
 /// Security: the role and grants the README tells DBAs to create are enough to run setup and

@@ -19,12 +19,13 @@ use crate::metrics::metrics;
 use crate::queue::{self, Claim, ClaimToken, Outcome, Release};
 use crate::stores::{gates, Gate, Limiter, OpenStore};
 
-/// Runs one cycle of `store_id` if no one else is.
+/// Runs one cycle of `store_id` if no one else is. `Ok(true)`: it claimed a full batch, so
+/// the store may have more ready at once.
 pub(super) async fn run(
     d: &Dispatcher,
     store_id: Uuid,
     stop: &CancellationToken,
-) -> Result<(), DispatchError> {
+) -> Result<bool, DispatchError> {
     let key = locks::store_key(store_id);
     let locked: bool = d
         .locks
@@ -33,7 +34,7 @@ pub(super) async fn run(
         .get(0);
     if !locked {
         debug!(store = %store_id, "another dispatcher holds this store");
-        return Ok(());
+        return Ok(false);
     }
     let mut db = d.pool.get().await?;
     let result = cycle(d, &mut db, store_id, stop).await;
@@ -50,23 +51,23 @@ async fn cycle(
     db: &mut Client,
     store_id: Uuid,
     stop: &CancellationToken,
-) -> Result<(), DispatchError> {
+) -> Result<bool, DispatchError> {
     let orphans = queue::release_orphans(db, store_id, d.settings.claim_lease()).await?;
     if orphans > 0 {
         info!(store = %store_id, entries = orphans, "released claims left by a stopped dispatcher");
     }
     let Gate::Open(store) = gates::check(db, store_id, d.settings.gates()).await? else {
-        return Ok(());
+        return Ok(false);
     };
     let limiter = Limiter::new(&d.settings.limits, store_id);
     if !limiter.admit(&store) {
-        return Ok(());
+        return Ok(false);
     }
     if store.provider == Provider::Hepsiburada
         && batches::open_batches(db, store_id).await? >= MAX_OPEN_HEPSIBURADA_BATCHES
     {
         limiter.waited("open_uploads");
-        return Ok(());
+        return Ok(false);
     }
     let token = ClaimToken::new();
     // A 413 may have left the store a smaller batch; a probe needs one item.
@@ -80,8 +81,9 @@ async fn cycle(
     };
     let claims = queue::claim(db, store_id, &d.settings.instance_id, token, batch).await?;
     if claims.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
+    let full = claims.len() >= batch;
     let ids: Vec<i64> = claims.iter().map(|c| c.id).collect();
     let cycle = Cycle {
         d,
@@ -104,7 +106,7 @@ async fn cycle(
         }
         Ok(()) => {}
     }
-    result
+    result.map(|()| full)
 }
 
 /// What the steps of one cycle share.

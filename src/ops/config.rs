@@ -268,6 +268,13 @@ pub mod keys {
         Integer,
         "failed sends of one item before it is dead-lettered",
     );
+    pub const STREAMING: Key = Key::new(
+        "streaming",
+        "STOCKSYNC_STREAMING",
+        "on",
+        Boolean,
+        "`on`: the server streams a transaction larger than its `logical_decoding_work_mem` while it runs (pgoutput protocol 2, PostgreSQL 14+), stocksync stages it and enqueues it at its commit; `off`: protocol 1, the server spills it to disk and sends it at commit",
+    );
     pub const HEARTBEAT_INTERVAL: Key = Key::new(
         "heartbeat_interval",
         "STOCKSYNC_HEARTBEAT_INTERVAL",
@@ -338,6 +345,7 @@ pub const KEYS: &[Key] = &[
     keys::HEPSIBURADA_BATCH_SIZE,
     keys::REQUEST_TIMEOUT,
     keys::MAX_ATTEMPTS,
+    keys::STREAMING,
     keys::HEARTBEAT_INTERVAL,
     keys::SAFE_WAL_SIZE_WARN,
 ];
@@ -442,6 +450,7 @@ pub struct Config {
     pub hepsiburada_batch_size: usize,
     pub request_timeout: Duration,
     pub max_attempts: i32,
+    pub streaming: bool,
     pub heartbeat_interval: Duration,
     pub safe_wal_size_warn: i64,
 }
@@ -489,6 +498,7 @@ struct Raw {
     #[serde(with = "humantime_serde")]
     request_timeout: Duration,
     max_attempts: i64,
+    streaming: bool,
     #[serde(with = "humantime_serde")]
     heartbeat_interval: Duration,
     safe_wal_size_warn: i64,
@@ -888,6 +898,7 @@ impl Raw {
             )?,
             request_timeout: self.request_timeout,
             max_attempts: in_range(&keys::MAX_ATTEMPTS, self.max_attempts, 1, 1000)?,
+            streaming: self.streaming,
             heartbeat_interval: self.heartbeat_interval,
             safe_wal_size_warn: in_range(
                 &keys::SAFE_WAL_SIZE_WARN,
@@ -947,6 +958,9 @@ mod tests {
         );
         assert_eq!(c.max_quantity, 20000);
         assert!(!c.dry_run);
+        assert!(c.streaming);
+        let off = Config::load_from(None, env(&[("STOCKSYNC_STREAMING", "off")])).unwrap();
+        assert!(!off.streaming);
         assert!(matches!(c.db(), Err(ConfigError::MissingDatabaseUrl)));
     }
 

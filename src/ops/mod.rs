@@ -81,6 +81,7 @@ pub fn capture_settings(config: &config::Config) -> crate::capture::CaptureSetti
     crate::capture::CaptureSettings {
         slot: config.slot.clone(),
         publication: config.publication.clone(),
+        streaming: config.streaming,
         ..crate::capture::CaptureSettings::default()
     }
 }

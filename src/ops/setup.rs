@@ -23,6 +23,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/004_fenced_claims.sql"),
     ),
     (
+        5,
+        "stream_staging",
+        include_str!("../../sql/005_stream_staging.sql"),
+    ),
+    (
         6,
         "live_accounts",
         include_str!("../../sql/006_live_accounts.sql"),

@@ -333,6 +333,12 @@ impl Service {
         }
     }
 
+    /// Sets (or replaces) one variable of the environment the next start uses.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none());
         let log = std::fs::OpenOptions::new()
@@ -401,6 +407,26 @@ pub async fn queue_idle(client: &Client) -> bool {
         )
         .await;
     matches!(row, Ok(r) if r.get::<_, i64>(0) == 0)
+}
+
+/// `STOCKSYNC_STREAMING` for the service, when the test run sets it (`on` or `off`): the
+/// reliability suite runs with either protocol (`STOCKSYNC_STREAMING=off cargo test --test
+/// reliability`); unset, each scenario picks (the default `on`, or both in turn).
+pub fn forced_streaming() -> Option<String> {
+    std::env::var("STOCKSYNC_STREAMING").ok()
+}
+
+/// Makes the server stream transactions of more than `size` of decoded changes (e.g.
+/// `64kB`, its minimum), so ordinary test transactions exercise streaming. Walsenders read it
+/// when they connect.
+pub async fn set_logical_decoding_work_mem(client: &Client, url: &str, size: &str) {
+    let database = url.rsplit('/').next().unwrap();
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE {database} SET logical_decoding_work_mem = '{size}'"
+        ))
+        .await
+        .unwrap();
 }
 
 /// Scale of the workload: `STOCKSYNC_SOAK_SCALE` (default 1) multiplies transactions.
