@@ -91,6 +91,7 @@ async fn cycle(
         label: store_id.to_string(),
         store: *store,
         token,
+        claimed_at: std::time::Instant::now(),
         limiter,
         stop: stop.clone(),
     };
@@ -117,6 +118,8 @@ pub(super) struct Cycle<'a> {
     pub store: OpenStore,
     /// Names this cycle's claims; every transition out of `in_flight` checks it.
     pub token: ClaimToken,
+    /// When the claims were made (their lease runs from then until renewed).
+    pub claimed_at: std::time::Instant,
     pub limiter: Limiter<'a>,
     pub stop: CancellationToken,
 }
