@@ -29,6 +29,7 @@ pub mod backoff;
 pub mod capture;
 pub mod db;
 pub mod dispatch;
+pub mod failures;
 pub mod localpg;
 pub mod locks;
 pub mod marketplace;

@@ -274,7 +274,11 @@ pub async fn release_orphans(
     store: Uuid,
     lease: Duration,
 ) -> Result<usize, QueueError> {
-    if !db.query_one(ANY_CLAIM_SQL, &[&store]).await?.get::<_, bool>(0) {
+    if !db
+        .query_one(ANY_CLAIM_SQL, &[&store])
+        .await?
+        .get::<_, bool>(0)
+    {
         return Ok(0);
     }
     let ids: Vec<i64> = db
