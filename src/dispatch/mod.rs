@@ -247,6 +247,9 @@ const RECONNECT: BackoffPolicy =
 /// How often the slow checks run: orphaned claims, and stores that became sendable again.
 const SLOW_CHECK_EVERY: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the queue's planner statistics are checked (a catalogue read; the ANALYZE it
+/// may start runs beside the cycles).
+const STATISTICS_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs dispatch until `shutdown`: store cycles, the batch poller and pruning. Database
 /// outages are waited out (logged), never fatal.
@@ -304,6 +307,8 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
     let mut last_slow_check = tokio::time::Instant::now();
     let mut last_prune: Option<tokio::time::Instant> = None;
     let mut pruning: Option<tokio::task::JoinHandle<()>> = None;
+    let mut last_statistics_check: Option<tokio::time::Instant> = None;
+    let mut statistics: Option<tokio::task::JoinHandle<()>> = None;
     let mut due_failures = FailureLog::new("reading due stores");
     // A cycle that claimed a full batch wakes the loop when it ends: a store with a backlog
     // (an initial sync, a resync) starts its next cycle at once instead of at the next tick
@@ -386,6 +391,15 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
                 });
             }
         }
+        if last_statistics_check.is_none_or(|at| at.elapsed() >= STATISTICS_CHECK_EVERY)
+            && statistics.as_ref().is_none_or(|s| s.is_finished())
+        {
+            last_statistics_check = Some(tokio::time::Instant::now());
+            let dispatcher = dispatcher.clone();
+            statistics = Some(tokio::spawn(async move {
+                refresh_statistics(&dispatcher).await
+            }));
+        }
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(tokio::time::Instant::now());
             let dispatcher = dispatcher.clone();
@@ -431,6 +445,24 @@ async fn resync_reopened_stores(d: &Dispatcher) -> Result<(), DispatchError> {
         info!(store = %store, previously = %was, pairs, "store can be sent to again; its listings are enqueued");
     }
     Ok(())
+}
+
+/// Keeps the planner's picture of the queue current (see [`queue::refresh_statistics`]).
+async fn refresh_statistics(d: &Dispatcher) {
+    let result = match d.pool.get().await {
+        Ok(db) => queue::refresh_statistics(&**db).await,
+        Err(e) => return debug!(error = %e, "statistics check skipped: no connection"),
+    };
+    match result {
+        Ok(tables) if tables.is_empty() => {}
+        Ok(tables) => info!(
+            tables = %tables.join(", "),
+            "changed more than their planner statistics knew; analysed"
+        ),
+        // Only an unreachable or failing database gets here, which the due-store check
+        // already reports (once per stretch); this one runs every second.
+        Err(e) => debug!(error = %e, "cannot check or refresh the queue's statistics"),
+    }
 }
 
 /// Retention of finished entries, batches, the API log and the limiters' records.

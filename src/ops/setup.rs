@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "live_accounts",
         include_str!("../../sql/006_live_accounts.sql"),
     ),
+    (
+        8,
+        "queue_indexes",
+        include_str!("../../sql/008_queue_indexes.sql"),
+    ),
 ];
 
 /// The application tables stocksync reads through the slot.

@@ -306,6 +306,56 @@ pub async fn checkpoint_lag(
     })
 }
 
+/// The tables whose size changes by hundreds of thousands of rows in minutes (a first sync,
+/// an ERP import, a resync), with the statement that analyses each.
+const FAST_CHANGING_TABLES: [(&str, &str); 2] = [
+    ("stock_sync.queue", "ANALYZE stock_sync.queue"),
+    (
+        "stock_sync.listing_state",
+        "ANALYZE stock_sync.listing_state",
+    ),
+];
+
+/// Which of the tables `$2` have planner statistics that describe another table than the one
+/// there is: at least `$1` rows and at least as many as the table had were changed since its
+/// last ANALYZE, and this role may analyse it (it owns the table).
+const STALE_STATISTICS_SQL: &str = r#"
+SELECT c.oid::regclass::text
+FROM pg_stat_user_tables s
+JOIN pg_class c ON c.oid = s.relid
+WHERE s.relid = ANY($2::text[]::regclass[])
+  AND s.n_mod_since_analyze >= GREATEST($1::bigint, c.reltuples::bigint)
+  AND pg_has_role(c.relowner, 'USAGE')
+"#;
+
+/// Fewer changed rows than this never make statistics stale (autovacuum's analyse catches
+/// up with those).
+pub const STALE_STATISTICS_ROWS: i64 = 10_000;
+
+/// Analyses the queue and `listing_state` where their statistics are stale (see
+/// `STALE_STATISTICS_SQL`). Returns the tables analysed.
+///
+/// Why dispatch cares: with the statistics of an empty queue the planner expects a handful
+/// of pending rows per store and reads and sorts a store's whole backlog for every claim and
+/// due check instead of following the claim-order index; with those of an empty
+/// `listing_state` it reads a store's every row to find a batch's 1000. Autovacuum's analyse
+/// comes a minute or more later: an initial sync ran at half its possible pace until then.
+pub async fn refresh_statistics(db: &impl GenericClient) -> Result<Vec<String>, QueueError> {
+    let names: Vec<&str> = FAST_CHANGING_TABLES.iter().map(|(t, _)| *t).collect();
+    let stale: Vec<String> = db
+        .query(STALE_STATISTICS_SQL, &[&STALE_STATISTICS_ROWS, &names])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for (table, analyze) in FAST_CHANGING_TABLES {
+        if stale.iter().any(|s| s == table) {
+            db.batch_execute(analyze).await?;
+        }
+    }
+    Ok(stale)
+}
+
 /// Deletes finished entries and capture logs older than `retention_days`. Returns rows.
 pub async fn prune(db: &impl GenericClient, retention_days: i32) -> Result<u64, QueueError> {
     let mut rows = 0;

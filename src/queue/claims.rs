@@ -17,9 +17,12 @@ use super::{Outcome, QueueError, Reason};
 /// pending row). Stores waiting out a backoff, a Retry-After or the pause re-check
 /// (`not_before`), or the minimum gap since their last request (`$3` seconds), are left out.
 ///
-/// The distinct store ids come from a loose index scan over `queue_pending_age` (one index
-/// probe per store, not a scan of a large backlog), and each store looks at no more than
-/// `$2` of its oldest entries.
+/// Everything is read from the claim-order index (`queue_claim_order_v2`): the distinct
+/// store ids by a loose index scan (one probe per store, not a scan of a large backlog), and
+/// per store no more than the first `$2` entries in claim order. When fewer are ready, all
+/// were seen and their oldest is exact; when `$2` are, the store is due for a full batch
+/// anyway, except a gated one, which is then due once the oldest entry of its highest
+/// priority is `$1` old (at most `$1` later than by its very oldest entry).
 const DUE_STORES_SQL: &str = r#"
 WITH RECURSIVE stores_with_work(store_id) AS (
     (SELECT store_id FROM stock_sync.queue WHERE state = 'pending' ORDER BY store_id LIMIT 1)
@@ -38,7 +41,7 @@ CROSS JOIN LATERAL (
         SELECT q.enqueued_at FROM stock_sync.queue q
         WHERE q.store_id = s.store_id AND q.state = 'pending'
           AND (q.not_before IS NULL OR q.not_before <= now())
-        ORDER BY q.enqueued_at
+        ORDER BY q.priority DESC, q.enqueued_at, q.id
         LIMIT $2
     ) w
 ) ready
@@ -161,19 +164,26 @@ WHERE id IN (
 
 /// Marks claimed entries done: `$1` token, `$2` ids, `$3` outcome, `$4` the quantity each was
 /// sent or found equal to (NULL when none applies).
+///
+/// The token alone says the entry is still this cycle's claim (it is cleared on every move
+/// out of `in_flight`). A `state = 'in_flight'` test here let the planner read the claims
+/// through the small in-flight index, which its statistics believe holds a row or two, and
+/// join them to the 1000 ids in a nested loop: 500,000 comparisons per batch. Without it,
+/// each id is one primary-key probe.
 const FINISH_SQL: &str = r#"
 UPDATE stock_sync.queue q
-SET state = 'done', outcome = $3, finished_at = now(), sent_quantity = u.quantity
+SET state = 'done', outcome = $3, finished_at = now(), sent_quantity = u.quantity,
+    claim_token = NULL
 FROM unnest($2::bigint[], $4::int[]) AS u(id, quantity)
-WHERE q.id = u.id AND q.state = 'in_flight' AND q.claim_token = $1
+WHERE q.id = u.id AND q.claim_token = $1
 "#;
 
 /// A claimed entry (`$2`, token `$1`) that failed for its own sake (`$3` error) too often.
 const DEAD_LETTER_SQL: &str = r#"
 UPDATE stock_sync.queue
 SET state = 'dead', outcome = 'failed', finished_at = now(), attempts = attempts + 1,
-    last_error = $3
-WHERE id = $2 AND state = 'in_flight' AND claim_token = $1
+    last_error = $3, claim_token = NULL
+WHERE id = $2 AND claim_token = $1
 "#;
 
 /// Re-enqueues failed items of a finished batch (`$1` store, `$2` max attempts, `$3` the

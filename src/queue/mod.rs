@@ -42,7 +42,10 @@
 //!    poller create pending entries. Only a dispatcher holding the store's advisory lock
 //!    ([`crate::locks::STORE_CYCLE`]) claims them. Every move out of `in_flight` names the
 //!    [`ClaimToken`] of the claim: a cycle whose claim was released and re-claimed by another
-//!    changes nothing ([`QueueError::ClaimLost`]) and must stop. Claims of a store are
+//!    changes nothing ([`QueueError::ClaimLost`]) and must stop. An entry carries a claim
+//!    token exactly while it is `in_flight` (every move out clears it), so a statement
+//!    naming the token needs no `state` test, and its plan never hinges on how many rows the
+//!    planner believes are in flight. Claims of a store are
 //!    orphans — released by the next holder of its lock — only when the claiming backend is
 //!    gone or the claim is older than the lease the dispatcher gives it.
 //! 4. **In doubt** (`listing_state.in_doubt`): a request carrying the pair left, or was about
@@ -60,8 +63,8 @@ mod reason;
 
 pub use admin::{
     checkpoint_lag, dead_by_store, dead_letters, enqueue_all_listed, outstanding, pending_by_store,
-    prune, queue_counts, retry_dead_letters, store_summaries, CheckpointLag, DeadLetter,
-    PendingByStore, QueueCounts, StoreSummary,
+    prune, queue_counts, refresh_statistics, retry_dead_letters, store_summaries, CheckpointLag,
+    DeadLetter, PendingByStore, QueueCounts, StoreSummary,
 };
 pub use capture::read_checkpoint;
 pub use claims::{
