@@ -411,6 +411,8 @@ pub struct MockConfig {
     /// Oldest request records are dropped beyond this many.
     pub request_log_limit: usize,
     pub faults: Faults,
+    /// The read endpoints (paging, page window, variants, flags, per-minute cap).
+    pub reads: super::reads::ReadsConfig,
 }
 
 impl Default for MockConfig {
@@ -430,6 +432,7 @@ impl Default for MockConfig {
             require_json_content_type: true,
             request_log_limit: 100_000,
             faults: Faults::default(),
+            reads: super::reads::ReadsConfig::default(),
         }
     }
 }
