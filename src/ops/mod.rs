@@ -9,6 +9,7 @@ pub mod history;
 pub mod http;
 pub mod logging;
 pub mod notify;
+pub mod reconcile;
 pub mod resync;
 pub mod service;
 pub mod setup;
@@ -24,16 +25,21 @@ pub const EXIT_SLOT_LOST: u8 = 3;
 /// Dispatch's settings from the configuration.
 pub fn dispatch_settings(config: &config::Config) -> crate::dispatch::DispatchSettings {
     use crate::dispatch::DispatchSettings;
-    use crate::marketplace::ClientSettings;
+    use crate::marketplace::{ClientSettings, ServiceGroup};
+    let mut limits = crate::stores::LimitSettings {
+        rate_limit_requests: config.rate_limit_requests,
+        rate_limit_window: config.rate_limit_window,
+        identical_request_window: config.identical_request_window,
+        min_send_interval: config.min_send_interval,
+        ..crate::stores::LimitSettings::default()
+    };
+    limits.per_minute.insert(
+        ServiceGroup::HepsiburadaRead,
+        config.hepsiburada_reads_per_minute,
+    );
     DispatchSettings {
         flush_interval: config.flush_interval,
-        limits: crate::stores::LimitSettings {
-            rate_limit_requests: config.rate_limit_requests,
-            rate_limit_window: config.rate_limit_window,
-            identical_request_window: config.identical_request_window,
-            min_send_interval: config.min_send_interval,
-            ..crate::stores::LimitSettings::default()
-        },
+        limits,
         max_quantity: config.max_quantity,
         safety_stock: config.safety_stock,
         safety_stock_per_store: config.safety_stock_per_store.clone(),
@@ -47,6 +53,44 @@ pub fn dispatch_settings(config: &config::Config) -> crate::dispatch::DispatchSe
         hepsiburada_batch_size: config.hepsiburada_batch_size,
         max_attempts: config.max_attempts.max(1),
         ..DispatchSettings::default()
+    }
+}
+
+/// Reconciliation's settings from the configuration: dispatch's limits and quantity rules,
+/// its share of the Trendyol read cap, all of the Hepsiburada listings cap.
+pub fn reconcile_settings(config: &config::Config) -> crate::reconcile::ReconcileSettings {
+    use crate::marketplace::ServiceGroup;
+    let dispatch = dispatch_settings(config);
+    let cap = |group| {
+        dispatch
+            .limits
+            .per_minute
+            .get(&group)
+            .copied()
+            .unwrap_or(u32::MAX)
+    };
+    let share =
+        u64::from(cap(ServiceGroup::TrendyolRead)) * u64::from(config.reconcile_read_share) / 100;
+    crate::reconcile::ReconcileSettings {
+        client: dispatch.client.clone(),
+        trendyol_reads_per_minute: u32::try_from(share).unwrap_or(u32::MAX).max(1),
+        hepsiburada_reads_per_minute: cap(ServiceGroup::HepsiburadaRead),
+        hepsiburada_page_limit: config.hepsiburada_page_limit,
+        rules: crate::stock::QuantityRules {
+            max_quantity: config.max_quantity,
+            safety_stock: config.safety_stock,
+        },
+        rules_per_store: config
+            .safety_stock_per_store
+            .keys()
+            .map(|store| (*store, dispatch.rules_for(*store)))
+            .collect(),
+        motion_window: config.flush_interval,
+        slot: config.slot.clone(),
+        capture_wait: std::time::Duration::from_secs(60),
+        interval: config.reconcile_interval,
+        fix: config.reconcile_fix && !config.dry_run,
+        limits: dispatch.limits,
     }
 }
 

@@ -1,20 +1,23 @@
 //! The long-running parts of `stocksync run` besides capture: the HTTP endpoints, the
-//! dispatcher, the metrics refresher, the dashboard's history sampler and the slot heartbeat.
-//! Started together, stopped in order within a bound. Under a `Type=notify` systemd unit the
+//! dispatcher, the periodic reconciliation audit, the metrics refresher, the dashboard's
+//! history sampler and the slot heartbeat. Started together, stopped in order within a bound;
+//! the audit is supervised (restarted with backoff, logged at error, should it ever end). Under a `Type=notify` systemd unit the
 //! service reports readiness, status, watchdog keep-alives and stopping (`notify.rs`).
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use deadpool_postgres::Pool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::config::Config;
 use super::notify::Notifier;
+use crate::backoff::BackoffPolicy;
 use crate::capture::CaptureHealth;
 use crate::db::DbConfig;
 use crate::metrics::metrics;
@@ -39,6 +42,11 @@ const DEAD_LETTERS_EVERY: u32 = 15;
 /// When something scrapes `/metrics`, a process about to exit because its slot is lost waits
 /// at most this long for one more scrape, so Prometheus sees `stocksync_slot_lost 1`.
 const LINGER_FOR_SCRAPE: Duration = Duration::from_secs(75);
+
+/// A supervised task that ended by itself starts again after 1 s, doubling to a minute (a
+/// task that ran for [`RESTART_RESET`] starts over at 1 s).
+const RESTART: BackoffPolicy = BackoffPolicy::new(Duration::from_secs(1), Duration::from_secs(60));
+const RESTART_RESET: Duration = Duration::from_secs(300);
 
 /// A transactional message: decoding it moves the slot even when the published tables are
 /// quiet (the empty transaction is skipped, the keepalive that follows is confirmed).
@@ -100,6 +108,15 @@ impl Service {
             super::dispatch_settings(&config),
             shutdown.clone(),
         )));
+        let reconcile = super::reconcile_settings(&config);
+        if !reconcile.interval.is_zero() {
+            let db = db.clone();
+            tasks.push(supervise(
+                "periodic reconciliation",
+                shutdown.clone(),
+                move |stop| crate::reconcile::periodic::run(db.clone(), reconcile.clone(), stop),
+            ));
+        }
         Ok(Service {
             config,
             db,
@@ -118,6 +135,40 @@ impl Service {
             warn!(?bound, "some tasks did not stop in time; abandoning them");
         }
     }
+}
+
+/// Runs the task `start` makes until `shutdown`; should it end (or panic) before, logs it at
+/// error and starts a new one after a backoff.
+fn supervise<F, Fut>(
+    name: &'static str,
+    shutdown: CancellationToken,
+    mut start: F,
+) -> JoinHandle<()>
+where
+    F: FnMut(CancellationToken) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut backoff = RESTART.start();
+        loop {
+            let started = Instant::now();
+            let ended = tokio::spawn(start(shutdown.clone())).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match ended {
+                Ok(()) => error!(task = name, "the task ended by itself; starting it again"),
+                Err(e) => error!(task = name, error = %e, "the task failed; starting it again"),
+            }
+            if started.elapsed() >= RESTART_RESET {
+                backoff.reset();
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    })
 }
 
 /// Runs capture, delivery and HTTP until `shutdown` is cancelled or capture fails fatally.
@@ -291,6 +342,17 @@ async fn refresh_metrics(pool: Pool, config: Arc<Config>, shutdown: Cancellation
                     .set(p.oldest_age_seconds);
                 // A store with work shows its dead letters (0 until the next count says more).
                 m.queue_dead_letters.with_label_values(&[&store]);
+            }
+        }
+        if let Ok(audits) = crate::reconcile::journal::last_done(&**client).await {
+            m.drift_listings.reset();
+            m.reconcile_last_run_timestamp_seconds.reset();
+            for (store, drifted, ended) in audits {
+                let store = store.to_string();
+                m.drift_listings.with_label_values(&[&store]).set(drifted);
+                m.reconcile_last_run_timestamp_seconds
+                    .with_label_values(&[&store])
+                    .set(ended);
             }
         }
         if let Ok(lag) = crate::queue::checkpoint_lag(&**client, &config.slot).await {

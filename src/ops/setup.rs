@@ -8,7 +8,8 @@
 
 use tokio_postgres::Client;
 
-/// Numbered migrations of the `stock_sync` schema, in order.
+/// Numbered migrations of the `stock_sync` schema, in order. Numbers may leave gaps (each is
+/// applied when it is missing, whatever the others).
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "capture", include_str!("../../sql/001_capture.sql")),
     (2, "delivery", include_str!("../../sql/002_delivery.sql")),
@@ -22,6 +23,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "fenced_claims",
         include_str!("../../sql/004_fenced_claims.sql"),
     ),
+    (7, "reconcile", include_str!("../../sql/007_reconcile.sql")),
 ];
 
 /// The application tables stocksync reads through the slot.
@@ -367,8 +369,11 @@ pub async fn preflight(
             }
         }
     }
-    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
-    if !o.applied_migrations.contains(&latest) {
+    // Every migration, not only the last: numbers may leave gaps that are filled later.
+    if MIGRATIONS
+        .iter()
+        .any(|(version, _, _)| !o.applied_migrations.contains(version))
+    {
         problems.push(Problem::config(
             "schema stock_sync is missing or not up to date: run `stocksync setup`".into(),
         ));
