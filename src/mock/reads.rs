@@ -25,7 +25,8 @@
 //!   `nextPageToken` is given on every page with a next one, or (with
 //!   `trendyol_token_always = false`) only where the next page number would be refused, so
 //!   a scan must switch to the token there. `barcodes` (at most 50) or `barcode` filter by
-//!   barcode, spaces ignored (Trendyol removes them), and return whole contents.
+//!   barcode, spaces ignored (Trendyol removes them), and return whole contents (the window
+//!   is not applied to them: the real one, 10,000, is far above one filtered page).
 //! * Hepsiburada: listings in `listingId` order (an id derived from the merchant and sku);
 //!   `offset` and `limit` are required (`limit` at most
 //!   [`ReadsConfig::hepsiburada_max_limit`]); [`ReadsConfig::hepsiburada_page_overlap`]
@@ -425,6 +426,11 @@ pub(crate) async fn trendyol_read(
         Ok(page) => page,
         Err(e) => return ty_bad_request("page", e),
     };
+    let filter = match list(p.get("barcodes")) {
+        Ok(Some(b)) => Some(b),
+        Ok(None) => p.get("barcode").map(|b| vec![b.clone()]),
+        Err(e) => return ty_bad_request("barcodes", e),
+    };
     let token = p.get("nextPageToken").filter(|t| !t.is_empty());
     let after = match (token, page) {
         (Some(_), Some(_)) => {
@@ -436,7 +442,8 @@ pub(crate) async fn trendyol_read(
         },
         (None, page) => {
             let page = page.unwrap_or(0);
-            if (page + 1).saturating_mul(size) > config.trendyol_page_window {
+            // The window is tried only by the scan (a read by barcode is one short page).
+            if filter.is_none() && (page + 1).saturating_mul(size) > config.trendyol_page_window {
                 return ty_bad_request(
                     "page",
                     format!(
@@ -447,11 +454,6 @@ pub(crate) async fn trendyol_read(
             }
             None
         }
-    };
-    let filter = match list(p.get("barcodes")) {
-        Ok(Some(b)) => Some(b),
-        Ok(None) => p.get("barcode").map(|b| vec![b.clone()]),
-        Err(e) => return ty_bad_request("barcodes", e),
     };
     let Inner {
         accounts, reads, ..

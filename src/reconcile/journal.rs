@@ -47,8 +47,10 @@ WHERE n <= $2 ORDER BY id
 const SAVE_SQL: &str = r#"
 UPDATE stock_sync.reconcile_runs
 SET position = $2::text::jsonb, pages = $3, reads = $4,
-    agree = $5[1], drifted = $5[2], missing_at_marketplace = $5[3], unknown_to_database = $5[4],
-    not_repairable = $5[5], unknown = $5[6], in_motion = $5[7], repaired = $5[8], bad_rows = $5[9],
+    agree = ($5::int[])[1], drifted = ($5::int[])[2], missing_at_marketplace = ($5::int[])[3],
+    unknown_to_database = ($5::int[])[4], not_repairable = ($5::int[])[5],
+    unknown = ($5::int[])[6], in_motion = ($5::int[])[7], repaired = ($5::int[])[8],
+    bad_rows = ($5::int[])[9],
     updated_at = now()
 WHERE id = $1 AND state = 'running'
 "#;
