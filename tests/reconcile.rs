@@ -410,7 +410,8 @@ async fn reconcile_entries(client: &Client) -> i64 {
 /// Drift injected in the seller panel of both marketplaces is found exactly while a random
 /// workload keeps the rest of the catalogue busy (no false positives, none on pairs in
 /// motion); listings that must not be repaired are reported and left alone; `--fix`
-/// enqueues the repairs, the service pushes them, and the next audit finds no drift.
+/// enqueues the repairs, the service pushes them, and the next audit finds no drift; once the
+/// workload is over, a new edit is found on the idle database too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
     let seed = seed();
@@ -623,6 +624,18 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
         repaired_products,
         set(&["qsku-00000", "qsku-00001", "qsku-00002", "qsku-00006"])
     );
+    // On an idle database, too, capture is known to have caught up (nothing else moves its
+    // checkpoint): a panel edit is drift, not motion.
+    panel(&mock, &[ty("QB-00005", Some(1234))]).await;
+    let (code, json) = reconcile(&env, &["--store", &ty_a.to_string()]).await;
+    assert_eq!(code, 1, "{json:#}");
+    let a = store_report(&json, ty_a);
+    assert_eq!(
+        (a["drifted"].as_u64(), a["in_motion"].as_u64()),
+        (Some(1), Some(0)),
+        "{a:#}"
+    );
+    assert_eq!(example_keys(a, "drifted"), set(&["QB-00005"]));
     service.kill9();
     mock.shutdown().await;
 }

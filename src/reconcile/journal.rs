@@ -79,6 +79,17 @@ WITH ended AS (
 DELETE FROM stock_sync.reconcile_seen WHERE run_id IN (SELECT id FROM ended)
 "#;
 
+/// The running audit of store `$1` ends as failed (`$2` why): the store is no longer read.
+const ABANDON_SQL: &str = r#"
+WITH ended AS (
+    UPDATE stock_sync.reconcile_runs
+    SET state = 'failed', error = $2, finished_at = now(), updated_at = now()
+    WHERE store_id = $1 AND state = 'running'
+    RETURNING id
+)
+DELETE FROM stock_sync.reconcile_seen WHERE run_id IN (SELECT id FROM ended)
+"#;
+
 /// Stores `$1` enter the schedule: their first audit is one interval (`$2` s) away.
 const SCHEDULE_NEW_SQL: &str = r#"
 INSERT INTO stock_sync.reconcile_schedule (store_id, next_run_at)
@@ -283,6 +294,16 @@ pub async fn end(
     let state = if error.is_some() { "failed" } else { "done" };
     db.execute(END_SQL, &[&run, &state, &error]).await?;
     Ok(())
+}
+
+/// Ends the running audit of a store that is no longer read (inactive, paused, gone), so
+/// `status` does not show it running. Returns whether there was one.
+pub async fn abandon(
+    db: &impl GenericClient,
+    store: Uuid,
+    why: &str,
+) -> Result<bool, ReconcileError> {
+    Ok(db.execute(ABANDON_SQL, &[&store, &why]).await? > 0)
 }
 
 /// A store's place in the schedule.

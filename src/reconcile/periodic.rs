@@ -80,7 +80,13 @@ async fn round(
     for (id, name) in targets::marketplace_stores(&conn).await? {
         match targets::open(&conn, id, &name).await? {
             Ok(target) => open.push(target),
-            Err(why) => debug!(store = %id, %why, "not audited"),
+            Err(why) => {
+                debug!(store = %id, %why, "not audited");
+                let why = format!("the store is no longer read: {why}");
+                if journal::abandon(&conn, id, &why).await? {
+                    info!(store = %id, %why, "reconciliation audit ended");
+                }
+            }
         }
     }
     let ids: Vec<_> = open.iter().map(|t| t.id).collect();
