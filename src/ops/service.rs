@@ -1,8 +1,9 @@
 //! The long-running parts of `stocksync run` besides capture: the HTTP endpoints, the
 //! dispatcher, the periodic reconciliation audit, the metrics refresher, the dashboard's
 //! history sampler and the slot heartbeat. Started together, stopped in order within a bound;
-//! the audit is supervised (restarted with backoff, logged at error, should it ever end). Under a `Type=notify` systemd unit the
-//! service reports readiness, status, watchdog keep-alives and stopping (`notify.rs`).
+//! the audit is supervised (restarted with backoff, logged at error, should it ever end).
+//! Under a `Type=notify` systemd unit the service reports readiness, status, watchdog
+//! keep-alives and stopping (`notify.rs`).
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -398,5 +399,38 @@ async fn heartbeat(pool: Pool, every: Duration, shutdown: CancellationToken) {
             }
             Err(e) => debug!(error = %e, "heartbeat: no connection"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    #[tokio::test]
+    async fn a_supervised_task_that_ends_or_panics_is_started_again() {
+        let starts = Arc::new(AtomicU32::new(0));
+        let shutdown = CancellationToken::new();
+        let counted = starts.clone();
+        let handle = supervise("test", shutdown.clone(), move |stop| {
+            let counted = counted.clone();
+            async move {
+                match counted.fetch_add(1, Ordering::SeqCst) {
+                    0 => {}
+                    1 => panic!("the second run fails"),
+                    _ => stop.cancelled().await,
+                }
+            }
+        });
+        while starts.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        handle.await.unwrap();
+        assert_eq!(
+            starts.load(Ordering::SeqCst),
+            3,
+            "not started again after shutdown"
+        );
     }
 }
