@@ -344,6 +344,15 @@ fn service_env(
     env
 }
 
+/// `stocksync run` with `env`, logging to a file named after `slot`.
+fn start_service(slot: &str, env: &[(String, String)]) -> Service {
+    let log = std::env::temp_dir().join(format!("stocksync-{slot}-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let mut service = Service::new(env.to_vec(), log);
+    service.start();
+    service
+}
+
 /// Quiet products (no workload touches them): `barcode_prefix-i` / `sku_prefix-i`, listed in
 /// `stores` with sellable quantity `quantity(i)`. Returns their ids.
 async fn quiet_products(
@@ -430,10 +439,7 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
     setup(&url, slot, slot).await;
     let mock = start_mock(mock_config(Duration::from_secs(2))).await;
     let env = service_env(&url, slot, &mock, &[]);
-    let log = std::env::temp_dir().join(format!("stocksync-{slot}-{}.log", std::process::id()));
-    let _ = std::fs::remove_file(&log);
-    let mut service = Service::new(env.clone(), log);
-    service.start();
+    let mut service = start_service(slot, &env);
     eventually(
         Duration::from_secs(60),
         "the initial sync is delivered",
@@ -640,44 +646,60 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
     mock.shutdown().await;
 }
 
+/// A Trendyol store (seller `seller`, key `k`, secret `s`) listing `count` quiet products
+/// `prefix-i` with sellable quantity `i % 7`, set up on `slot`, and a mock (reads as given)
+/// that shows exactly that. Returns the database URL, a client, the store and the mock.
+async fn store_in_sync(
+    slot: &str,
+    seller: &str,
+    prefix: &str,
+    count: usize,
+    reads: ReadsConfig,
+) -> (String, Client, Uuid, MockMarketplace) {
+    let url = fresh_database(slot);
+    let client = connect(&url).await;
+    let store = uuid();
+    client
+        .execute(
+            "INSERT INTO stores (id, name, type, seller_id, api_key, api_secret) VALUES ($1, $2, 'TRENDYOL', $2, 'k', 's')",
+            &[&store, &seller],
+        )
+        .await
+        .unwrap();
+    quiet_products(&client, &[store], count, prefix, prefix, |i| (i % 7) as i32).await;
+    setup(&url, slot, slot).await;
+    let mock = start_mock(MockConfig {
+        accounts: vec![MockAccount::trendyol(seller, "k", "s")],
+        reads,
+        ..MockConfig::default()
+    })
+    .await;
+    let edits: Vec<PanelEdit> = (0..count)
+        .map(|i| {
+            PanelEdit::new(Marketplace::Trendyol, seller, &format!("{prefix}-{i:05}"))
+                .quantity(Some((i % 7) as i64))
+        })
+        .collect();
+    panel(&mock, &edits).await;
+    (url, client, store, mock)
+}
+
 /// A Trendyol catalogue far past the page window: pages 0-2 by number, then only
 /// `nextPageToken` (the mock gives it only where the next page number would be refused);
 /// every listing is compared once and a drift on the last page is found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trendyol_scan_crosses_the_page_window_through_next_page_token() {
     let slot = "rec_window";
-    let url = fresh_database(slot);
-    let client = connect(&url).await;
-    let store = uuid();
-    client
-        .execute(
-            "INSERT INTO stores (id, name, type, seller_id, api_key, api_secret) VALUES ($1, 'Window', 'TRENDYOL', '8001', 'wk', 'ws')",
-            &[&store],
-        )
-        .await
-        .unwrap();
     let count = 2400;
-    quiet_products(&client, &[store], count, "W", "w", |i| (i % 50) as i32).await;
-    setup(&url, slot, slot).await;
-    let mock = start_mock(MockConfig {
-        accounts: vec![MockAccount::trendyol("8001", "wk", "ws")],
-        reads: ReadsConfig {
-            trendyol_page_window: 300,
-            trendyol_token_always: false,
-            ..ReadsConfig::default()
-        },
-        ..MockConfig::default()
-    })
-    .await;
-    let mut edits: Vec<PanelEdit> = (0..count)
-        .map(|i| {
-            PanelEdit::new(Marketplace::Trendyol, "8001", &format!("W-{i:05}"))
-                .quantity(Some((i % 50) as i64))
-        })
-        .collect();
+    let reads = ReadsConfig {
+        trendyol_page_window: 300,
+        trendyol_token_always: false,
+        ..ReadsConfig::default()
+    };
+    let (url, client, store, mock) = store_in_sync(slot, "8001", "W", count, reads).await;
     // The last listing, far past the window, shows something else.
-    edits.push(PanelEdit::new(Marketplace::Trendyol, "8001", "W-02399").quantity(Some(1000)));
-    panel(&mock, &edits).await;
+    let drift = PanelEdit::new(Marketplace::Trendyol, "8001", "W-02399").quantity(Some(1000));
+    panel(&mock, &[drift]).await;
 
     let env = service_env(&url, slot, &mock, &[]);
     let (code, json) = reconcile(&env, &["--store", &store.to_string()]).await;
@@ -754,31 +776,9 @@ async fn first_audit(client: &Client, store: Uuid) -> Option<(i64, i32, String)>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_periodic_audit_resumes_after_kill_nine_where_it_stopped() {
     let slot = "rec_resume";
-    let url = fresh_database(slot);
-    let client = connect(&url).await;
-    let store = uuid();
-    client
-        .execute(
-            "INSERT INTO stores (id, name, type, seller_id, api_key, api_secret) VALUES ($1, 'Resume', 'TRENDYOL', '8101', 'rk', 'rs')",
-            &[&store],
-        )
-        .await
-        .unwrap();
     let count = 6000;
-    quiet_products(&client, &[store], count, "R", "r", |i| (i % 7) as i32).await;
-    setup(&url, slot, slot).await;
-    let mock = start_mock(MockConfig {
-        accounts: vec![MockAccount::trendyol("8101", "rk", "rs")],
-        ..MockConfig::default()
-    })
-    .await;
-    let edits: Vec<PanelEdit> = (0..count)
-        .map(|i| {
-            PanelEdit::new(Marketplace::Trendyol, "8101", &format!("R-{i:05}"))
-                .quantity(Some((i % 7) as i64))
-        })
-        .collect();
-    panel(&mock, &edits).await;
+    let (url, client, store, mock) =
+        store_in_sync(slot, "8101", "R", count, ReadsConfig::default()).await;
     due_now(&client, store).await;
     // Two reads a second: the ~30 pages take long enough to be cut short.
     let env = service_env(
@@ -791,10 +791,7 @@ async fn the_periodic_audit_resumes_after_kill_nine_where_it_stopped() {
             ("STOCKSYNC_RATE_LIMIT_WINDOW", "1s"),
         ],
     );
-    let log = std::env::temp_dir().join(format!("stocksync-{slot}-{}.log", std::process::id()));
-    let _ = std::fs::remove_file(&log);
-    let mut service = Service::new(env.clone(), log);
-    service.start();
+    let mut service = start_service(slot, &env);
     eventually(
         Duration::from_secs(60),
         "the audit is some pages in",
@@ -935,10 +932,7 @@ async fn reads_stay_within_their_budget_while_dispatch_pushes() {
             ("STOCKSYNC_HEPSIBURADA_PAGE_LIMIT", "10"),
         ],
     );
-    let log = std::env::temp_dir().join(format!("stocksync-{slot}-{}.log", std::process::id()));
-    let _ = std::fs::remove_file(&log);
-    let mut service = Service::new(env.clone(), log);
-    service.start();
+    let mut service = start_service(slot, &env);
     eventually(
         Duration::from_secs(60),
         "the initial sync is delivered",

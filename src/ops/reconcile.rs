@@ -160,40 +160,9 @@ pub fn render(reports: &[StoreReport], fix: bool) -> String {
             r.pages,
             r.reads
         ));
-        out.push_str(&format!(
-            "  agree {}, drifted {} ({} repaired), missing at the marketplace {}, unknown to the database {}, not repairable {}, unknown quantity {}, in motion {}{}\n",
-            t.agree,
-            t.drifted,
-            t.repaired,
-            t.missing_at_marketplace,
-            t.unknown_to_database,
-            t.not_repairable,
-            t.unknown,
-            t.in_motion,
-            if t.bad_rows > 0 {
-                format!(", unreadable rows {}", t.bad_rows)
-            } else {
-                String::new()
-            }
-        ));
+        out.push_str(&format!("  {}\n", t.summary()));
         for e in &r.examples {
-            let figures = match (e.marketplace, e.database) {
-                (Some(m), Some(d)) => format!("marketplace {m}, database {d}"),
-                (None, Some(d)) => format!("marketplace -, database {d}"),
-                (Some(m), None) => format!("marketplace {m}"),
-                (None, None) => String::new(),
-            };
-            out.push_str(&format!(
-                "    {:<22} {:<24} {}{}{}\n",
-                e.kind.as_str(),
-                e.key,
-                figures,
-                e.detail
-                    .as_ref()
-                    .map(|d| format!(" ({d})"))
-                    .unwrap_or_default(),
-                if e.repaired { ", repair enqueued" } else { "" }
-            ));
+            out.push_str(&format!("    {:<22} {}\n", e.kind.as_str(), e.describe()));
         }
     }
     let drifted: Vec<&StoreReport> = reports

@@ -224,7 +224,6 @@ pub fn render(status: &Status) -> String {
             .collect();
         for r in &status.reconcile {
             let name = names.get(r.store_id.as_str()).copied().unwrap_or("");
-            let t = &r.tally;
             let state = match (&r.state, &r.finished_at, &r.error) {
                 (None, _, _) => "not audited yet".to_string(),
                 (Some(s), _, Some(e)) => format!("{s}: {e}"),
@@ -234,32 +233,16 @@ pub fn render(status: &Status) -> String {
                 }
             };
             out.push_str(&format!(
-                "  {} {:<20} {}: checked {}, drifted {} ({} repaired), missing {}, unknown to db {}, not repairable {}, unknown {}, in motion {}; next {}\n",
+                "  {} {:<20} {}: checked {}, {}; next audit {}\n",
                 r.store_id,
                 name,
                 state,
                 r.checked,
-                t.drifted,
-                t.repaired,
-                t.missing_at_marketplace,
-                t.unknown_to_database,
-                t.not_repairable,
-                t.unknown,
-                t.in_motion,
+                r.tally.summary(),
                 r.next_run_at.as_deref().unwrap_or("-"),
             ));
             for e in r.examples.iter().take(5) {
-                out.push_str(&format!(
-                    "      {} {} marketplace {} database {}{}\n",
-                    e.kind.as_str(),
-                    e.key,
-                    e.marketplace.map_or("-".to_string(), |q| q.to_string()),
-                    e.database.map_or("-".to_string(), |q| q.to_string()),
-                    e.detail
-                        .as_ref()
-                        .map(|d| format!(" ({d})"))
-                        .unwrap_or_default()
-                ));
+                out.push_str(&format!("      {} {}\n", e.kind.as_str(), e.describe()));
             }
         }
     }

@@ -130,6 +130,25 @@ impl Tally {
         *self.slot(kind) += 1;
     }
 
+    /// The counts in one line for people (`checked` apart).
+    pub fn summary(&self) -> String {
+        let mut line = format!(
+            "agree {}, drifted {} ({} repaired), missing at the marketplace {}, unknown to the database {}, not repairable {}, unknown quantity {}, in motion {}",
+            self.agree,
+            self.drifted,
+            self.repaired,
+            self.missing_at_marketplace,
+            self.unknown_to_database,
+            self.not_repairable,
+            self.unknown,
+            self.in_motion
+        );
+        if self.bad_rows > 0 {
+            line.push_str(&format!(", unreadable rows {}", self.bad_rows));
+        }
+        line
+    }
+
     /// Drift that is still there: drifted listings not enqueued for repair.
     pub fn unrepaired(&self) -> u64 {
         self.drifted.saturating_sub(self.repaired)
@@ -152,6 +171,29 @@ pub struct Finding {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub repaired: bool,
+}
+
+impl Finding {
+    /// One line for people: the key, what each side shows, why, and whether a repair is
+    /// enqueued.
+    pub fn describe(&self) -> String {
+        let side = |q: Option<i64>| q.map_or("-".to_string(), |q| q.to_string());
+        format!(
+            "{}: marketplace {}, database {}{}{}",
+            self.key,
+            side(self.marketplace),
+            side(self.database.map(i64::from)),
+            self.detail
+                .as_ref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default(),
+            if self.repaired {
+                ", repair enqueued"
+            } else {
+                ""
+            }
+        )
+    }
 }
 
 /// The verdict on a listing the database knows, before motion is considered.
