@@ -38,6 +38,12 @@ pub struct Metrics {
     pub quantity_computation_seconds: Histogram,
     pub dead_letters: IntCounterVec,
     pub store_paused: IntGaugeVec,
+    /// 1 while a store waits out a backoff, by why (a closed set).
+    pub store_backing_off: IntGaugeVec,
+    /// Upload status words no client has seen, per provider.
+    pub unknown_status_words: IntCounterVec,
+    /// Long-running tasks that ended unexpectedly and were restarted, per task.
+    pub task_restarts: IntCounterVec,
     /// Dead letters held per store, read from the database (every instance reports it).
     pub queue_dead_letters: IntGaugeVec,
     pub dispatch_ready: IntGauge,
@@ -242,8 +248,26 @@ impl Metrics {
             store_paused: gauge_vec(
                 &r,
                 "store_paused",
-                "1 while a store is paused, by kind (credentials_missing, credentials_refused, credentials_unusable, other)",
+                "1 while a store is paused, by kind (credentials, forbidden, not_configured, other)",
                 &["store", "kind"],
+            ),
+            store_backing_off: gauge_vec(
+                &r,
+                "store_backing_off",
+                "1 while a store waits out a backoff, by kind (throttled, server_error, unexpected_status)",
+                &["store", "kind"],
+            ),
+            unknown_status_words: counter_vec(
+                &r,
+                "unknown_status_words_total",
+                "Batch/upload status answers with a word stocksync does not know (treated as pending), per provider",
+                &["provider"],
+            ),
+            task_restarts: counter_vec(
+                &r,
+                "task_restarts_total",
+                "Long-running tasks that ended unexpectedly (panic or return) and were restarted, per task",
+                &["task"],
             ),
             queue_dead_letters: gauge_vec(
                 &r,
@@ -291,6 +315,9 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        for provider in ["TRENDYOL", "HEPSIBURADA"] {
+            m.unknown_status_words.with_label_values(&[provider]);
+        }
         m
     }
 

@@ -27,11 +27,16 @@ impl Running {
 }
 
 fn start_capture(url: &str, slot: &str) -> Running {
+    start_capture_with(url, slot, true)
+}
+
+fn start_capture_with(url: &str, slot: &str, streaming: bool) -> Running {
     let shutdown = CancellationToken::new();
     let settings = CaptureSettings {
         slot: slot.into(),
         publication: slot.into(),
         status_interval: Duration::from_secs(1),
+        streaming,
         ..CaptureSettings::default()
     };
     let db = DbConfig::from_url(url).unwrap();
@@ -336,6 +341,242 @@ async fn seed_example_enqueues_products_and_every_set_containing_them() {
     let _ = c.unrelated;
 }
 
+/// The database's name in its URL.
+fn database_name(url: &str) -> String {
+    url.rsplit('/').next().unwrap().to_string()
+}
+
+/// Makes the server stream any transaction over 64 kB of decoded changes (its minimum), so
+/// a few thousand rows are enough to exercise streaming. Read by walsenders at connection.
+async fn stream_small_transactions(client: &Client, url: &str) {
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET logical_decoding_work_mem = '64kB'",
+            database_name(url)
+        ))
+        .await
+        .unwrap();
+}
+
+async fn staged(client: &Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM stock_sync.stream_staging", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `n` more products (in no set) listed in `store`; their ids.
+async fn add_listings(client: &Client, store: Uuid, n: i32) -> Vec<Uuid> {
+    client
+        .query(
+            "WITH p AS (
+                 INSERT INTO products (id, barcode, name, product_type)
+                 SELECT gen_random_uuid(), 'BULK-' || gen_random_uuid(), 'bulk', 'SIMPLE'
+                 FROM generate_series(1, $2::int)
+                 RETURNING id)
+             INSERT INTO product_stores (id, product_id, store_id, sellable_quantity)
+             SELECT gen_random_uuid(), id, $1, 10 FROM p RETURNING product_id",
+            &[&store, &n],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+const BULK_UPDATE: &str = "UPDATE product_stores SET sellable_quantity = sellable_quantity + 1 \
+     WHERE store_id = $1 AND product_id = ANY($2)";
+
+/// The catalogue plus 12,000 listings in its store (their products), transactions over 64 kB
+/// streamed, capture running on `slot` (with `streaming`) past its first run, queue empty.
+async fn bulk_rig(slot: &str, streaming: bool) -> (String, Client, Catalogue, Vec<Uuid>, Running) {
+    let url = fresh_database(slot);
+    let client = connect(&url).await;
+    let c = load_catalogue(&client).await;
+    let bulk = add_listings(&client, c.store, 12_000).await;
+    stream_small_transactions(&client, &url).await;
+    setup(&url, slot, slot).await;
+    let running = start_capture_with(&url, slot, streaming);
+    eventually(Duration::from_secs(30), "first run", || async {
+        checkpoint(&client, slot).await.is_some()
+    })
+    .await;
+    wait_caught_up(&client, slot).await;
+    clear_queue(&client).await;
+    (url, client, c, bulk, running)
+}
+
+/// Transactions the server streamed to the slot so far.
+async fn streamed_transactions(client: &Client, slot: &str) -> i64 {
+    client
+        .query_opt(
+            "SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+        .unwrap_or(0)
+}
+
+/// Rule 6: a transaction the server streams while it runs is staged, never in the queue
+/// before its commit; its commit enqueues its pairs and their sets (once in the capture
+/// log), its rollback leaves nothing, and a rolled back subtransaction takes its own
+/// changes away and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_transactions_are_staged_until_commit_and_dropped_on_abort() {
+    let (url, client, c, bulk, running) = bulk_rig("stream_slot", true).await;
+    let streamed_before = streamed_transactions(&client, "stream_slot").await;
+
+    // Committed: staged while it runs (12,000 seeds: one chunk of 10,000 staged before the
+    // commit), in the queue only after.
+    let mut writer = connect(&url).await;
+    let tx = writer.transaction().await.unwrap();
+    let xid: i64 = tx
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tx.execute(BULK_UPDATE, &[&c.store, &bulk]).await.unwrap();
+    tx.execute(
+        "UPDATE product_stores SET sellable_quantity = 1 WHERE product_id = $1 AND store_id = $2",
+        &[&c.eldiven, &c.store],
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "seeds staged while the transaction runs",
+        || async { staged(&client).await >= 10_000 },
+    )
+    .await;
+    assert!(
+        pending(&client).await.is_empty(),
+        "nothing enqueued before the commit"
+    );
+    tx.commit().await.unwrap();
+    wait_caught_up(&client, "stream_slot").await;
+    let got = pending(&client).await;
+    assert_eq!(
+        got.len(),
+        bulk.len() + 3,
+        "every pair, Eldiven and its two sets"
+    );
+    for p in bulk
+        .iter()
+        .chain([&c.eldiven, &c.kis_paketi, &c.mega_paket])
+    {
+        assert!(got.contains_key(&(*p, c.store)), "{p} not enqueued");
+    }
+    assert_eq!(got[&(c.eldiven, c.store)], "STOCK_REMOVED");
+    assert_eq!(
+        staged(&client).await,
+        0,
+        "the staging is emptied by the commit"
+    );
+    let logged: i64 = client
+        .query_one(
+            "SELECT count(*) FROM stock_sync.captured_transactions WHERE xid = $1",
+            &[&xid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        logged, 1,
+        "the streamed transaction is in the capture log once"
+    );
+    clear_queue(&client).await;
+
+    // Rolled back: staged, then deleted; nothing enqueued.
+    let tx = writer.transaction().await.unwrap();
+    tx.execute(BULK_UPDATE, &[&c.store, &bulk]).await.unwrap();
+    eventually(Duration::from_secs(30), "seeds staged", || async {
+        staged(&client).await >= 10_000
+    })
+    .await;
+    tx.rollback().await.unwrap();
+    // A small transaction after it: its capture shows the abort was handled before it.
+    client
+        .execute(
+            "UPDATE product_stores SET sellable_quantity = 3 WHERE product_id = $1 AND store_id = $2",
+            &[&c.unrelated, &c.store],
+        )
+        .await
+        .unwrap();
+    wait_caught_up(&client, "stream_slot").await;
+    assert_eq!(staged(&client).await, 0, "the abort deleted the staging");
+    assert_eq!(
+        pending(&client).await.into_keys().collect::<Vec<_>>(),
+        vec![(c.unrelated, c.store)]
+    );
+    clear_queue(&client).await;
+
+    // A subtransaction rolled back after its changes were streamed: only its changes go.
+    let tx = writer.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE product_stores SET sellable_quantity = 4 WHERE product_id = $1 AND store_id = $2",
+        &[&c.unrelated, &c.store],
+    )
+    .await
+    .unwrap();
+    tx.batch_execute("SAVEPOINT s1").await.unwrap();
+    tx.execute(BULK_UPDATE, &[&c.store, &bulk]).await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the subtransaction's seeds staged",
+        || async { staged(&client).await >= 10_000 },
+    )
+    .await;
+    tx.batch_execute("ROLLBACK TO SAVEPOINT s1").await.unwrap();
+    tx.execute(
+        "UPDATE product_stores SET sellable_quantity = 2 WHERE product_id = $1 AND store_id = $2",
+        &[&c.mont, &c.store],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    wait_caught_up(&client, "stream_slot").await;
+    let got: BTreeSet<_> = pending(&client).await.into_keys().collect();
+    let want: BTreeSet<_> = [
+        (c.unrelated, c.store),
+        (c.mont, c.store),
+        (c.kis_paketi, c.store),
+        (c.mega_paket, c.store),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        got, want,
+        "the rolled back subtransaction's pairs are not enqueued"
+    );
+    assert_eq!(staged(&client).await, 0);
+
+    assert!(
+        streamed_transactions(&client, "stream_slot").await >= streamed_before + 3,
+        "the server streamed the three transactions"
+    );
+    running.stop().await.expect("clean stop");
+}
+
+/// `STOCKSYNC_STREAMING=off`: the same large transaction arrives at its commit (protocol 1)
+/// and is enqueued the same; nothing is staged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_streaming_a_large_transaction_arrives_at_commit() {
+    let (url, client, c, bulk, running) = bulk_rig("nostream_slot", false).await;
+    let mut writer = connect(&url).await;
+    let tx = writer.transaction().await.unwrap();
+    tx.execute(BULK_UPDATE, &[&c.store, &bulk]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(staged(&client).await, 0, "protocol 1 stages nothing");
+    tx.commit().await.unwrap();
+    wait_caught_up(&client, "nostream_slot").await;
+    assert_eq!(pending(&client).await.len(), bulk.len());
+    running.stop().await.expect("clean stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_skips_captured_transactions_and_resumes() {
     let url = fresh_database("capture_restart");
@@ -498,6 +739,8 @@ async fn kill_nine_loop_loses_nothing_and_captures_nothing_twice() {
                 .unwrap();
         }
     }
+    // Capture's own larger transactions (the first run) are streamed by the server.
+    stream_small_transactions(&client, &url).await;
     setup(&url, "kill_slot", "kill_slot").await;
 
     let stop = CancellationToken::new();
@@ -584,12 +827,18 @@ async fn kill_nine_loop_loses_nothing_and_captures_nothing_twice() {
     // Kill loop.
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut kills = 0;
-    let spawn = || {
+    // Every other run reads the slot with protocol 1: switching back and forth (an upgrade,
+    // a rollback, a changed setting) loses and doubles nothing either.
+    let spawn = |run: u32| {
         std::process::Command::new(binary())
             .arg("run")
             .env("DATABASE_URL", &url)
             .env("STOCKSYNC_SLOT", "kill_slot")
             .env("STOCKSYNC_PUBLICATION", "kill_slot")
+            .env(
+                "STOCKSYNC_STREAMING",
+                if run.is_multiple_of(2) { "on" } else { "off" },
+            )
             .env("STOCKSYNC_HTTP_ADDR", "127.0.0.1:0")
             .env("STOCKSYNC_LOG", "warn")
             .stdout(std::process::Stdio::null())
@@ -598,7 +847,7 @@ async fn kill_nine_loop_loses_nothing_and_captures_nothing_twice() {
             .expect("spawn stocksync run")
     };
     while kills < 20 {
-        let mut child = spawn();
+        let mut child = spawn(kills);
         tokio::time::sleep(Duration::from_millis(rng.gen_range(150..1200))).await;
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
@@ -609,7 +858,7 @@ async fn kill_nine_loop_loses_nothing_and_captures_nothing_twice() {
         results.push(w.await.unwrap());
     }
     // Final run to catch up, then a clean stop.
-    let mut child = spawn();
+    let mut child = spawn(kills);
     wait_caught_up(&client, "kill_slot").await;
     unsafe_sigterm(&child);
     let status = child.wait().unwrap();
@@ -649,6 +898,150 @@ async fn kill_nine_loop_loses_nothing_and_captures_nothing_twice() {
     }
     println!("kill -9 loop: {kills} kills, {transactions} transactions verified");
     assert!(transactions >= 1000);
+}
+
+/// The real binary killed in the middle of a streamed transaction (its seeds partly staged,
+/// its commit not yet made) and in the middle of its commit (the staged seeds moved into the
+/// queue, the capture log row waiting on a lock): both times the restarted service discards
+/// the staging, the server streams the transaction again, and it is captured exactly once
+/// with every pair enqueued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_in_a_streamed_transaction_and_in_its_commit_captures_it_once() {
+    let url = fresh_database("capture_kill_stream");
+    let client = connect(&url).await;
+    let store = uuid();
+    client
+        .execute(
+            "INSERT INTO stores (id, name, type) VALUES ($1, 'shop', 'OTHER')",
+            &[&store],
+        )
+        .await
+        .unwrap();
+    let bulk = add_listings(&client, store, 25_000).await;
+    stream_small_transactions(&client, &url).await;
+    setup(&url, "kill_stream", "kill_stream").await;
+    let log =
+        std::env::temp_dir().join(format!("stocksync-kill-stream-{}.log", std::process::id()));
+    let spawn = || {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        std::process::Command::new(binary())
+            .arg("run")
+            .env("DATABASE_URL", &url)
+            .env("STOCKSYNC_SLOT", "kill_stream")
+            .env("STOCKSYNC_PUBLICATION", "kill_stream")
+            .env("STOCKSYNC_HTTP_ADDR", "127.0.0.1:0")
+            .env("STOCKSYNC_HEARTBEAT_INTERVAL", "0s")
+            .env("STOCKSYNC_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn stocksync run")
+    };
+    let mut child = spawn();
+    wait_caught_up(&client, "kill_stream").await;
+    let mut writer = connect(&url).await;
+    let captured = |xid: i64| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT count(*) FROM stock_sync.captured_transactions WHERE xid = $1",
+                    &[&xid],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+
+    // 1. Killed while the transaction streams: 20,000 of its 25,000 seeds are staged (two
+    //    chunks) when it is complete but not committed.
+    let tx = writer.transaction().await.unwrap();
+    let first: i64 = tx
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tx.execute(BULK_UPDATE, &[&store, &bulk]).await.unwrap();
+    eventually(Duration::from_secs(60), "two chunks staged", || async {
+        staged(&client).await == 20_000
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    child = spawn();
+    // The restarted service discards what its predecessor staged; the server streams the
+    // transaction again from its start: 20,000 rows again, not 40,000.
+    eventually(
+        Duration::from_secs(60),
+        "the transaction staged again",
+        || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("discarded the staging")
+                && staged(&client).await == 20_000
+        },
+    )
+    .await;
+    tx.commit().await.unwrap();
+    wait_caught_up(&client, "kill_stream").await;
+    assert_eq!(captured(first).await, 1);
+    assert_eq!(pending(&client).await.len(), bulk.len());
+    assert_eq!(staged(&client).await, 0);
+    clear_queue(&client).await;
+
+    // 2. Killed in the commit: a lock on the capture log holds the capture transaction after
+    //    it moved the staged seeds into the queue.
+    let mut blocker = connect(&url).await;
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE stock_sync.capture_batches IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let tx = writer.transaction().await.unwrap();
+    let second: i64 = tx
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tx.execute(BULK_UPDATE, &[&store, &bulk]).await.unwrap();
+    tx.commit().await.unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the commit waiting on the capture log",
+        || async {
+            client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND btrim(query, E' \\n') LIKE 'INSERT INTO stock_sync.capture_batches%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        },
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    lock.rollback().await.unwrap();
+    assert_eq!(captured(second).await, 0, "the killed commit left nothing");
+    child = spawn();
+    wait_caught_up(&client, "kill_stream").await;
+    assert_eq!(
+        captured(second).await,
+        1,
+        "captured exactly once after the restart"
+    );
+    assert_eq!(pending(&client).await.len(), bulk.len());
+    assert_eq!(staged(&client).await, 0);
+    unsafe_sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_file(&log);
 }
 
 fn unsafe_sigterm(child: &std::process::Child) {

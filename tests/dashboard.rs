@@ -100,6 +100,7 @@ fn start_service(
         ("STOCKSYNC_HTTP_ADDR", http_addr.to_string()),
         ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
         ("STOCKSYNC_HEPSIBURADA_URL", mock.base_url()),
+        ("STOCKSYNC_HEPSIBURADA_USER_AGENT", "test_dev".to_string()),
         ("STOCKSYNC_FLUSH_INTERVAL", "100ms".into()),
         ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s".into()),
         ("STOCKSYNC_REQUEST_TIMEOUT", "2s".into()),
@@ -496,7 +497,8 @@ async fn dashboard_charts_the_last_hour_after_a_workload() {
     // The paused store stands out: a banner with its name and reason, and its row.
     let banner = section(&dom, "<div id=\"paused\" class=\"banner\">", "</div>\n");
     assert!(
-        banner.contains("PAUSED: Charts Hepsiburada") && banner.contains("credentials refused"),
+        banner.contains("PAUSED (credentials): Charts Hepsiburada")
+            && banner.contains("credentials refused"),
         "{banner}"
     );
     let stores = section(&dom, "<tbody id=\"stores\">", "</tbody>");

@@ -4,89 +4,13 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use common::workload::queue_idle;
+use common::stack::*;
 use common::*;
 use stocksync::mock::{Faults, MockAccount, MockConfig, MockMarketplace};
-use stocksync::ops::config::Config;
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-struct Stack {
-    url: String,
-    client: Client,
-    mock: MockMarketplace,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Stack {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
-        self.mock.shutdown().await;
-    }
-
-    async fn exec(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) {
-        self.client.execute(sql, params).await.unwrap();
-    }
-}
-
-/// Starts the mock and `run_until` with the given extra settings.
-async fn start(
-    prefix: &str,
-    mock_config: MockConfig,
-    extra: &[(&str, String)],
-    load: impl AsyncFnOnce(&Client),
-) -> Stack {
-    let url = fresh_database(prefix);
-    let client = connect(&url).await;
-    load(&client).await;
-    // Slot names are cluster-wide: one per test database.
-    setup(&url, prefix, prefix).await;
-    let mock = MockMarketplace::start(mock_config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let mut env: HashMap<String, String> = [
-        ("DATABASE_URL", url.clone()),
-        ("STOCKSYNC_SLOT", prefix.to_string()),
-        ("STOCKSYNC_PUBLICATION", prefix.to_string()),
-        ("STOCKSYNC_HTTP_ADDR", "127.0.0.1:0".into()),
-        ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
-        ("STOCKSYNC_HEPSIBURADA_URL", mock.base_url()),
-        ("STOCKSYNC_FLUSH_INTERVAL", "100ms".into()),
-        ("STOCKSYNC_IDENTICAL_REQUEST_WINDOW", "2s".into()),
-        ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s".into()),
-        ("STOCKSYNC_REQUEST_TIMEOUT", "2s".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    for (k, v) in extra {
-        env.insert(k.to_string(), v.clone());
-    }
-    let config = Config::load_from(None, |k| env.get(k).cloned()).unwrap();
-    let shutdown = CancellationToken::new();
-    let task = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let result = stocksync::ops::service::run_until(config, shutdown)
-                .await
-                .expect("service starts");
-            result.expect("capture ends cleanly");
-        })
-    };
-    Stack {
-        url,
-        client,
-        mock,
-        shutdown,
-        task,
-    }
-}
 
 const TRENDYOL_SELLER: &str = "2001";
 const HB_MERCHANT: &str = "6a1f0a8e-0000-4000-8000-000000000001";
@@ -172,44 +96,13 @@ fn mock_config() -> MockConfig {
             MockAccount::hepsiburada(HB_MERCHANT, "hb-secret"),
         ],
         identical_window: Duration::from_secs(2),
+        // As a live merchant account: only the authorised user agent is accepted.
+        behaviour: stocksync::mock::Behaviour {
+            hepsiburada_user_agent: Some("test_dev".into()),
+            ..stocksync::mock::Behaviour::default()
+        },
         ..MockConfig::default()
     }
-}
-
-/// Capture has passed everything committed so far and dispatch has decided about every
-/// entry (none pending or in flight, but those of paused stores; no open batch result).
-async fn settled(stack: &Stack) {
-    let wal: String = stack
-        .client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    eventually(Duration::from_secs(30), "capture caught up", || async {
-        stack
-            .client
-            .query_one(
-                "SELECT COALESCE(bool_and(lsn >= $1::text::pg_lsn), false) FROM stock_sync.checkpoint",
-                &[&wal],
-            )
-            .await
-            .unwrap()
-            .get::<_, bool>(0)
-    })
-    .await;
-    eventually(Duration::from_secs(30), "the queue settled", || async {
-        queue_idle(&stack.client).await
-    })
-    .await;
-}
-
-async fn wait_quantity(mock: &MockMarketplace, seller: &str, key: &str, want: i64) {
-    eventually(
-        Duration::from_secs(30),
-        &format!("{seller}/{key} to show {want}"),
-        || async { mock.quantity(seller, key) == Some(want) },
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -177,6 +177,7 @@ fn run_command(
         .env("STOCKSYNC_HTTP_ADDR", http.to_string())
         .env("STOCKSYNC_TRENDYOL_URL", mock.base_url())
         .env("STOCKSYNC_HEPSIBURADA_URL", mock.base_url())
+        .env("STOCKSYNC_HEPSIBURADA_USER_AGENT", "test_dev")
         .env("STOCKSYNC_FLUSH_INTERVAL", "100ms")
         .env("STOCKSYNC_HEARTBEAT_INTERVAL", "0s")
         .env("STOCKSYNC_LOG", "warn")
@@ -268,10 +269,13 @@ async fn every_metric_in_the_alert_rules_and_the_dashboard_is_exported() {
         (
             "kind",
             vec![
-                "credentials_missing",
-                "credentials_refused",
-                "credentials_unusable",
+                "credentials",
+                "forbidden",
+                "not_configured",
                 "other",
+                "throttled",
+                "server_error",
+                "unexpected_status",
                 "push",
                 "status",
                 "read",
@@ -343,9 +347,7 @@ async fn every_metric_in_the_alert_rules_and_the_dashboard_is_exported() {
         exposition
             .labels
             .iter()
-            .any(|(m, l, v)| m == "stocksync_store_paused"
-                && l == "kind"
-                && v == "credentials_refused"),
+            .any(|(m, l, v)| m == "stocksync_store_paused" && l == "kind" && v == "credentials"),
         "the refused store is paused by kind: {:?}",
         exposition.labels
     );

@@ -82,6 +82,7 @@ async fn slot_loss_is_recognised_by_state_and_sqlstate_in_german() {
             slot: "lost_slot".into(),
             publication: "lost_slot".into(),
             start: Lsn::ZERO,
+            streaming: true,
             status_interval: Duration::from_secs(1),
             channel_capacity: 16,
         },

@@ -35,7 +35,6 @@ fn client_with_timeout(m: &MockMarketplace, timeout: Duration) -> MarketplaceCli
     MarketplaceClient::new(ClientSettings {
         trendyol_url: m.base_url(),
         hepsiburada_url: format!("{}/", m.base_url()),
-        hepsiburada_user_agent: HB_UA.into(),
         timeout,
     })
 }
@@ -50,6 +49,7 @@ fn ty_creds() -> StoreCredentials {
         seller_id: TY.into(),
         api_key: Some(TY_KEY.into()),
         api_secret: TY_SECRET.into(),
+        user_agent: format!("{TY} - SelfIntegration"),
     }
 }
 
@@ -59,6 +59,7 @@ fn hb_creds() -> StoreCredentials {
         seller_id: HB.into(),
         api_key: None,
         api_secret: HB_SECRET.into(),
+        user_agent: HB_UA.into(),
     }
 }
 
@@ -200,19 +201,22 @@ async fn unknown_listing_fails_alone_while_batch_mates_succeed() {
                     index: 0,
                     key: "A".into(),
                     success: true,
-                    reasons: vec![]
+                    reasons: vec![],
+                    permanent: false,
                 },
                 ItemResult {
                     index: 1,
                     key: "UNKNOWN".into(),
                     success: false,
-                    reasons: vec![reason.to_string()]
+                    reasons: vec![reason.to_string()],
+                    permanent: false,
                 },
                 ItemResult {
                     index: 2,
                     key: "C".into(),
                     success: true,
-                    reasons: vec![]
+                    reasons: vec![],
+                    permanent: false,
                 },
             ],
             "{p:?}"
@@ -228,7 +232,7 @@ async fn unknown_listing_fails_alone_while_batch_mates_succeed() {
     let batch_ref = push_accepted(&c, &hb_creds(), &prepare(Provider::Hepsiburada, &its)).await;
     let (_, ex) = c.batch_status(&hb_creds(), &batch_ref, &keys(&its)).await;
     assert!(
-        ex.response_body.contains("\"FAILED\""),
+        ex.response_body.contains("\"Failed\""),
         "{}",
         ex.response_body
     );
@@ -307,24 +311,22 @@ async fn wrong_secret_is_auth_rejected_and_never_echoed() {
 }
 
 #[tokio::test]
-async fn missing_hepsiburada_user_agent_is_auth_rejected() {
+async fn without_a_hepsiburada_user_agent_nothing_is_sent() {
     let m = start(config()).await;
-    let c = MarketplaceClient::new(ClientSettings {
-        trendyol_url: m.base_url(),
-        hepsiburada_url: m.base_url(),
-        hepsiburada_user_agent: String::new(),
-        timeout: Duration::from_secs(10),
-    });
-    let (outcome, _) = c
-        .push(
-            &hb_creds(),
-            &prepare(Provider::Hepsiburada, &items(&[("A", 1)])),
-        )
+    let c = client(&m);
+    let creds = StoreCredentials {
+        user_agent: String::new(),
+        ..hb_creds()
+    };
+    let (outcome, exchange) = c
+        .push(&creds, &prepare(Provider::Hepsiburada, &items(&[("A", 1)])))
         .await;
     assert!(
-        matches!(outcome, PushOutcome::AuthRejected { status: 403, .. }),
+        matches!(outcome, PushOutcome::AuthRejected { status: 0, .. }),
         "{outcome:?}"
     );
+    assert_eq!(exchange.status, None);
+    assert!(m.requests().is_empty(), "no request left");
 }
 
 #[tokio::test]
@@ -537,7 +539,6 @@ async fn connection_refused_is_transport() {
     let c = MarketplaceClient::new(ClientSettings {
         trendyol_url: url.clone(),
         hepsiburada_url: url,
-        hepsiburada_user_agent: HB_UA.into(),
         timeout: Duration::from_secs(5),
     });
     for p in BOTH {
@@ -572,6 +573,7 @@ async fn seller_ids_are_percent_encoded() {
             seller_id: seller.into(),
             api_key: Some("k".into()),
             api_secret: "s".into(),
+            user_agent: format!("{seller} - SelfIntegration").replace(['?', '#', '/'], "-"),
         };
         let its = items(&[("Z", 9)]);
         let batch_ref = push_accepted(&c, &creds, &prepare(p, &its)).await;

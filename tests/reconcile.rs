@@ -46,7 +46,6 @@ fn client_for(mock: &MockMarketplace) -> MarketplaceClient {
     MarketplaceClient::new(ClientSettings {
         trendyol_url: mock.base_url(),
         hepsiburada_url: mock.base_url(),
-        hepsiburada_user_agent: "stocksync-test".into(),
         timeout: Duration::from_secs(5),
     })
 }
@@ -57,6 +56,7 @@ fn trendyol_creds(seller: &str, key: &str, secret: &str) -> StoreCredentials {
         seller_id: seller.into(),
         api_key: Some(key.into()),
         api_secret: secret.into(),
+        user_agent: format!("{seller} - SelfIntegration"),
     }
 }
 
@@ -66,6 +66,7 @@ fn hepsiburada_creds(merchant: &str, secret: &str) -> StoreCredentials {
         seller_id: merchant.into(),
         api_key: None,
         api_secret: secret.into(),
+        user_agent: "test_dev".into(),
     }
 }
 
@@ -327,6 +328,7 @@ fn service_env(
         ("STOCKSYNC_HTTP_ADDR", "127.0.0.1:0"),
         ("STOCKSYNC_TRENDYOL_URL", &mock.base_url()),
         ("STOCKSYNC_HEPSIBURADA_URL", &mock.base_url()),
+        ("STOCKSYNC_HEPSIBURADA_USER_AGENT", "test_dev"),
         ("STOCKSYNC_FLUSH_INTERVAL", "100ms"),
         ("STOCKSYNC_IDENTICAL_REQUEST_WINDOW", "2s"),
         ("STOCKSYNC_HEARTBEAT_INTERVAL", "0s"),

@@ -5,21 +5,40 @@
 //! 1. A WAL transaction is *captured* when its queue rows, its batch's `capture_batches` row
 //!    and the new checkpoint (its commit end LSN) are committed in one database transaction.
 //!    Nothing else counts. Many small WAL transactions share one such transaction (bounded by
-//!    `batch_max_transactions` and `batch_max_delay`); a large one is written in chunks
-//!    (`spill_threshold` seeds) inside the same open transaction, so memory stays bounded
-//!    and a crash mid-way leaves nothing behind.
+//!    `batch_max_transactions` and `batch_max_delay`); a large one that arrives whole is
+//!    written in chunks (`spill_threshold` seeds) inside the same open transaction, so memory
+//!    stays bounded and a crash mid-way leaves nothing behind.
 //! 2. The slot is confirmed (flush LSN) only up to a committed checkpoint, or — when no
 //!    transaction is in flight and nothing is uncommitted — up to a keepalive's WAL end
-//!    (every transaction committed before it has already been delivered).
+//!    (every transaction committed before it has already been delivered; a streamed
+//!    transaction still open has not committed, and the server sends it again, whole, to a
+//!    session that starts past its beginning).
 //! 3. On start, streaming begins at max(checkpoint, slot `confirmed_flush_lsn`), and any
 //!    transaction whose commit LSN is below the checkpoint (so its end is at or below it) is
 //!    dropped: it was captured before the crash.
 //! 4. The checkpoint never moves backwards (`GREATEST` in the upsert).
 //! 5. A queue entry names a pair to recompute, never a quantity; replays and the first-run
 //!    snapshot can only cause extra work, never wrong numbers.
+//! 6. A *streamed* transaction (`streaming` on: protocol version 2, PostgreSQL 14+; the
+//!    server streams a transaction while it runs once its decoded changes outgrow
+//!    `logical_decoding_work_mem`) is staged, not enqueued: its seeds are kept per
+//!    subtransaction and written to `stock_sync.stream_staging` by COPY every
+//!    `spill_threshold` seeds, outside the queue and invisible to dispatch. Its Stream Commit
+//!    moves them into the queue (with the seeds still in memory, its TRUNCATEs and the set
+//!    expansion) in the database transaction that writes its `capture_batches` row and the
+//!    checkpoint (rule 1), and deletes them once that committed; a Stream Abort of the
+//!    transaction or of a subtransaction deletes what that one staged. Staging is not part of any checkpoint:
+//!    at start-up everything staged for the slot is deleted, because a transaction whose
+//!    commit was not captured is streamed again from its start (rule 3 drops one whose
+//!    commit was). A streamed transaction with no published change (capture's own large
+//!    writes come back so) is not logged.
 //!
 //! First run (no checkpoint for the slot): every listed pair is enqueued in the same
 //! transaction that writes the first checkpoint (the slot's `confirmed_flush_lsn`).
+//!
+//! The set expansion (every set containing a changed product, recursively) runs in SQL only
+//! for seeds whose product may be in a set: capture keeps the components of
+//! `product_set_items` in memory ([`seeds::Components`]), so the common seed costs no probe.
 //!
 //! Only the process holding the PostgreSQL advisory lock for the slot streams; others wait as
 //! hot standbys. Transient failures reconnect with capped exponential backoff and resume from
@@ -29,7 +48,7 @@
 mod error;
 pub mod seeds;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,19 +61,28 @@ use tracing::{debug, info, warn};
 use crate::backoff::BackoffPolicy;
 use crate::db::DbConfig;
 use crate::metrics::metrics;
-use crate::queue::capture::{CaptureWriter, CapturedTransaction, FirstRun, TruncatedTable};
+use crate::queue::capture::{
+    CaptureWriter, CapturedTransaction, FirstRun, StagedSeed, TruncatedTable,
+};
+use crate::queue::Reason;
 use crate::replication::stream::{
-    self, ReplicationStream, StreamError, StreamEvent, StreamSettings,
+    self, ReplicationStream, RowChange, StreamError, StreamEvent, StreamSettings,
 };
 use crate::replication::wire::{WireError, SQLSTATE_OBJECT_IN_USE};
 use crate::replication::Lsn;
 pub use error::{open_failure, slot_state, CaptureError, ErrorSummary, SlotState};
-use seeds::{SeedSet, WatchedTable};
+use seeds::{Components, SchemaError, SeedSet, WatchedTable};
+use uuid::Uuid;
 
 const SLOT_INFO_SQL: &str = r#"
 SELECT plugin, active, active_pid, confirmed_flush_lsn::text, wal_status
 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()
 "#;
+
+const SERVER_VERSION_SQL: &str = "SELECT current_setting('server_version_num')::int";
+
+/// Streaming of in-progress transactions (pgoutput protocol version 2) needs PostgreSQL 14.
+const STREAMING_MIN_SERVER_VERSION: i32 = 140_000;
 
 #[derive(Debug, Clone)]
 pub struct CaptureSettings {
@@ -64,8 +92,12 @@ pub struct CaptureSettings {
     pub batch_max_transactions: usize,
     /// A batch is committed at most this long after its first transaction arrived.
     pub batch_max_delay: Duration,
-    /// Seeds buffered before they are written (inside the open transaction).
+    /// Seeds buffered before they are written (inside the open transaction), or staged (a
+    /// streamed transaction).
     pub spill_threshold: usize,
+    /// Ask the server to stream large in-progress transactions (protocol version 2,
+    /// PostgreSQL 14+; older servers get protocol version 1 whatever this says).
+    pub streaming: bool,
     /// Standby status update interval.
     pub status_interval: Duration,
     /// How often an idle keepalive position is also persisted as the checkpoint.
@@ -82,6 +114,7 @@ impl Default for CaptureSettings {
             batch_max_transactions: 5000,
             batch_max_delay: Duration::from_millis(5),
             spill_threshold: 10_000,
+            streaming: true,
             status_interval: Duration::from_secs(10),
             idle_checkpoint_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
@@ -222,7 +255,27 @@ async fn session(
         })));
     }
 
+    let server_version: i32 = client.query_one(SERVER_VERSION_SQL, &[]).await?.get(0);
+    let streaming = settings.streaming && server_version >= STREAMING_MIN_SERVER_VERSION;
+    if settings.streaming && !streaming {
+        warn!(
+            server_version,
+            "the server cannot stream in-progress transactions (PostgreSQL 14+ can): large \
+             transactions arrive at their commit"
+        );
+    }
+
     let mut writer = CaptureWriter::new(client, settings.slot.clone()).await?;
+    // Rule 6: what an earlier session staged belongs to transactions whose commit it did not
+    // capture; the server streams them again from their start.
+    let discarded = writer.discard_all_staged().await?;
+    if discarded > 0 {
+        info!(
+            rows = discarded,
+            "discarded the staging of streamed transactions whose commit was not captured"
+        );
+    }
+    let components = Components::new(writer.components(Components::LIMIT).await?);
     let checkpoint = match crate::queue::read_checkpoint(writer.client(), &settings.slot).await? {
         Some(lsn) => lsn,
         None => match writer.first_run().await? {
@@ -245,6 +298,7 @@ async fn session(
         slot: settings.slot.clone(),
         publication: settings.publication.clone(),
         start,
+        streaming,
         status_interval: settings.status_interval,
         channel_capacity: 8192,
     };
@@ -252,7 +306,7 @@ async fn session(
         Ok(stream) => stream,
         Err(e) => return Err(error::open_failure(e, &settings.slot, writer.client()).await),
     };
-    info!(slot = %settings.slot, %checkpoint, %start, pid = stream.backend_pid, "streaming");
+    info!(slot = %settings.slot, %checkpoint, %start, pid = stream.backend_pid, streaming, "streaming");
     health.streaming.store(true, Ordering::Release);
     *health.last_error.lock().expect("health lock") = None;
     metrics().streaming.set(1);
@@ -267,6 +321,9 @@ async fn session(
         batch: Batch::default(),
         last_idle_persist: Instant::now() - settings.idle_checkpoint_interval,
         seeds_scratch: Vec::new(),
+        streams: HashMap::new(),
+        block: None,
+        components,
     };
     capture.consume(stream, shutdown).await
 }
@@ -299,6 +356,36 @@ struct Current {
     skip: bool,
 }
 
+/// A streamed transaction in progress (rule 6).
+#[derive(Default)]
+struct Streamed {
+    /// Seeds not staged yet, one per (subtransaction, product, store-or-all): a seed must go
+    /// with its subtransaction if that aborts.
+    buffer: HashMap<(u32, Uuid, Option<Uuid>), Reason>,
+    /// Subtransactions (and the transaction itself) with staged rows.
+    staged: HashSet<u32>,
+    /// A staged seed needs the set expansion at commit.
+    expand_sets: bool,
+    row_changes: i32,
+    /// TRUNCATEs, by subtransaction: run at commit.
+    truncates: Vec<(u32, TruncatedTable)>,
+    /// Relations described in this stream, `None` when unreadable: their changes are skipped
+    /// and the error (kept with the subtransaction that described it) stops capture if it
+    /// commits.
+    watched: HashMap<u32, Option<WatchedTable>>,
+    schema_errors: Vec<(u32, SchemaError)>,
+}
+
+impl Streamed {
+    /// Forgets what subtransaction `subxid` did; whether it had staged rows.
+    fn abort_subtransaction(&mut self, subxid: u32) -> bool {
+        self.buffer.retain(|(sub, _, _), _| *sub != subxid);
+        self.truncates.retain(|(sub, _)| *sub != subxid);
+        self.schema_errors.retain(|(sub, _)| *sub != subxid);
+        self.staged.remove(&subxid)
+    }
+}
+
 struct Capture<'a> {
     settings: &'a CaptureSettings,
     writer: CaptureWriter,
@@ -308,6 +395,11 @@ struct Capture<'a> {
     batch: Batch,
     last_idle_persist: Instant,
     seeds_scratch: Vec<seeds::Seed>,
+    /// Streamed transactions in progress, by top-level xid.
+    streams: HashMap<u32, Streamed>,
+    /// The transaction whose stream block is being received.
+    block: Option<u32>,
+    components: Components,
 }
 
 impl Capture<'_> {
@@ -379,9 +471,29 @@ impl Capture<'_> {
                     self.batch.opened_at = Some(Instant::now());
                 }
             }
-            StreamEvent::Relation(relation) => {
+            StreamEvent::Relation {
+                relation,
+                streamed_xid: Some(subxid),
+            } => {
+                let stream = self.stream_of_block()?;
+                let watched = match WatchedTable::from_relation(&relation) {
+                    Ok(watched) => Some(watched),
+                    Err(e) => {
+                        stream.schema_errors.push((subxid, e));
+                        None
+                    }
+                };
+                stream.watched.insert(relation.id, watched);
+            }
+            StreamEvent::Relation {
+                relation,
+                streamed_xid: None,
+            } => {
                 let watched = WatchedTable::from_relation(&relation)?;
                 self.watched.insert(relation.id, watched);
+            }
+            StreamEvent::Change(change) if change.streamed_xid.is_some() => {
+                self.streamed_change(change).await?;
             }
             StreamEvent::Change(change) => {
                 let current = self.current.as_mut().ok_or_else(|| {
@@ -399,24 +511,20 @@ impl Capture<'_> {
                         self.watched.entry(change.relation.id).or_insert(table)
                     }
                 };
-                metrics()
-                    .changes_captured
-                    .with_label_values(&[table.table_name()])
-                    .inc();
-                self.seeds_scratch.clear();
-                if let Err(bad) =
-                    seeds::seeds_for_change(table, &change, commit_lsn, &mut self.seeds_scratch)
-                {
-                    warn!(error = %bad, "skipping a row stocksync cannot read");
-                    metrics().bad_rows.with_label_values(&[bad.table]).inc();
-                }
+                change_seeds(
+                    table,
+                    &change,
+                    commit_lsn,
+                    &mut self.seeds_scratch,
+                    &mut self.components,
+                );
                 for seed in self.seeds_scratch.drain(..) {
                     self.batch.seeds.add(seed);
                 }
                 if self.batch.seeds.len() >= self.settings.spill_threshold {
                     let started = Instant::now();
                     self.writer
-                        .write_seeds(&self.batch.seeds.drain_columns())
+                        .write_seeds(&self.batch.seeds.drain_columns(&self.components))
                         .await?;
                     debug!(
                         elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -425,24 +533,75 @@ impl Capture<'_> {
                     self.batch.wrote = true;
                 }
             }
-            StreamEvent::Truncate { relations } => {
+            StreamEvent::Truncate {
+                relations,
+                streamed_xid: Some(subxid),
+            } => {
+                let stream = self.stream_of_block()?;
+                stream.row_changes += 1;
+                for relation in relations {
+                    match WatchedTable::from_relation(&relation) {
+                        Ok(table) => stream.truncates.push((subxid, truncated(&table))),
+                        Err(e) => stream.schema_errors.push((subxid, e)),
+                    }
+                }
+            }
+            StreamEvent::Truncate {
+                relations,
+                streamed_xid: None,
+            } => {
                 let Some(current) = self.current.as_mut().filter(|c| !c.skip) else {
                     return Ok(());
                 };
                 current.row_changes += 1;
                 let lsn = current.final_lsn;
                 self.writer
-                    .write_seeds(&self.batch.seeds.drain_columns())
+                    .write_seeds(&self.batch.seeds.drain_columns(&self.components))
                     .await?;
                 for relation in relations {
-                    let table = match WatchedTable::from_relation(&relation)? {
-                        WatchedTable::ProductStores { .. } => TruncatedTable::ProductStores,
-                        WatchedTable::ProductSetItems { .. } => TruncatedTable::ProductSetItems,
-                    };
+                    let table = truncated(&WatchedTable::from_relation(&relation)?);
                     let n = self.writer.truncate(table, lsn).await?;
                     info!(table = %relation.qualified_name(), enqueued = n, "TRUNCATE captured");
                 }
                 self.batch.wrote = true;
+            }
+            StreamEvent::StreamStart { xid, first_segment } => {
+                self.block = Some(xid);
+                if first_segment {
+                    if let Some(earlier) = self.streams.remove(&xid) {
+                        // Streamed again from its start (not expected within one session).
+                        if !earlier.staged.is_empty() {
+                            self.writer.discard_staged(xid, None).await?;
+                        }
+                    }
+                }
+                self.streams.entry(xid).or_default();
+            }
+            StreamEvent::StreamStop => self.block = None,
+            StreamEvent::StreamAbort { xid, subxid } => {
+                if subxid == xid {
+                    let staged = self
+                        .streams
+                        .remove(&xid)
+                        .is_some_and(|s| !s.staged.is_empty());
+                    if staged {
+                        self.writer.discard_staged(xid, None).await?;
+                    }
+                    debug!(xid, "streamed transaction aborted");
+                } else if let Some(stream) = self.streams.get_mut(&xid) {
+                    if stream.abort_subtransaction(subxid) {
+                        self.writer.discard_staged(xid, Some(subxid)).await?;
+                    }
+                }
+            }
+            StreamEvent::StreamCommit {
+                xid,
+                commit_lsn,
+                end_lsn,
+                commit_time_us,
+            } => {
+                self.stream_commit(xid, commit_lsn, end_lsn, commit_time_us, stream)
+                    .await?
             }
             StreamEvent::Commit {
                 commit_lsn,
@@ -507,6 +666,187 @@ impl Capture<'_> {
         Ok(())
     }
 
+    /// The stream whose block is being received.
+    fn stream_of_block(&mut self) -> Result<&mut Streamed, CaptureError> {
+        let xid = self.block.ok_or_else(|| {
+            CaptureError::Invariant("streamed message outside a stream block".into())
+        })?;
+        Ok(self.streams.entry(xid).or_default())
+    }
+
+    /// A change of a streamed transaction: its seeds are buffered with their subtransaction,
+    /// and staged every `spill_threshold` seeds.
+    async fn streamed_change(&mut self, change: RowChange) -> Result<(), CaptureError> {
+        let subxid = change.streamed_xid.unwrap_or_default();
+        let top = self.block.ok_or_else(|| {
+            CaptureError::Invariant("streamed change outside a stream block".into())
+        })?;
+        let stream = self.streams.entry(top).or_default();
+        stream.row_changes += 1;
+        let id = change.relation.id;
+        let table = match stream.watched.get(&id) {
+            Some(Some(table)) => table,
+            // Described unreadable in this stream: the error waits for the commit.
+            Some(None) => return Ok(()),
+            None => match self.watched.get(&id) {
+                Some(table) => table,
+                None => {
+                    let table = WatchedTable::from_relation(&change.relation)?;
+                    self.watched.entry(id).or_insert(table)
+                }
+            },
+        };
+        // The commit LSN is not known yet; the move gives the seeds theirs.
+        change_seeds(
+            table,
+            &change,
+            Lsn::ZERO,
+            &mut self.seeds_scratch,
+            &mut self.components,
+        );
+        for seed in self.seeds_scratch.drain(..) {
+            stream
+                .buffer
+                .entry((subxid, seed.product_id, seed.store_id))
+                .and_modify(|reason| {
+                    if seed.reason.priority() > reason.priority() {
+                        *reason = seed.reason;
+                    }
+                })
+                .or_insert(seed.reason);
+        }
+        if stream.buffer.len() >= self.settings.spill_threshold {
+            let mut stream = self.streams.remove(&top).unwrap_or_default();
+            let staged = self.stage_buffer(top, &mut stream).await;
+            self.streams.insert(top, stream);
+            staged?;
+        }
+        Ok(())
+    }
+
+    /// Writes a streamed transaction's buffered seeds to the staging table.
+    async fn stage_buffer(&mut self, xid: u32, stream: &mut Streamed) -> Result<(), CaptureError> {
+        let started = Instant::now();
+        let rows: Vec<StagedSeed> = stream
+            .buffer
+            .drain()
+            .map(|((subxid, product_id, store_id), reason)| StagedSeed {
+                subxid,
+                product_id,
+                store_id,
+                reason,
+            })
+            .collect();
+        for row in &rows {
+            stream.staged.insert(row.subxid);
+            stream.expand_sets |=
+                row.store_id.is_none() || self.components.may_be_in_a_set(&row.product_id);
+        }
+        self.writer.stage(xid, &rows).await?;
+        debug!(
+            xid,
+            rows = rows.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "seeds of a streamed transaction staged"
+        );
+        Ok(())
+    }
+
+    /// A streamed transaction committed: its staged seeds move into the queue, its buffered
+    /// ones join the batch, and the batch commits with its log row and checkpoint (rule 6).
+    async fn stream_commit(
+        &mut self,
+        xid: u32,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time_us: i64,
+        stream: &ReplicationStream,
+    ) -> Result<(), CaptureError> {
+        let mut streamed = self.streams.remove(&xid).unwrap_or_default();
+        if commit_lsn < self.checkpoint {
+            if end_lsn > self.checkpoint {
+                return Err(CaptureError::Invariant(format!(
+                    "streamed transaction {commit_lsn} skipped as captured but ends after the checkpoint {}",
+                    self.checkpoint
+                )));
+            }
+            if !streamed.staged.is_empty() {
+                self.writer.discard_staged(xid, None).await?;
+            }
+            debug!(%commit_lsn, "streamed transaction already captured before restart; dropped");
+            self.batch.position = self.batch.position.max(end_lsn);
+            return Ok(());
+        }
+        if let Some((_, e)) = std::mem::take(&mut streamed.schema_errors)
+            .into_iter()
+            .next()
+        {
+            return Err(e.into());
+        }
+        if streamed.row_changes == 0 {
+            // Nothing published in it (capture's own large transactions come back like this:
+            // the server streams whatever outgrows its memory, and pgoutput filters later).
+            self.batch.position = self.batch.position.max(end_lsn);
+            return Ok(());
+        }
+        // Its relations are the session's from now on, as the server assumes.
+        self.watched.extend(
+            std::mem::take(&mut streamed.watched)
+                .into_iter()
+                .filter_map(|(id, table)| Some((id, table?))),
+        );
+        let started = Instant::now();
+        if !streamed.staged.is_empty() && !streamed.buffer.is_empty() {
+            // All of a staged transaction goes through the move (one statement, no
+            // speculative insertion: see `move_staged`).
+            self.stage_buffer(xid, &mut streamed).await?;
+        }
+        if !streamed.staged.is_empty() {
+            let n = self
+                .writer
+                .move_staged(xid, commit_lsn, streamed.expand_sets)
+                .await?;
+            self.batch.wrote = true;
+            debug!(
+                xid,
+                enqueued = n,
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "staged seeds moved into the queue"
+            );
+        }
+        for (_, table) in streamed.truncates {
+            let n = self.writer.truncate(table, commit_lsn).await?;
+            info!(
+                ?table,
+                enqueued = n,
+                "TRUNCATE captured (streamed transaction)"
+            );
+            self.batch.wrote = true;
+        }
+        for ((_, product_id, store_id), reason) in streamed.buffer {
+            self.batch.seeds.add(seeds::Seed {
+                product_id,
+                store_id,
+                reason,
+                commit_lsn,
+            });
+        }
+        self.batch.transactions.push(CapturedTransaction {
+            commit_lsn,
+            end_lsn,
+            xid,
+            commit_time: pg_time(commit_time_us),
+            row_changes: streamed.row_changes,
+        });
+        self.batch.position = self.batch.position.max(end_lsn);
+        // A streamed transaction is large: nothing is gained by waiting for more.
+        self.commit_batch(stream).await?;
+        if !streamed.staged.is_empty() {
+            self.writer.discard_staged(xid, None).await?;
+        }
+        Ok(())
+    }
+
     async fn commit_batch(&mut self, stream: &ReplicationStream) -> Result<(), CaptureError> {
         if self.batch.is_empty() {
             self.batch.opened_at = None;
@@ -515,7 +855,7 @@ impl Capture<'_> {
         self.batch.position = self.batch.position.max(self.checkpoint);
         let started = Instant::now();
         let seeds = self.batch.seeds.len();
-        let seed_columns = self.batch.seeds.drain_columns();
+        let seed_columns = self.batch.seeds.drain_columns(&self.components);
         self.writer
             .commit(&seed_columns, &self.batch.transactions, self.batch.position)
             .await?;
@@ -547,6 +887,34 @@ impl Capture<'_> {
     fn set_checkpoint(&mut self, position: Lsn) {
         self.checkpoint = self.checkpoint.max(position);
         metrics().checkpoint_lsn.set(self.checkpoint.0 as i64);
+    }
+}
+
+/// The seeds of one row change, into `out` (emptied first); a row that cannot be read is
+/// reported and skipped.
+fn change_seeds(
+    table: &WatchedTable,
+    change: &RowChange,
+    commit_lsn: Lsn,
+    out: &mut Vec<seeds::Seed>,
+    components: &mut Components,
+) {
+    metrics()
+        .changes_captured
+        .with_label_values(&[table.table_name()])
+        .inc();
+    out.clear();
+    if let Err(bad) = seeds::seeds_for_change(table, change, commit_lsn, out, components) {
+        warn!(error = %bad, "skipping a row stocksync cannot read");
+        metrics().bad_rows.with_label_values(&[bad.table]).inc();
+    }
+}
+
+/// Which table a TRUNCATE of a watched relation empties.
+fn truncated(table: &WatchedTable) -> TruncatedTable {
+    match table {
+        WatchedTable::ProductStores { .. } => TruncatedTable::ProductStores,
+        WatchedTable::ProductSetItems { .. } => TruncatedTable::ProductSetItems,
     }
 }
 

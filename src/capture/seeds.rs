@@ -1,7 +1,8 @@
 //! Pure interpretation of row changes: which (product, store) pairs a change makes stale, and
-//! why. No IO; the expansion to parent sets happens in SQL (see `queue`).
+//! why. No IO; the expansion to parent sets happens in SQL (see `queue`), for the seeds whose
+//! product [`Components`] says may be in a set.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
@@ -179,12 +180,55 @@ impl RowReader<'_> {
     }
 }
 
-/// The seeds one row change produces (possibly none), or the row's problem.
+/// Products that may be components of a set: those of `product_set_items` when capture
+/// started, plus every component a set item change named since (never removed: a product
+/// that left its sets is only expanded for nothing). The set expansion is skipped for any
+/// other product; that is safe because a change to `product_set_items` is seen (and enqueues
+/// its set) before any later change of the component. `None`: not known (too many to keep),
+/// every product may be.
+#[derive(Debug, Clone, Default)]
+pub struct Components {
+    known: Option<HashSet<Uuid>>,
+}
+
+impl Components {
+    /// At most this many are kept (about 20 bytes each); past it, every product is expanded.
+    pub const LIMIT: usize = 200_000;
+
+    /// The components of `product_set_items`, if known.
+    pub fn new(known: Option<Vec<Uuid>>) -> Components {
+        Components {
+            known: known.map(|k| k.into_iter().collect()),
+        }
+    }
+
+    /// Every product may be in a set (nothing known).
+    pub fn unknown() -> Components {
+        Components { known: None }
+    }
+
+    pub fn may_be_in_a_set(&self, product: &Uuid) -> bool {
+        self.known.as_ref().is_none_or(|k| k.contains(product))
+    }
+
+    fn add(&mut self, product: Uuid) {
+        if let Some(known) = &mut self.known {
+            known.insert(product);
+            if known.len() > Self::LIMIT {
+                self.known = None;
+            }
+        }
+    }
+}
+
+/// The seeds one row change produces (possibly none), or the row's problem. Components named
+/// by a `product_set_items` change are added to `components`.
 pub fn seeds_for_change(
     table: &WatchedTable,
     change: &RowChange,
     commit_lsn: Lsn,
     out: &mut Vec<Seed>,
+    components: &mut Components,
 ) -> Result<(), BadRow> {
     match *table {
         WatchedTable::ProductStores {
@@ -251,8 +295,7 @@ pub fn seeds_for_change(
                     id_idx: id,
                 };
                 sets.push(r.uuid(set_product_id, "set_product_id")?);
-                // Validated so a malformed row is reported, though only the set is enqueued.
-                r.uuid(component_product_id, "component_product_id")?;
+                components.add(r.uuid(component_product_id, "component_product_id")?);
             }
             sets.dedup();
             for set in sets {
@@ -296,11 +339,13 @@ impl SeedSet {
         self.seeds.is_empty()
     }
 
-    /// Empties the set into column arrays for the enqueue statements.
-    pub fn drain_columns(&mut self) -> SeedColumns {
+    /// Empties the set into column arrays for the enqueue statements; the set expansion gets
+    /// the seeds whose product `components` says may be in a set.
+    pub fn drain_columns(&mut self, components: &Components) -> SeedColumns {
         let mut columns = SeedColumns::default();
         for ((product_id, store_id), (reason, lsn)) in self.seeds.drain() {
-            columns.push(product_id, store_id, reason, lsn);
+            let in_sets = components.may_be_in_a_set(&product_id);
+            columns.push(product_id, store_id, reason, lsn, in_sets);
         }
         columns
     }
@@ -346,7 +391,7 @@ mod tests {
             commit_lsn: Lsn(20),
         });
         assert_eq!(set.len(), 1);
-        let cols = set.drain_columns();
+        let cols = set.drain_columns(&Components::unknown()).pairs;
         assert_eq!(cols.reasons, vec!["ORDER_CREATED".to_string()]);
         assert_eq!(cols.priorities, vec![100]);
         assert_eq!(
@@ -354,5 +399,39 @@ mod tests {
             vec![tokio_postgres::types::PgLsn::from(20)]
         );
         assert!(set.is_empty());
+    }
+
+    #[test]
+    fn only_seeds_of_possible_components_and_compositions_are_expanded() {
+        let (component, plain, set) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let store = Some(Uuid::new_v4());
+        let mut components = Components::new(Some(vec![component]));
+        assert!(components.may_be_in_a_set(&component));
+        assert!(!components.may_be_in_a_set(&plain));
+        let mut seeds = SeedSet::default();
+        for (product_id, store_id) in [(component, store), (plain, store), (set, None)] {
+            seeds.add(Seed {
+                product_id,
+                store_id,
+                reason: Reason::StockAdded,
+                commit_lsn: Lsn(1),
+            });
+        }
+        let cols = seeds.drain_columns(&components);
+        let mut pairs = cols.pairs.product_ids.clone();
+        pairs.sort();
+        let mut want = vec![component, plain];
+        want.sort();
+        assert_eq!(pairs, want, "every seed naming a pair is enqueued");
+        let mut sets = cols.sets.product_ids.clone();
+        sets.sort();
+        let mut want = vec![component, set];
+        want.sort();
+        assert_eq!(sets, want, "the plain product is not expanded");
+
+        // A set item naming `plain` makes it a component from then on.
+        components.add(plain);
+        assert!(components.may_be_in_a_set(&plain));
+        assert!(Components::unknown().may_be_in_a_set(&plain));
     }
 }

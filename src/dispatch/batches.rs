@@ -29,7 +29,7 @@ use crate::backoff::BackoffPolicy;
 use crate::marketplace::{BatchStatus, Provider};
 use crate::metrics::metrics;
 use crate::queue::{self, Reason, RequeuedItem};
-use crate::stores::{row, Limiter, RequestKind};
+use crate::stores::{self, row, Limiter, RequestKind};
 
 const TICK: Duration = Duration::from_millis(250);
 /// How long a claimed poll is leased to its poller (other instances skip it meanwhile).
@@ -204,7 +204,14 @@ async fn poll_one(d: &Dispatcher, db: &mut Client, b: &DueBatch) -> Result<(), D
         let why = format!("unknown provider {}", b.provider);
         return apply(d, db, b, &items, give_up(why), "expired").await;
     };
-    let Some(creds) = row::store_credentials(db, b.store_id, provider).await? else {
+    let creds = row::store_credentials(db, b.store_id, provider, &d.settings.user_agents).await?;
+    // A paused store is not asked anything (a 403 block, missing credentials or user agent):
+    // its results wait, up to the batch-result timeout.
+    let paused = stores::state::read(db, b.store_id, std::time::Duration::ZERO)
+        .await?
+        .paused_reason
+        .is_some();
+    let Some(creds) = creds.filter(|_| !paused) else {
         if timed_out {
             let why = "the store has no usable credentials to read the batch result".to_string();
             return apply(d, db, b, &items, give_up(why), "expired").await;
@@ -224,7 +231,10 @@ async fn poll_one(d: &Dispatcher, db: &mut Client, b: &DueBatch) -> Result<(), D
     let m = metrics();
     let store_label = b.store_id.to_string();
     let (outcome_label, error) = match &status {
-        BatchStatus::Pending | BatchStatus::Done(_) => ("2xx", None),
+        BatchStatus::Pending | BatchStatus::UnknownStatus(_) | BatchStatus::Done(_) => {
+            ("2xx", None)
+        }
+        BatchStatus::OutcomeUnknown(why) => ("2xx", Some(why.clone())),
         BatchStatus::NotFound => ("404", Some("batch unknown to the marketplace".to_string())),
         BatchStatus::Failed(outcome) => (label(outcome), message(outcome)),
     };
@@ -253,33 +263,48 @@ async fn poll_one(d: &Dispatcher, db: &mut Client, b: &DueBatch) -> Result<(), D
     .await;
     match status {
         BatchStatus::Done(results) => {
-            let mut outcomes: Vec<(usize, Result<(), String>)> = results
+            let mut outcomes: Vec<(usize, ItemFate)> = results
                 .into_iter()
                 .filter(|r| r.index < items.len())
                 .map(|r| {
-                    let result = if r.success {
-                        Ok(())
-                    } else if r.reasons.is_empty() {
-                        Err(format!("{} failed without a reason", r.key))
+                    let fate = if r.success {
+                        ItemFate::Accepted
                     } else {
-                        Err(format!("{}: {}", r.key, r.reasons.join("; ")))
+                        let reason = if r.reasons.is_empty() {
+                            format!("{} failed without a reason", r.key)
+                        } else {
+                            format!("{}: {}", r.key, r.reasons.join("; "))
+                        };
+                        ItemFate::Refused {
+                            reason,
+                            permanent: r.permanent,
+                        }
                     };
-                    (r.index, result)
+                    (r.index, fate)
                 })
                 .collect();
             // A result that leaves an item out does not count as its success.
             for i in 0..items.len() {
                 if !outcomes.iter().any(|(j, _)| *j == i) {
-                    outcomes.push((i, Err("item missing from the batch result".into())));
+                    outcomes.push((i, ItemFate::refused("item missing from the batch result")));
                 }
             }
+            apply(d, db, b, &items, outcomes, "done").await
+        }
+        BatchStatus::OutcomeUnknown(why) => {
+            warn!(store = %b.store_id, batch = %b.batch_ref, %why, "the upload's result names no item it can be matched to; sending its items again");
+            let fate =
+                |_| ItemFate::Unknown(format!("upload result unreadable item by item: {why}"));
+            let outcomes = (0..items.len()).map(|i| (i, fate(i))).collect();
             apply(d, db, b, &items, outcomes, "done").await
         }
         BatchStatus::NotFound => {
             let why = "the marketplace does not know this batch".to_string();
             apply(d, db, b, &items, give_up(why), "expired").await
         }
-        BatchStatus::Pending | BatchStatus::Failed(_) if timed_out => {
+        BatchStatus::Pending | BatchStatus::UnknownStatus(_) | BatchStatus::Failed(_)
+            if timed_out =>
+        {
             let why = format!(
                 "no final batch result after {:?}",
                 d.settings.batch_result_timeout
@@ -287,10 +312,32 @@ async fn poll_one(d: &Dispatcher, db: &mut Client, b: &DueBatch) -> Result<(), D
             apply(d, db, b, &items, give_up(why), "expired").await
         }
         BatchStatus::Pending => schedule(db, d, b).await,
+        BatchStatus::UnknownStatus(word) => {
+            unknown_status_word(provider, &word);
+            schedule(db, d, b).await
+        }
         BatchStatus::Failed(outcome) => {
             debug!(batch = %b.batch_ref, outcome = ?outcome, "batch result unreadable for now");
             schedule(db, d, b).await
         }
+    }
+}
+
+/// A status word no client has seen: one warning per new word (per process), and a count.
+fn unknown_status_word(provider: Provider, word: &str) {
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    metrics()
+        .unknown_status_words
+        .with_label_values(&[provider.as_str()])
+        .inc();
+    let seen = SEEN.get_or_init(Default::default);
+    let new = seen
+        .lock()
+        .map(|mut words| words.len() < 1000 && words.insert(word.to_string()))
+        .unwrap_or(false);
+    if new {
+        warn!(provider = %provider, word, "the marketplace answered an upload status word stocksync does not know; the upload stays pending until a known word or the result timeout");
     }
 }
 
@@ -326,45 +373,86 @@ async fn expire_unreadable(
         })
         .collect();
     // Whether the marketplace applied them is unknown: resend even an unchanged quantity.
-    let products: Vec<Uuid> = items.iter().map(|i| i.product_id).collect();
-    queue::mark_in_doubt(db, b.store_id, &products).await?;
     let why = format!("batch {} items unreadable: {error}", b.id);
-    apply(d, db, b, &items, fail_all(items.len(), why), "expired").await
+    let outcomes = (0..items.len())
+        .map(|i| (i, ItemFate::Unknown(why.clone())))
+        .collect();
+    apply(d, db, b, &items, outcomes, "expired").await
+}
+
+/// What the result said of one item.
+enum ItemFate {
+    Accepted,
+    /// Refused for the item's own sake; `permanent` when only a person can change it.
+    Refused {
+        reason: String,
+        permanent: bool,
+    },
+    /// Whether the marketplace applied it is unknown: sent again, no attempt counted.
+    Unknown(String),
+}
+
+impl ItemFate {
+    fn refused(reason: impl Into<String>) -> ItemFate {
+        ItemFate::Refused {
+            reason: reason.into(),
+            permanent: false,
+        }
+    }
 }
 
 /// The same failure for each of `count` items, as [`apply`] takes outcomes.
-fn fail_all(count: usize, why: String) -> Vec<(usize, Result<(), String>)> {
-    (0..count).map(|i| (i, Err(why.clone()))).collect()
+fn fail_all(count: usize, why: String) -> Vec<(usize, ItemFate)> {
+    (0..count)
+        .map(|i| (i, ItemFate::refused(why.clone())))
+        .collect()
 }
 
-/// Applies item outcomes (`(request position, Ok | Err(reason))`) and closes the batch with
-/// `final_state`, once.
+/// Applies item outcomes (by request position) and closes the batch with `final_state`,
+/// once.
 async fn apply(
     d: &Dispatcher,
     db: &mut Client,
     b: &DueBatch,
     items: &[BatchItem],
-    outcomes: Vec<(usize, Result<(), String>)>,
+    outcomes: Vec<(usize, ItemFate)>,
     final_state: &str,
 ) -> Result<(), DispatchError> {
     let max_attempts = d.settings.max_attempts;
     let mut accepted_products = Vec::new();
     let mut accepted_quantities = Vec::new();
     let mut failed: Vec<RequeuedItem> = Vec::new();
-    for (index, result) in outcomes {
+    let mut unknown: Vec<Uuid> = Vec::new();
+    for (index, fate) in outcomes {
         let item = &items[index];
-        match result {
-            Ok(()) => {
+        match fate {
+            ItemFate::Accepted => {
                 accepted_products.push(item.product_id);
                 accepted_quantities.push(item.quantity);
             }
-            Err(reason) => {
-                let attempts = item.attempts + 1;
+            ItemFate::Refused { reason, permanent } => {
+                // A listing that refuses until a person acts is dead-lettered at once, with
+                // the marketplace's reason, instead of churning through retries.
+                let attempts = if permanent {
+                    max_attempts.max(item.attempts + 1)
+                } else {
+                    item.attempts + 1
+                };
                 failed.push(RequeuedItem {
                     product_id: item.product_id,
                     priority: item.priority,
                     attempts,
                     delay: retry_delay(attempts),
+                    error: reason,
+                });
+            }
+            ItemFate::Unknown(reason) => {
+                unknown.push(item.product_id);
+                failed.push(RequeuedItem {
+                    product_id: item.product_id,
+                    priority: item.priority,
+                    attempts: item.attempts,
+                    delay: retry_delay(0),
                     error: reason,
                 });
             }
@@ -376,6 +464,8 @@ async fn apply(
     if state.as_deref() != Some("polling") {
         return Ok(());
     }
+    // Possibly applied: nothing may pass for "unchanged" until a push is accepted again.
+    queue::mark_in_doubt(&tx, b.store_id, &unknown).await?;
     queue::item_accepted(
         &tx,
         b.store_id,
@@ -397,7 +487,7 @@ async fn apply(
     m.items_sent
         .with_label_values(&[&store_label, "failed"])
         .inc_by(failed.len() as u64);
-    for f in &failed {
+    for f in failed.iter().filter(|f| !unknown.contains(&f.product_id)) {
         if f.attempts >= max_attempts {
             m.dead_letters.with_label_values(&[&store_label]).inc();
             warn!(store = %b.store_id, product = %f.product_id, attempts = f.attempts, error = %f.error, "item dead-lettered");

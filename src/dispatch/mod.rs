@@ -55,12 +55,12 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::backoff::BackoffPolicy;
 use crate::db::DbConfig;
-use crate::marketplace::{ClientSettings, MarketplaceClient, Provider};
+use crate::marketplace::{ClientSettings, MarketplaceClient, Provider, UserAgents};
 use crate::metrics::metrics;
 use crate::queue::{self, QueueError, Reason};
 use crate::stock::QuantityRules;
@@ -95,6 +95,12 @@ pub struct DispatchSettings {
     pub safety_stock_per_store: HashMap<Uuid, i32>,
     pub dry_run: bool,
     pub client: ClientSettings,
+    /// Who stocksync says it is, per marketplace and store.
+    pub user_agents: UserAgents,
+    /// A Retry-After further away than this is garbage: ignored.
+    pub max_retry_after: Duration,
+    /// A forbidden (403) store probes itself after this, doubling per 403 up to an hour.
+    pub forbidden_backoff: Duration,
     pub hepsiburada_batch_size: usize,
     /// Failed sends of one item before it is dead-lettered.
     pub max_attempts: i32,
@@ -123,9 +129,11 @@ impl Default for DispatchSettings {
             client: ClientSettings {
                 trendyol_url: crate::marketplace::TRENDYOL_PRODUCTION_URL.into(),
                 hepsiburada_url: crate::marketplace::HEPSIBURADA_PRODUCTION_URL.into(),
-                hepsiburada_user_agent: "stocksync".into(),
                 timeout: Duration::from_secs(30),
             },
+            user_agents: UserAgents::default(),
+            max_retry_after: Duration::from_secs(600),
+            forbidden_backoff: Duration::from_secs(60),
             hepsiburada_batch_size: 1000,
             max_attempts: 8,
             batch_result_timeout: Duration::from_secs(4 * 3600),
@@ -146,6 +154,14 @@ impl DispatchSettings {
                 .safety_stock_per_store
                 .get(&store_id)
                 .unwrap_or(&self.safety_stock),
+        }
+    }
+
+    /// What the gates need.
+    pub fn gates(&self) -> stores::gates::GateSettings<'_> {
+        stores::gates::GateSettings {
+            min_send_interval: self.limits.min_send_interval,
+            user_agents: &self.user_agents,
         }
     }
 
@@ -187,6 +203,32 @@ pub fn instance_id() -> String {
     format!("{host}:{}", std::process::id())
 }
 
+/// What this process's dispatcher did lately per store, for `/readyz`: a store with due
+/// work that no cycle of this process has finished (nor found another dispatcher working)
+/// for a while means dispatch is stuck.
+#[derive(Debug, Default)]
+pub struct Progress {
+    last: std::sync::Mutex<HashMap<Uuid, tokio::time::Instant>>,
+}
+
+impl Progress {
+    fn touched(&self, store: Uuid) {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(store, tokio::time::Instant::now());
+    }
+
+    /// Whether a cycle of `store` finished (or found it worked elsewhere) within `within`.
+    pub fn recent(&self, store: Uuid, within: Duration) -> bool {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&store)
+            .is_some_and(|at| at.elapsed() <= within)
+    }
+}
+
 /// Shared by the store cycles and the batch poller.
 pub(crate) struct Dispatcher {
     pub pool: Pool,
@@ -194,6 +236,7 @@ pub(crate) struct Dispatcher {
     pub client: MarketplaceClient,
     /// Holds the per-store advisory locks; they vanish with it if the process dies.
     pub locks: tokio_postgres::Client,
+    pub progress: Arc<Progress>,
 }
 
 /// Reconnecting the lock connection: from half a second, doubling to 30 s (an outage of the
@@ -210,6 +253,7 @@ pub async fn run(
     pool: Pool,
     db: DbConfig,
     settings: DispatchSettings,
+    progress: Arc<Progress>,
     shutdown: CancellationToken,
 ) {
     if settings.dry_run {
@@ -230,6 +274,7 @@ pub async fn run(
                     settings: settings.clone(),
                     client: client.clone(),
                     locks,
+                    progress: progress.clone(),
                 });
                 if run_with(dispatcher, &shutdown).await {
                     return;
@@ -257,14 +302,32 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_slow_check = tokio::time::Instant::now();
     let mut last_prune: Option<tokio::time::Instant> = None;
+    let mut pruning: Option<tokio::task::JoinHandle<()>> = None;
     let mut failing = false;
+    // A cycle that claimed a full batch wakes the loop when it ends: a store with a backlog
+    // (an initial sync, a resync) starts its next cycle at once instead of at the next tick
+    // (which left it idle half a tick per batch on average). Other cycles wait for the tick,
+    // so a store held back by its limits is not polled in a loop.
+    let cycle_done = Arc::new(tokio::sync::Notify::new());
     let stopped = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break true,
             _ = ticker.tick() => {}
+            _ = cycle_done.notified() => {}
         }
         if dispatcher.locks.is_closed() {
             break false;
+        }
+        if poller.is_finished() {
+            // The poller ends only when stopped: anything else is a bug (a panic). A new
+            // lock connection starts a new one.
+            error!("the batch-result poller ended unexpectedly; restarting dispatch");
+            break false;
+        }
+        if let Some(done) = pruning.take_if(|p| p.is_finished()) {
+            if let Err(e) = done.await {
+                error!(error = %e, "pruning panicked; it runs again in an hour");
+            }
         }
         while let Some(done) = cycles.try_join_next() {
             match done {
@@ -274,7 +337,7 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
                 Err(e) => {
                     // A panicking cycle is a bug; its store may stay locked in this session,
                     // so the lock connection is dropped (and with it every lock) below.
-                    warn!(error = %e, "a store cycle panicked");
+                    error!(error = %e, "a store cycle panicked; restarting dispatch");
                     break;
                 }
             }
@@ -317,9 +380,19 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
             if active.insert(store) {
                 let dispatcher = dispatcher.clone();
                 let stop = stop.clone();
+                let done = cycle_done.clone();
                 cycles.spawn(async move {
-                    if let Err(e) = store_cycle::run(&dispatcher, store, &stop).await {
-                        warn!(store = %store, error = %e, "store cycle failed; will retry");
+                    match store_cycle::run(&dispatcher, store, &stop).await {
+                        // Finished, or found another dispatcher working the store.
+                        Ok(full) => {
+                            dispatcher.progress.touched(store);
+                            if full {
+                                done.notify_one();
+                            }
+                        }
+                        Err(e) => {
+                            warn!(store = %store, error = %e, "store cycle failed; will retry")
+                        }
                     }
                     store
                 });
@@ -328,7 +401,7 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(tokio::time::Instant::now());
             let dispatcher = dispatcher.clone();
-            tokio::spawn(async move { prune(&dispatcher).await });
+            pruning = Some(tokio::spawn(async move { prune(&dispatcher).await }));
         }
     };
     // Not ready from here: the lock connection broke (a new one is sought) or shutdown.

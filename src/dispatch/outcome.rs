@@ -2,17 +2,23 @@
 //!
 //! | answer | queue | store |
 //! | --- | --- | --- |
-//! | accepted | `sent` (batch to poll, sent quantities, one transaction) | success |
-//! | 429 | released | waits Retry-After (or a window) |
-//! | 401/403 | released | paused until credentials change |
+//! | accepted | `sent` (batch to poll, sent quantities, one transaction) | success; a probe lifts a 403 pause |
+//! | 429 | released | waits Retry-After (a hint past `max_retry_after` is ignored) or a window |
+//! | 401, unusable credentials | released | paused until the credentials change |
+//! | 403 | released | paused; probes itself after `forbidden_backoff`, doubling to an hour |
 //! | identical body | released, deferred a window | — |
 //! | 400 | split in halves; a lone item fails (retried, dead-lettered at `max_attempts`) | — |
+//! | 413 | split in halves | at most half as many items per request from now on (at least 50) |
 //! | 5xx, no answer | released | backs off ([`STORE_BACKOFF`]) |
+//! | anything else (3xx, 404, 405, 408, 409, 415, 422, ...) | released, no attempt counted | backs off as for a 5xx |
+//!
+//! Only a 400 may split a batch and count attempts towards dead letters: a wrong base URL or
+//! a gateway's answer must never dead-letter a catalogue.
 
 use std::time::Duration;
 
 use tokio_postgres::Client;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::batches::{self, BatchItem};
 use super::build::{ids_and_quantities, Outgoing};
@@ -24,13 +30,19 @@ use crate::marketplace::PushOutcome;
 use crate::metrics::metrics;
 use crate::queue::{self, Claim, Outcome, Release};
 use crate::stores::gates;
-use crate::stores::state::{self as store_state, PauseKind};
+use crate::stores::state::{self as store_state, Pause, PauseKind, Problem};
 
 /// A store whose marketplace fails (5xx, no answer) waits 1 s, doubling per consecutive
 /// failure up to a minute (jittered: at most two): long enough not to hammer an outage,
 /// short enough that a blip costs seconds.
 pub(super) const STORE_BACKOFF: BackoffPolicy =
     BackoffPolicy::new(Duration::from_secs(1), Duration::from_secs(60));
+
+/// A forbidden store's probe waits at most an hour.
+pub(super) const FORBIDDEN_BACKOFF_CAP: Duration = Duration::from_secs(3600);
+
+/// A 413 halves the store's batch size, never below this.
+pub(super) const MIN_BATCH_AFTER_413: usize = 50;
 
 /// An item the marketplace refused waits 1 s, doubling per attempt up to five minutes
 /// (exact: the wait is per item, nobody retries in lockstep).
@@ -53,8 +65,11 @@ pub(super) fn label(outcome: &PushOutcome) -> &'static str {
         PushOutcome::Accepted { .. } => "2xx",
         PushOutcome::RateLimited { .. } => "429",
         PushOutcome::AuthRejected { .. } => "auth",
+        PushOutcome::Forbidden { .. } => "403",
         PushOutcome::IdenticalBody { .. } => "identical",
         PushOutcome::BadRequest { .. } => "4xx",
+        PushOutcome::TooLarge { .. } => "413",
+        PushOutcome::Unexpected { .. } => "unexpected",
         PushOutcome::ServerError { .. } => "5xx",
         PushOutcome::Transport { .. } => "error",
     }
@@ -70,7 +85,10 @@ pub(super) fn message(outcome: &PushOutcome) -> Option<String> {
         PushOutcome::AuthRejected { status, message }
         | PushOutcome::IdenticalBody { status, message }
         | PushOutcome::BadRequest { status, message }
+        | PushOutcome::Unexpected { status, message }
         | PushOutcome::ServerError { status, message } => Some(format!("{status}: {message}")),
+        PushOutcome::Forbidden { message } => Some(format!("403: {message}")),
+        PushOutcome::TooLarge { message } => Some(format!("413: {message}")),
         PushOutcome::Transport { message } => Some(message.clone()),
     }
 }
@@ -112,6 +130,23 @@ impl Cycle<'_> {
             .observe(exchange.duration.as_secs_f64());
         let ids: Vec<i64> = group.iter().map(|o| o.claim.id).collect();
         let error = message(&outcome).unwrap_or_default();
+        if self.store.probe {
+            match &outcome {
+                PushOutcome::Forbidden { .. } => {}
+                // No answer says nothing about the block: the next probe decides.
+                PushOutcome::ServerError { .. } | PushOutcome::Transport { .. } => {
+                    self.forbidden(db, &error, false).await?;
+                    queue::release(db, self.token, &ids, Release::default()).await?;
+                    return Ok(GroupEnd::StopStore);
+                }
+                // The marketplace answered: the block is over, whatever it thought of the
+                // request.
+                _ => {
+                    info!(store = %self.store_id, "the marketplace answers again after a 403; the pause is lifted");
+                    store_state::unpause(db, Some(self.store_id)).await?;
+                }
+            }
+        }
         Ok(match outcome {
             PushOutcome::Accepted { batch_ref } => {
                 self.accepted(db, &group, &batch_ref).await?;
@@ -119,23 +154,40 @@ impl Cycle<'_> {
                 GroupEnd::Next
             }
             PushOutcome::RateLimited { retry_after } => {
-                let wait = retry_after.unwrap_or(settings.limits.rate_limit_window);
+                let hint = retry_after.filter(|w| *w <= settings.max_retry_after);
+                if hint.is_none() && retry_after.is_some() {
+                    warn!(store = %self.store_id, "the marketplace asked for a wait longer than STOCKSYNC_MAX_RETRY_AFTER; ignoring it");
+                }
+                let wait = hint.unwrap_or(settings.limits.rate_limit_window);
                 warn!(store = %self.store_id, wait_s = wait.as_secs_f64(), "marketplace throttled the store (429)");
                 let message = format!(
                     "429 from the marketplace; retrying in {:.1} s",
                     wait.as_secs_f64()
                 );
-                store_state::throttle(db, self.store_id, wait, &message).await?;
+                store_state::back_off(db, self.store_id, wait, Problem::Throttled, &message, false)
+                    .await?;
                 queue::release(db, self.token, &ids, Release::default()).await?;
                 GroupEnd::StopStore
             }
             PushOutcome::AuthRejected { status, message } => {
                 let reason = if status == 0 {
-                    PauseKind::CredentialsUnusable.reason(&format!(": {message}"))
+                    format!("credentials unusable: {message}")
                 } else {
-                    PauseKind::CredentialsRefused.reason(&format!(" ({status}): {message}"))
+                    format!("credentials refused ({status}): {message}")
                 };
-                gates::pause(db, self.store_id, &reason, &self.store.fingerprint).await?;
+                let pause = Pause {
+                    kind: PauseKind::Credentials,
+                    reason: &reason,
+                    fingerprint: &self.store.fingerprint,
+                    look_again_after: store_state::PAUSE_RECHECK,
+                    forbidden: false,
+                };
+                gates::pause(db, self.store_id, &pause).await?;
+                queue::release(db, self.token, &ids, Release::default()).await?;
+                GroupEnd::StopStore
+            }
+            PushOutcome::Forbidden { .. } => {
+                self.forbidden(db, &error, true).await?;
                 queue::release(db, self.token, &ids, Release::default()).await?;
                 GroupEnd::StopStore
             }
@@ -164,15 +216,59 @@ impl Cycle<'_> {
                     GroupEnd::Next
                 }
             }
+            PushOutcome::TooLarge { .. } if group.len() > MIN_BATCH_AFTER_413 => {
+                let limit = (group.len() / 2).max(MIN_BATCH_AFTER_413);
+                warn!(store = %self.store_id, items = group.len(), limit, "request too large (413); sending at most {limit} items per request to this store");
+                store_state::limit_batch(db, self.store_id, limit as i32).await?;
+                let second = group.split_off(group.len() / 2);
+                GroupEnd::Split(group, second)
+            }
+            PushOutcome::TooLarge { .. } | PushOutcome::Unexpected { .. } => {
+                self.store_failed(db, &ids, Problem::UnexpectedStatus, &error)
+                    .await?
+            }
             PushOutcome::ServerError { .. } | PushOutcome::Transport { .. } => {
-                let failures = self.store.state.consecutive_failures.max(0) as u32 + 1;
-                let wait = STORE_BACKOFF.delay_after(failures);
-                warn!(store = %self.store_id, error = %error, retry_in_s = wait.as_secs_f64(), "marketplace unavailable; backing off");
-                store_state::back_off(db, self.store_id, wait, &error).await?;
-                queue::release(db, self.token, &ids, Release::default()).await?;
-                GroupEnd::StopStore
+                self.store_failed(db, &ids, Problem::ServerError, &error)
+                    .await?
             }
         })
+    }
+
+    /// The store, not the items, failed: every entry stays pending (no attempt counted) and
+    /// the store backs off.
+    async fn store_failed(
+        &self,
+        db: &Client,
+        ids: &[i64],
+        problem: Problem,
+        error: &str,
+    ) -> Result<GroupEnd, DispatchError> {
+        let failures = self.store.state.consecutive_failures.max(0) as u32 + 1;
+        let wait = STORE_BACKOFF.delay_after(failures);
+        warn!(store = %self.store_id, kind = problem.as_str(), error = %error, retry_in_s = wait.as_secs_f64(), "the marketplace failed the store's request; backing off");
+        store_state::back_off(db, self.store_id, wait, problem, error, true).await?;
+        queue::release(db, self.token, ids, Release::default()).await?;
+        Ok(GroupEnd::StopStore)
+    }
+
+    /// A 403 (`counts`) or a probe that got no answer: the store is paused and probes itself
+    /// after `forbidden_backoff`, doubling per 403 up to [`FORBIDDEN_BACKOFF_CAP`].
+    async fn forbidden(&self, db: &Client, error: &str, counts: bool) -> Result<(), DispatchError> {
+        let answers = self.store.state.forbidden_count.max(0) as u32 + u32::from(counts);
+        let policy = BackoffPolicy::exact(self.d.settings.forbidden_backoff, FORBIDDEN_BACKOFF_CAP);
+        let wait = policy.delay_after(answers.max(1));
+        let reason = format!(
+            "forbidden (403: an IP block or overload, not necessarily the credentials): {error}"
+        );
+        let pause = Pause {
+            kind: PauseKind::Forbidden,
+            reason: &reason,
+            fingerprint: &self.store.fingerprint,
+            look_again_after: wait,
+            forbidden: counts,
+        };
+        gates::pause(db, self.store_id, &pause).await?;
+        Ok(())
     }
 
     /// A claimed item refused for its own sake: retried later, or dead-lettered.

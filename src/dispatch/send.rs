@@ -82,7 +82,11 @@ impl Cycle<'_> {
         // nor let a possibly applied quantity pass for "unchanged" later, and the claims'
         // lease must cover the request.
         let products: Vec<_> = group.iter().map(|o| o.claim.product_id).collect();
-        queue::renew(db, self.token, &ids).await?;
+        // A claim made moments ago needs no renewal; one that waited (rate windows, splits)
+        // does, or another dispatcher could take it for an orphan mid-request.
+        if self.claimed_at.elapsed() > self.d.settings.claim_lease() / 4 {
+            queue::renew(db, self.token, &ids).await?;
+        }
         queue::mark_in_doubt(db, self.store_id, &products).await?;
         let request_id = self
             .limiter

@@ -19,12 +19,13 @@ use crate::metrics::metrics;
 use crate::queue::{self, Claim, ClaimToken, Outcome, Release};
 use crate::stores::{gates, Gate, Limiter, OpenStore};
 
-/// Runs one cycle of `store_id` if no one else is.
+/// Runs one cycle of `store_id` if no one else is. `Ok(true)`: it claimed a full batch, so
+/// the store may have more ready at once.
 pub(super) async fn run(
     d: &Dispatcher,
     store_id: Uuid,
     stop: &CancellationToken,
-) -> Result<(), DispatchError> {
+) -> Result<bool, DispatchError> {
     let key = locks::store_key(store_id);
     let locked: bool = d
         .locks
@@ -33,7 +34,7 @@ pub(super) async fn run(
         .get(0);
     if !locked {
         debug!(store = %store_id, "another dispatcher holds this store");
-        return Ok(());
+        return Ok(false);
     }
     let mut db = d.pool.get().await?;
     let result = cycle(d, &mut db, store_id, stop).await;
@@ -50,31 +51,39 @@ async fn cycle(
     db: &mut Client,
     store_id: Uuid,
     stop: &CancellationToken,
-) -> Result<(), DispatchError> {
+) -> Result<bool, DispatchError> {
     let orphans = queue::release_orphans(db, store_id, d.settings.claim_lease()).await?;
     if orphans > 0 {
         info!(store = %store_id, entries = orphans, "released claims left by a stopped dispatcher");
     }
-    let Gate::Open(store) = gates::check(db, store_id, d.settings.limits.min_send_interval).await?
-    else {
-        return Ok(());
+    let Gate::Open(store) = gates::check(db, store_id, d.settings.gates()).await? else {
+        return Ok(false);
     };
     let limiter = Limiter::new(&d.settings.limits, store_id);
     if !limiter.admit(&store) {
-        return Ok(());
+        return Ok(false);
     }
     if store.provider == Provider::Hepsiburada
         && batches::open_batches(db, store_id).await? >= MAX_OPEN_HEPSIBURADA_BATCHES
     {
         limiter.waited("open_uploads");
-        return Ok(());
+        return Ok(false);
     }
     let token = ClaimToken::new();
-    let batch = d.settings.batch_size(store.provider);
+    // A 413 may have left the store a smaller batch; a probe needs one item.
+    let batch = match (store.probe, store.state.batch_limit) {
+        (true, _) => 1,
+        (false, Some(limit)) => d
+            .settings
+            .batch_size(store.provider)
+            .min(limit.max(1) as usize),
+        (false, None) => d.settings.batch_size(store.provider),
+    };
     let claims = queue::claim(db, store_id, &d.settings.instance_id, token, batch).await?;
     if claims.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
+    let full = claims.len() >= batch;
     let ids: Vec<i64> = claims.iter().map(|c| c.id).collect();
     let cycle = Cycle {
         d,
@@ -82,6 +91,7 @@ async fn cycle(
         label: store_id.to_string(),
         store: *store,
         token,
+        claimed_at: std::time::Instant::now(),
         limiter,
         stop: stop.clone(),
     };
@@ -97,7 +107,7 @@ async fn cycle(
         }
         Ok(()) => {}
     }
-    result
+    result.map(|()| full)
 }
 
 /// What the steps of one cycle share.
@@ -108,6 +118,8 @@ pub(super) struct Cycle<'a> {
     pub store: OpenStore,
     /// Names this cycle's claims; every transition out of `in_flight` checks it.
     pub token: ClaimToken,
+    /// When the claims were made (their lease runs from then until renewed).
+    pub claimed_at: std::time::Instant,
     pub limiter: Limiter<'a>,
     pub stop: CancellationToken,
 }

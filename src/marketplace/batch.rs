@@ -18,10 +18,16 @@ pub(crate) const MISSING_FROM_RESULT: &str = "item missing from the batch result
 ///   `status` says it is still running; then items are matched to request positions
 ///   by `requestItem.barcode`. `SUCCESS` succeeds; `FAILED` fails with its
 ///   `failureReasons`; an item-level in-progress status keeps the batch `Pending`.
-/// * Hepsiburada: `PROCESSING` or any status other than `COMPLETED`,
-///   `COMPLETED_WITH_ERRORS`, `FAILED` is `Pending`. Error entries are matched by
-///   `merchantSku`, else by `elementNo` (0-based; see the module docs). `FAILED`
-///   without attributable errors fails every item.
+/// * Hepsiburada: the `status` word is read case-insensitively, ignoring `_` ([`UploadWord`]):
+///   a known "still working" word is `Pending`, a word never seen is `UnknownStatus` (pending,
+///   but worth a warning), success and partial success are `Done` with the failing rows,
+///   failure fails every item without a row of its own. Error rows are matched by
+///   `merchantSku` (case-insensitively; `elementNo`'s base is unconfirmed, so it is not used);
+///   a row that names no request item makes the whole upload `OutcomeUnknown`.
+///
+/// Trendyol removes spaces inside barcodes, so barcodes are compared without whitespace.
+/// Failure reasons that name a listing state only a person can change (a campaign forbidding
+/// decreases, a locked, frozen or suspended listing) mark the item `permanent`.
 pub fn parse_batch_status(
     provider: Provider,
     body: &str,
@@ -75,14 +81,48 @@ fn reasons_of(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// Request positions by key (a key repeated in the request yields its positions in
-/// order).
-fn positions(request_keys: &[String]) -> HashMap<&str, VecDeque<usize>> {
-    let mut map: HashMap<&str, VecDeque<usize>> = HashMap::new();
+/// Request positions by normalised key (a key repeated in the request yields its positions
+/// in order).
+fn positions(
+    request_keys: &[String],
+    normalise: fn(&str) -> String,
+) -> HashMap<String, VecDeque<usize>> {
+    let mut map: HashMap<String, VecDeque<usize>> = HashMap::new();
     for (i, k) in request_keys.iter().enumerate() {
-        map.entry(k.as_str()).or_default().push_back(i);
+        map.entry(normalise(k)).or_default().push_back(i);
     }
     map
+}
+
+/// A Trendyol barcode as Trendyol keeps it: without whitespace.
+fn trendyol_barcode(k: &str) -> String {
+    k.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+/// A Hepsiburada merchant sku, compared case-insensitively.
+fn merchant_sku(k: &str) -> String {
+    k.trim().to_lowercase()
+}
+
+/// Failure codes of listings that refuse stock updates until a person acts (a campaign that
+/// forbids decreases, a locked, frozen or suspended listing). Matched as whole words of a
+/// reason, case-insensitively.
+const PERMANENT_CODES: [&str; 8] = [
+    "discountedlistingstockdecrease",
+    "stockdecreasedisabled",
+    "listinglocked",
+    "islocked",
+    "listingfrozen",
+    "isfrozen",
+    "listingsuspended",
+    "issuspended",
+];
+
+/// Whether a failure reason names a listing state only a person can change.
+pub(crate) fn is_permanent(reason: &str) -> bool {
+    reason
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|word| PERMANENT_CODES.contains(&word.to_ascii_lowercase().as_str()))
 }
 
 fn trendyol(obj: &Map<String, Value>, request_keys: &[String]) -> Result<BatchStatus, String> {
@@ -102,7 +142,7 @@ fn trendyol(obj: &Map<String, Value>, request_keys: &[String]) -> Result<BatchSt
         return Ok(BatchStatus::Pending);
     }
     let mut slots: Vec<Option<ItemResult>> = vec![None; request_keys.len()];
-    let mut free = positions(request_keys);
+    let mut free = positions(request_keys, trendyol_barcode);
     for item in items {
         let barcode = item
             .get("requestItem")
@@ -113,7 +153,10 @@ fn trendyol(obj: &Map<String, Value>, request_keys: &[String]) -> Result<BatchSt
             tracing::debug!("Trendyol batch result item without a barcode: {item}");
             continue;
         };
-        let Some(index) = free.get_mut(barcode).and_then(VecDeque::pop_front) else {
+        let Some(index) = free
+            .get_mut(&trendyol_barcode(barcode))
+            .and_then(VecDeque::pop_front)
+        else {
             tracing::debug!(
                 barcode,
                 "Trendyol batch result names a barcode not in the request"
@@ -149,8 +192,9 @@ fn trendyol(obj: &Map<String, Value>, request_keys: &[String]) -> Result<BatchSt
         };
         slots[index] = Some(ItemResult {
             index,
-            key: barcode.to_string(),
+            key: request_keys[index].clone(),
             success,
+            permanent: !success && reasons.iter().any(|r| is_permanent(r)),
             reasons,
         });
     }
@@ -163,67 +207,67 @@ fn trendyol(obj: &Map<String, Value>, request_keys: &[String]) -> Result<BatchSt
                 key: request_keys[index].clone(),
                 success: false,
                 reasons: vec![MISSING_FROM_RESULT.to_string()],
+                permanent: false,
             })
         })
         .collect();
     Ok(BatchStatus::Done(results))
 }
 
-/// An integer `elementNo` (a numeric string is tolerated).
-fn element_no(e: &Value) -> Option<i64> {
-    match e.get("elementNo")? {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
+/// What a Hepsiburada upload `status` word says, read case-insensitively and ignoring `_`
+/// (production answers `Done`; clients have seen `Completed`, `COMPLETED_WITH_ERRORS`,
+/// `Failed`, `InProgress`, `PROCESSING`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadWord {
+    Succeeded,
+    /// Done, with the failing rows listed.
+    Partial,
+    Failed,
+    Working,
+    /// A word no client has seen: still pending, never success.
+    Unknown,
+}
+
+impl UploadWord {
+    pub fn read(word: &str) -> UploadWord {
+        let folded: String = word
+            .chars()
+            .filter(|c| *c != '_' && !c.is_whitespace())
+            .collect::<String>()
+            .to_lowercase();
+        match folded.as_str() {
+            "done" | "completed" | "complete" | "success" | "succeeded" | "finished" => {
+                UploadWord::Succeeded
+            }
+            "completedwitherrors" | "partiallycompleted" | "donewitherrors" => UploadWord::Partial,
+            "failed" | "fail" | "error" => UploadWord::Failed,
+            "processing" | "inprogress" | "pending" | "waiting" | "created" | "queued"
+            | "running" | "received" | "accepted" => UploadWord::Working,
+            _ => UploadWord::Unknown,
+        }
     }
 }
 
 fn hepsiburada(obj: &Map<String, Value>, request_keys: &[String]) -> Result<BatchStatus, String> {
-    let Some(status) = upper_str(obj.get("status")) else {
-        return Err("Hepsiburada upload status without \"status\"".into());
+    let status = match obj.get("status") {
+        Some(Value::String(s)) => s.trim().to_string(),
+        // `null` (or no word at all) is still pending.
+        None | Some(Value::Null) => return Ok(BatchStatus::Pending),
+        Some(other) => other.to_string(),
     };
-    let failed_upload = match status.as_str() {
-        "COMPLETED" | "COMPLETED_WITH_ERRORS" => false,
-        "FAILED" => true,
-        _ => return Ok(BatchStatus::Pending),
+    let failed_upload = match UploadWord::read(&status) {
+        UploadWord::Succeeded | UploadWord::Partial => false,
+        UploadWord::Failed => true,
+        UploadWord::Working => return Ok(BatchStatus::Pending),
+        UploadWord::Unknown => return Ok(BatchStatus::UnknownStatus(clip(&status, 64))),
     };
     let errors: &[Value] = match obj.get("errors") {
         Some(Value::Array(a)) => a,
         None | Some(Value::Null) => &[],
         Some(_) => return Err("Hepsiburada upload status: \"errors\" is not an array".into()),
     };
-    let n = request_keys.len();
-    let by_key = positions(request_keys);
-    let sku = |e: &Value| {
-        e.get("merchantSku")
-            .and_then(Value::as_str)
-            .filter(|s| by_key.contains_key(s))
-            .map(str::to_string)
-    };
-
-    // Numbering: 0-based unless the entries naming both a sku and an elementNo show
-    // 1-based positions (and never a 0-based one).
-    let (mut zero_based, mut one_based) = (0usize, 0usize);
-    for e in errors {
-        if let (Some(s), Some(no)) = (sku(e), element_no(e)) {
-            let at = |i: i64| {
-                usize::try_from(i)
-                    .ok()
-                    .and_then(|i| request_keys.get(i))
-                    .is_some_and(|k| *k == s)
-            };
-            zero_based += usize::from(at(no));
-            one_based += usize::from(at(no - 1));
-        }
-    }
-    let base: i64 = if one_based > 0 && zero_based == 0 {
-        1
-    } else {
-        0
-    };
-
-    let mut reasons: Vec<Option<Vec<String>>> = vec![None; n];
-    let mut unattributed: Vec<String> = Vec::new();
+    let by_sku = positions(request_keys, merchant_sku);
+    let mut reasons: Vec<Option<Vec<String>>> = vec![None; request_keys.len()];
     for e in errors {
         let mut texts = reasons_of(e.get("errors"));
         if texts.is_empty() {
@@ -232,36 +276,23 @@ fn hepsiburada(obj: &Map<String, Value>, request_keys: &[String]) -> Result<Batc
         if texts.is_empty() {
             texts.push("element failed without a reason".into());
         }
-        let by_position = element_no(e)
-            .map(|no| no - base)
-            .and_then(|i| usize::try_from(i).ok())
-            .filter(|i| *i < n);
-        let index = match sku(e) {
-            Some(s) => {
-                let candidates = &by_key[s.as_str()];
-                by_position
-                    .filter(|i| candidates.contains(i))
-                    .or_else(|| candidates.front().copied())
-            }
-            None => by_position,
+        let sku = e.get("merchantSku").and_then(Value::as_str);
+        let Some(positions) = sku.and_then(|s| by_sku.get(&merchant_sku(s))) else {
+            // Which item failed is unknown, so nothing of this upload can be believed.
+            let named = sku.map_or_else(
+                || "no merchantSku".to_string(),
+                |s| format!("merchantSku {s:?}"),
+            );
+            return Ok(BatchStatus::OutcomeUnknown(format!(
+                "an error row with {named} matches no item of the upload: {}",
+                clip(&texts.join("; "), 300)
+            )));
         };
-        match index {
-            Some(i) => reasons[i].get_or_insert_with(Vec::new).extend(texts),
-            None => {
-                let name = e
-                    .get("merchantSku")
-                    .or_else(|| e.get("hepsiburadaSku"))
-                    .or_else(|| e.get("elementNo"))
-                    .map_or_else(|| "?".to_string(), Value::to_string);
-                unattributed.push(format!("{name}: {}", texts.join("; ")));
-            }
+        for i in positions {
+            reasons[*i]
+                .get_or_insert_with(Vec::new)
+                .extend(texts.iter().cloned());
         }
-    }
-    if !unattributed.is_empty() {
-        tracing::debug!(
-            ?unattributed,
-            "Hepsiburada upload errors that match no request item"
-        );
     }
     let results = request_keys
         .iter()
@@ -270,19 +301,13 @@ fn hepsiburada(obj: &Map<String, Value>, request_keys: &[String]) -> Result<Batc
             let (success, reasons) = match reasons[index].take() {
                 Some(r) => (false, r),
                 None if failed_upload => (false, vec![format!("upload {status}")]),
-                None if !unattributed.is_empty() => (
-                    false,
-                    vec![format!(
-                        "upload {status} with errors that name no request item: {}",
-                        clip(&unattributed.join(" | "), 500)
-                    )],
-                ),
                 None => (true, Vec::new()),
             };
             ItemResult {
                 index,
                 key: key.clone(),
                 success,
+                permanent: !success && reasons.iter().any(|r| is_permanent(r)),
                 reasons,
             }
         })
@@ -311,6 +336,7 @@ mod tests {
             key: key.into(),
             success: true,
             reasons: vec![],
+            permanent: false,
         }
     }
 
@@ -320,6 +346,7 @@ mod tests {
             key: key.into(),
             success: false,
             reasons: reasons.iter().map(|s| s.to_string()).collect(),
+            permanent: false,
         }
     }
 
@@ -420,7 +447,11 @@ mod tests {
             assert!(parse_batch_status(p, "[]", &k).is_err());
         }
         assert!(parse_batch_status(Provider::Trendyol, r#"{"items":{}}"#, &k).is_err());
-        assert!(parse_batch_status(Provider::Hepsiburada, r#"{"id":"x"}"#, &k).is_err());
+        // No status word at all is still pending (as `null`), not an unreadable body.
+        assert_eq!(
+            parse_batch_status(Provider::Hepsiburada, r#"{"id":"x"}"#, &k),
+            Ok(BatchStatus::Pending)
+        );
         assert!(parse_batch_status(
             Provider::Hepsiburada,
             r#"{"status":"FAILED","errors":5}"#,
@@ -430,9 +461,45 @@ mod tests {
     }
 
     #[test]
+    fn trendyol_results_match_barcodes_without_spaces() {
+        let body = r#"{"items":[
+            {"requestItem":{"barcode":"8690001"},"status":"SUCCESS"},
+            {"requestItem":{"barcode":"B 2"},"status":"FAILED","failureReasons":["x"]}
+        ],"itemCount":2}"#;
+        assert_eq!(
+            done(parse_batch_status(
+                Provider::Trendyol,
+                body,
+                &keys(&["869 0001", "B2"])
+            )),
+            vec![ok(0, "869 0001"), failed(1, "B2", &["x"])]
+        );
+    }
+
+    #[test]
+    fn upload_words_are_read_case_insensitively_without_underscores() {
+        for (word, meaning) in [
+            ("Done", UploadWord::Succeeded),
+            ("DONE", UploadWord::Succeeded),
+            ("Completed", UploadWord::Succeeded),
+            ("COMPLETED_WITH_ERRORS", UploadWord::Partial),
+            ("CompletedWithErrors", UploadWord::Partial),
+            ("Failed", UploadWord::Failed),
+            ("FAILED", UploadWord::Failed),
+            ("InProgress", UploadWord::Working),
+            ("IN_PROGRESS", UploadWord::Working),
+            ("PROCESSING", UploadWord::Working),
+            ("Gelecek", UploadWord::Unknown),
+            ("", UploadWord::Unknown),
+        ] {
+            assert_eq!(UploadWord::read(word), meaning, "{word}");
+        }
+    }
+
+    #[test]
     fn hepsiburada_pending() {
         let k = keys(&["S1"]);
-        for status in ["PROCESSING", "processing", "QUEUED", "SOMETHING_NEW"] {
+        for status in ["PROCESSING", "processing", "QUEUED", "InProgress"] {
             let body = format!(
                 r#"{{"id":"u","status":"{status}","createdAt":"2024-01-01T00:00:00.000Z","total":1,"errors":[]}}"#
             );
@@ -441,27 +508,37 @@ mod tests {
                 Ok(BatchStatus::Pending)
             );
         }
-    }
-
-    #[test]
-    fn hepsiburada_completed() {
-        let body = r#"{"id":"u","status":"COMPLETED","createdAt":"2024-01-01T00:00:00.000Z","total":2,"errors":[]}"#;
         assert_eq!(
-            done(parse_batch_status(
-                Provider::Hepsiburada,
-                body,
-                &keys(&["S1", "S2"])
-            )),
-            vec![ok(0, "S1"), ok(1, "S2")]
+            parse_batch_status(Provider::Hepsiburada, r#"{"status":null}"#, &k),
+            Ok(BatchStatus::Pending)
+        );
+        assert_eq!(
+            parse_batch_status(Provider::Hepsiburada, r#"{"status":"SOMETHING_NEW"}"#, &k),
+            Ok(BatchStatus::UnknownStatus("SOMETHING_NEW".into())),
+            "a new word is never success"
         );
     }
 
     #[test]
-    fn hepsiburada_errors_by_element_and_sku() {
+    fn hepsiburada_done_and_completed() {
+        for word in ["Done", "COMPLETED", "Completed"] {
+            let body = format!(r#"{{"id":"u","status":"{word}","total":2,"errors":[]}}"#);
+            assert_eq!(
+                done(parse_batch_status(
+                    Provider::Hepsiburada,
+                    &body,
+                    &keys(&["S1", "S2"])
+                )),
+                vec![ok(0, "S1"), ok(1, "S2")]
+            );
+        }
+    }
+
+    #[test]
+    fn hepsiburada_errors_by_sku() {
         let k = keys(&["S1", "S2", "S3"]);
-        // As the mock sends: 0-based elementNo and the merchantSku.
         let body = r#"{"id":"u","status":"COMPLETED_WITH_ERRORS","total":3,"errors":[
-            {"elementNo":1,"hepsiburadaSku":null,"merchantSku":"S2","errors":["Listing not found for this merchant"]}
+            {"elementNo":7,"hepsiburadaSku":null,"merchantSku":"s2","errors":["Listing not found for this merchant"]}
         ]}"#;
         assert_eq!(
             done(parse_batch_status(Provider::Hepsiburada, body, &k)),
@@ -469,47 +546,26 @@ mod tests {
                 ok(0, "S1"),
                 failed(1, "S2", &["Listing not found for this merchant"]),
                 ok(2, "S3")
-            ]
+            ],
+            "matched by sku, case-insensitively, whatever elementNo says"
         );
-        // elementNo only: 0-based.
-        let body =
-            r#"{"status":"COMPLETED_WITH_ERRORS","errors":[{"elementNo":2,"errors":["e"]}]}"#;
-        assert_eq!(
-            done(parse_batch_status(Provider::Hepsiburada, body, &k)),
-            vec![ok(0, "S1"), ok(1, "S2"), failed(2, "S3", &["e"])]
-        );
-        // 1-based numbering revealed by an entry naming both; applied to the sku-less one.
-        let body = r#"{"status":"COMPLETED_WITH_ERRORS","errors":[
-            {"elementNo":3,"merchantSku":"S3","errors":["a"]},
-            {"elementNo":1,"errors":["b"]}
+        let body = r#"{"status":"Done","errors":[
+            {"merchantSku":"S3","errors":[{"message":"DiscountedListingStockDecrease"}]}
         ]}"#;
-        assert_eq!(
-            done(parse_batch_status(Provider::Hepsiburada, body, &k)),
-            vec![
-                failed(0, "S1", &["b"]),
-                ok(1, "S2"),
-                failed(2, "S3", &["a"])
-            ]
-        );
-        // The sku wins over a contradicting elementNo; "3" as a string is tolerated.
-        let body = r#"{"status":"COMPLETED_WITH_ERRORS","errors":[
-            {"elementNo":"0","merchantSku":"S2","errors":[{"message":"locked"}]}
-        ]}"#;
-        assert_eq!(
-            done(parse_batch_status(Provider::Hepsiburada, body, &k)),
-            vec![ok(0, "S1"), failed(1, "S2", &["locked"]), ok(2, "S3")]
-        );
+        let r = done(parse_batch_status(Provider::Hepsiburada, body, &k));
+        assert!(r[2].permanent && !r[2].success, "{:?}", r[2]);
+        assert!(r[0].success && r[1].success);
     }
 
     #[test]
     fn hepsiburada_failed() {
         let k = keys(&["S1", "S2"]);
-        let body = r#"{"id":"u","status":"FAILED","total":2,"errors":[]}"#;
+        let body = r#"{"id":"u","status":"Failed","total":2,"errors":[]}"#;
         assert_eq!(
             done(parse_batch_status(Provider::Hepsiburada, body, &k)),
             vec![
-                failed(0, "S1", &["upload FAILED"]),
-                failed(1, "S2", &["upload FAILED"])
+                failed(0, "S1", &["upload Failed"]),
+                failed(1, "S2", &["upload Failed"])
             ]
         );
         let body = r#"{"status":"FAILED","errors":[
@@ -526,15 +582,28 @@ mod tests {
     }
 
     #[test]
-    fn hepsiburada_unattributable_error_fails_the_rest() {
+    fn hepsiburada_row_without_a_known_sku_makes_the_outcome_unknown() {
         let k = keys(&["S1", "S2"]);
-        let body = r#"{"status":"COMPLETED_WITH_ERRORS","errors":[
-            {"elementNo":0,"merchantSku":"S1","errors":["x"]},
-            {"elementNo":9,"merchantSku":"NOPE","errors":["y"]}
-        ]}"#;
-        let r = done(parse_batch_status(Provider::Hepsiburada, body, &k));
-        assert_eq!(r[0], failed(0, "S1", &["x"]));
-        assert!(!r[1].success);
-        assert!(r[1].reasons[0].contains("NOPE"), "{:?}", r[1]);
+        for row in [
+            r#"{"elementNo":0,"errors":["x"]}"#,
+            r#"{"elementNo":9,"merchantSku":"NOPE","errors":["y"]}"#,
+        ] {
+            let body = format!(r#"{{"status":"COMPLETED_WITH_ERRORS","errors":[{row}]}}"#);
+            assert!(
+                matches!(
+                    parse_batch_status(Provider::Hepsiburada, &body, &k),
+                    Ok(BatchStatus::OutcomeUnknown(_))
+                ),
+                "{row}"
+            );
+        }
+    }
+
+    #[test]
+    fn permanent_reasons_are_codes_not_prose() {
+        assert!(is_permanent("DiscountedListingStockDecrease"));
+        assert!(is_permanent("S1: ListingLocked (PriceCheck)"));
+        assert!(!is_permanent("the listing is locked for a moment"));
+        assert!(!is_permanent("Listing not found for this merchant"));
     }
 }

@@ -15,8 +15,9 @@ const MAX_MESSAGE_CHARS: usize = 1000;
 /// against the current time.
 ///
 /// Order: a 2xx with an id is accepted; then the identical-body message (any status);
-/// then 429, 401/403, 5xx, other statuses; a 2xx without valid JSON or without an id
-/// is a transport failure (the push may or may not have been queued).
+/// then 429, 401, 403, 400, 413, 5xx, and any other status as unexpected; a 2xx without
+/// valid JSON or without an id is a transport failure (the push may or may not have been
+/// queued).
 pub fn classify(provider: Provider, status: u16, headers: &HeaderMap, body: &str) -> PushOutcome {
     classify_at(provider, status, headers, body, SystemTime::now())
 }
@@ -62,15 +63,25 @@ pub(crate) fn classify_at(
         429 => PushOutcome::RateLimited {
             retry_after: retry_after(headers, now),
         },
-        401 | 403 => PushOutcome::AuthRejected {
+        401 => PushOutcome::AuthRejected {
             status,
+            message: error_message(status, body),
+        },
+        403 => PushOutcome::Forbidden {
+            message: error_message(status, body),
+        },
+        400 => PushOutcome::BadRequest {
+            status,
+            message: error_message(status, body),
+        },
+        413 => PushOutcome::TooLarge {
             message: error_message(status, body),
         },
         500..=599 => PushOutcome::ServerError {
             status,
             message: error_message(status, body),
         },
-        _ => PushOutcome::BadRequest {
+        _ => PushOutcome::Unexpected {
             status,
             message: error_message(status, body),
         },
@@ -255,20 +266,14 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
     }
     if let Some(v) = header("x-ratelimit-reset") {
         if let Ok(n) = v.parse::<f64>() {
-            if n.is_finite() && n >= 0.0 {
-                // 1e9 s is 2001 as an epoch, 31 years as a delta: no real delta is
-                // that large.
-                return Some(if n >= 1e12 {
-                    until(
-                        SystemTime::UNIX_EPOCH + Duration::from_secs_f64(n / 1000.0),
-                        now,
-                    )
-                } else if n >= 1e9 {
-                    until(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(n), now)
-                } else {
-                    Duration::from_secs_f64(n)
-                });
-            }
+            // 1e9 s is 2001 as an epoch, 31 years as a delta: no real delta is that large.
+            return if n >= 1e12 {
+                epoch(n / 1000.0).map(|at| until(at, now))
+            } else if n >= 1e9 {
+                epoch(n).map(|at| until(at, now))
+            } else {
+                seconds(n)
+            };
         }
         if let Some(at) = http_date(v) {
             return Some(until(at, now));
@@ -277,9 +282,22 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
     None
 }
 
+/// A non-negative, finite number of seconds as a duration (`None` otherwise; never panics).
+fn seconds(n: f64) -> Option<Duration> {
+    if n.is_finite() && n >= 0.0 {
+        Duration::try_from_secs_f64(n).ok()
+    } else {
+        None
+    }
+}
+
 fn delta_seconds(v: &str) -> Option<Duration> {
-    let n: f64 = v.parse().ok()?;
-    (n.is_finite() && (0.0..1e9).contains(&n)).then(|| Duration::from_secs_f64(n))
+    v.parse().ok().and_then(seconds)
+}
+
+/// An epoch timestamp in seconds, if representable.
+fn epoch(n: f64) -> Option<SystemTime> {
+    SystemTime::UNIX_EPOCH.checked_add(seconds(n)?)
 }
 
 fn until(at: SystemTime, now: SystemTime) -> Duration {
@@ -473,7 +491,7 @@ mod tests {
         );
         assert!(matches!(
             c(Provider::Trendyol, 403, ""),
-            PushOutcome::AuthRejected { status: 403, ref message } if message == "HTTP 403"
+            PushOutcome::Forbidden { ref message } if message == "HTTP 403"
         ));
         assert_eq!(
             c(
@@ -496,7 +514,11 @@ mod tests {
         ));
         assert!(matches!(
             c(Provider::Hepsiburada, 404, ""),
-            PushOutcome::BadRequest { status: 404, .. }
+            PushOutcome::Unexpected { status: 404, .. }
+        ));
+        assert!(matches!(
+            c(Provider::Hepsiburada, 413, "too big"),
+            PushOutcome::TooLarge { .. }
         ));
     }
 
@@ -505,7 +527,8 @@ mod tests {
         let msg = |status, body| match c(Provider::Hepsiburada, status, body) {
             PushOutcome::BadRequest { message, .. }
             | PushOutcome::AuthRejected { message, .. }
-            | PushOutcome::ServerError { message, .. } => message,
+            | PushOutcome::ServerError { message, .. }
+            | PushOutcome::Unexpected { message, .. } => message,
             other => panic!("{other:?}"),
         };
         assert_eq!(
@@ -543,18 +566,48 @@ mod tests {
     }
 
     #[test]
-    fn other_statuses() {
-        assert!(matches!(
-            c(
-                Provider::Trendyol,
-                415,
-                r#"{"errors":[{"message":"Content-Type must be application/json"}]}"#
-            ),
-            PushOutcome::BadRequest { status: 415, .. }
-        ));
-        assert!(matches!(
-            c(Provider::Trendyol, 302, ""),
-            PushOutcome::BadRequest { status: 302, .. }
-        ));
+    fn other_statuses_are_the_stores_problem_not_the_items() {
+        for status in [302, 404, 405, 408, 409, 415, 422, 451, 100] {
+            assert!(
+                matches!(
+                    c(Provider::Trendyol, status, r#"{"errors":[{"message":"m"}]}"#),
+                    PushOutcome::Unexpected { status: s, .. } if s == status
+                ),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_never_panics_whatever_the_value() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let at = |h: HeaderMap| retry_after(&h, now);
+        for v in [
+            "-5",
+            "1e25",
+            "1e300",
+            "NaN",
+            "inf",
+            "-inf",
+            "1e-300",
+            "99999999999999999999999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+            "Thu, 01 Jan 1970 00:00:00 GMT",
+            "",
+            "   ",
+            "1.5.3",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            let _ = at(headers(&[("retry-after", v)]));
+            let _ = at(headers(&[("x-ratelimit-reset", v)]));
+        }
+        assert_eq!(at(headers(&[("retry-after", "1e25")])), None);
+        assert_eq!(at(headers(&[("x-ratelimit-reset", "1e300")])), None);
+        assert_eq!(at(headers(&[("retry-after", "NaN")])), None);
+        assert_eq!(
+            at(headers(&[("retry-after", "1.5")])),
+            Some(Duration::from_millis(1500))
+        );
     }
 }

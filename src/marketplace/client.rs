@@ -25,8 +25,6 @@ pub struct ClientSettings {
     pub trendyol_url: String,
     /// e.g. `https://listing-external.hepsiburada.com`.
     pub hepsiburada_url: String,
-    /// Hepsiburada wants the integrator's developer user name on every call.
-    pub hepsiburada_user_agent: String,
     /// Whole-request timeout (connect, send, and reading the answer).
     pub timeout: Duration,
 }
@@ -134,7 +132,8 @@ impl MarketplaceClient {
             Err(message) => PushOutcome::Transport {
                 message: message.clone(),
             },
-        };
+        }
+        .redacted(creds);
         let exchange = answer.exchange(creds);
         tracing::debug!(
             provider = %creds.provider,
@@ -192,7 +191,8 @@ impl MarketplaceClient {
             Ok((status, headers, body)) => {
                 BatchStatus::Failed(classify(creds.provider, *status, headers, body))
             }
-        };
+        }
+        .redacted(creds);
         let exchange = answer.exchange(creds);
         tracing::debug!(
             provider = %creds.provider,
@@ -200,6 +200,8 @@ impl MarketplaceClient {
             duration_ms = exchange.duration.as_millis() as u64,
             result = %match &status {
                 BatchStatus::Pending => "pending".to_string(),
+                BatchStatus::UnknownStatus(word) => format!("unknown status word {word:?}"),
+                BatchStatus::OutcomeUnknown(why) => format!("outcome unknown: {why}"),
                 BatchStatus::Done(items) => format!(
                     "done: {} items, {} failed",
                     items.len(),
@@ -242,37 +244,29 @@ impl MarketplaceClient {
                     .map(|page| redact_reasons(page, creds))
                     .map_err(ReadFailure::Malformed)
             }
-            Ok((status, headers, body)) => Err(ReadFailure::Refused(classify(
-                creds.provider,
-                *status,
-                headers,
-                body,
-            ))),
+            Ok((status, headers, body)) => Err(ReadFailure::Refused(
+                classify(creds.provider, *status, headers, body).redacted(creds),
+            )),
         };
         (result, answer.exchange(creds))
     }
 
     fn build(&self, creds: &StoreCredentials, target: Target<'_>) -> Result<Call, String> {
         let url = endpoint_url(&self.settings, creds.provider, &creds.seller_id, target)?;
-        let (user, password, user_agent) = match creds.provider {
+        let (user, password) = match creds.provider {
             Provider::Trendyol => {
                 let key = creds
                     .api_key
                     .as_deref()
                     .filter(|k| !k.is_empty())
                     .ok_or("Trendyol store without an api key")?;
-                (
-                    key,
-                    creds.api_secret.as_str(),
-                    format!("{} - SelfIntegration", creds.seller_id),
-                )
+                (key, creds.api_secret.as_str())
             }
-            Provider::Hepsiburada => (
-                creds.seller_id.as_str(),
-                creds.api_secret.as_str(),
-                self.settings.hepsiburada_user_agent.clone(),
-            ),
+            Provider::Hepsiburada => (creds.seller_id.as_str(), creds.api_secret.as_str()),
         };
+        if creds.user_agent.trim().is_empty() {
+            return Err(format!("{} store without a User-Agent", creds.provider));
+        }
         if user.contains(':') {
             return Err(format!(
                 "the {} Basic user name (api key / merchant id) contains ':'",
@@ -283,10 +277,13 @@ impl MarketplaceClient {
         let mut auth = HeaderValue::from_str(&format!("Basic {token}"))
             .map_err(|_| "credentials cannot form an Authorization header".to_string())?;
         auth.set_sensitive(true);
-        let user_agent = HeaderValue::from_str(&user_agent).map_err(|_| match creds.provider {
-            Provider::Trendyol => "seller id cannot be sent in a User-Agent header".to_string(),
-            Provider::Hepsiburada => "hepsiburada_user_agent is not a valid header".to_string(),
-        })?;
+        let user_agent =
+            HeaderValue::from_str(&creds.user_agent).map_err(|_| match creds.provider {
+                Provider::Trendyol => "seller id cannot be sent in a User-Agent header".to_string(),
+                Provider::Hepsiburada => {
+                    "the Hepsiburada user agent is not a valid header".to_string()
+                }
+            })?;
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, auth);
         headers.insert(USER_AGENT, user_agent);
@@ -355,7 +352,7 @@ struct Answer {
 impl Answer {
     fn exchange(&self, creds: &StoreCredentials) -> Exchange {
         let body = match &self.result {
-            Ok((_, _, body)) => redact(body, creds),
+            Ok((_, _, body)) => creds.redact(body),
             Err(_) => String::new(),
         };
         Exchange {
@@ -416,37 +413,13 @@ fn error_chain(e: &reqwest::Error) -> String {
     parts.join(": ")
 }
 
-/// Masks every credential string (and the Basic token) that a body might echo.
-fn redact(body: &str, creds: &StoreCredentials) -> String {
-    let mut secrets: Vec<String> = vec![creds.api_secret.clone()];
-    if let Some(k) = &creds.api_key {
-        secrets.push(k.clone());
-    }
-    let user = match creds.provider {
-        Provider::Trendyol => creds.api_key.clone().unwrap_or_default(),
-        Provider::Hepsiburada => creds.seller_id.clone(),
-    };
-    secrets.push(
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", creds.api_secret)),
-    );
-    // Longest first so a secret containing another is masked whole.
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let mut out = body.to_string();
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        if out.contains(s.as_str()) {
-            out = out.replace(s.as_str(), "***");
-        }
-    }
-    out
-}
-
 /// Lock and freeze reasons are marketplace text: masked like a response body.
 fn redact_reasons(mut page: ListingPage, creds: &StoreCredentials) -> ListingPage {
     for listing in &mut page.listings {
         let flags = &mut listing.flags;
         for reasons in [&mut flags.locked, &mut flags.frozen].into_iter().flatten() {
             for reason in reasons.iter_mut() {
-                *reason = redact(reason, creds);
+                *reason = creds.redact(reason);
             }
         }
     }
@@ -530,7 +503,6 @@ mod tests {
         ClientSettings {
             trendyol_url: "https://ty.example/".into(),
             hepsiburada_url: "https://hb.example/prefix".into(),
-            hepsiburada_user_agent: "dev-user".into(),
             timeout: Duration::from_secs(5),
         }
     }
@@ -567,6 +539,7 @@ mod tests {
             seller_id: "42".into(),
             api_key: Some("key".into()),
             api_secret: "sec".into(),
+            user_agent: "42 - SelfIntegration".into(),
         };
         let call = client.build(&ty, Target::Push).unwrap();
         assert_eq!(call.method, Method::POST);
@@ -581,6 +554,7 @@ mod tests {
             seller_id: "m1".into(),
             api_key: None,
             api_secret: "sk".into(),
+            user_agent: "dev-user".into(),
         };
         let call = client.build(&hb, Target::Status("u1")).unwrap();
         assert_eq!(call.method, Method::GET);
@@ -600,9 +574,18 @@ mod tests {
         assert!(client.build(&colon, Target::Push).is_err());
         let ctl = StoreCredentials {
             seller_id: "4\n2".into(),
-            ..ty
+            user_agent: "4\n2 - SelfIntegration".into(),
+            ..ty.clone()
         };
         assert!(client.build(&ctl, Target::Push).is_err());
+        let no_agent = StoreCredentials {
+            user_agent: " ".into(),
+            ..hb
+        };
+        assert!(
+            client.build(&no_agent, Target::Push).is_err(),
+            "nothing is sent without a user agent"
+        );
     }
 
     #[test]
@@ -612,9 +595,22 @@ mod tests {
             seller_id: "42".into(),
             api_key: Some("the-key".into()),
             api_secret: "the-secret".into(),
+            user_agent: "42 - SelfIntegration".into(),
         };
         let body = "echo the-key:the-secret Basic dGhlLWtleTp0aGUtc2VjcmV0 42";
-        assert_eq!(redact(body, &creds), "echo ***:*** Basic *** 42");
+        assert_eq!(creds.redact(body), "echo ***:*** Basic *** 42");
+        // Escaped forms too; the merchant id is no secret (it is in every path).
+        let hb = StoreCredentials {
+            provider: Provider::Hepsiburada,
+            seller_id: "m-1".into(),
+            api_key: None,
+            api_secret: "s\"k/1".into(),
+            user_agent: "dev".into(),
+        };
+        assert_eq!(
+            hb.redact(r#"{"echo":"m-1:s\"k/1","url":"s%22k%2F1"}"#),
+            r#"{"echo":"m-1:***","url":"***"}"#
+        );
         let long = "ü".repeat(3000);
         let t = truncate_bytes(&long, EXCHANGE_BODY_LIMIT);
         assert!(t.len() <= EXCHANGE_BODY_LIMIT && t.len() >= EXCHANGE_BODY_LIMIT - 1);

@@ -33,10 +33,11 @@ pub mod read;
 
 use std::fmt;
 
+use base64::Engine;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-pub use batch::parse_batch_status;
+pub use batch::{parse_batch_status, UploadWord};
 pub use classify::classify;
 pub use client::{ClientSettings, Exchange, MarketplaceClient};
 
@@ -199,9 +200,10 @@ impl fmt::Display for Provider {
     }
 }
 
-/// A store's credentials. Trendyol: `api_key` and `api_secret` (Basic
-/// `api_key:api_secret`). Hepsiburada: merchant id as `seller_id` and the service key
-/// as `api_secret` (Basic `seller_id:api_secret`); `api_key` is not used.
+/// A store's credentials, and who stocksync says it is to the marketplace. Trendyol:
+/// `api_key` and `api_secret` (Basic `api_key:api_secret`). Hepsiburada: merchant id as
+/// `seller_id` and the service key as `api_secret` (Basic `seller_id:api_secret`); `api_key`
+/// is not used.
 ///
 /// `Debug` prints the secrets as `"***"`.
 #[derive(Clone)]
@@ -210,6 +212,8 @@ pub struct StoreCredentials {
     pub seller_id: String,
     pub api_key: Option<String>,
     pub api_secret: String,
+    /// The `User-Agent` of every request ([`UserAgents::for_store`]); not a credential.
+    pub user_agent: String,
 }
 
 impl fmt::Debug for StoreCredentials {
@@ -219,6 +223,7 @@ impl fmt::Debug for StoreCredentials {
             .field("seller_id", &self.seller_id)
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
             .field("api_secret", &"***")
+            .field("user_agent", &self.user_agent)
             .finish()
     }
 }
@@ -244,6 +249,81 @@ impl StoreCredentials {
         }
         field(self.api_secret.as_bytes());
         hex(&h.finalize())
+    }
+
+    /// Text that came from the marketplace (an error body, a status word, a failure reason)
+    /// with every credential of this store masked as `***`: the api key and secret, the Basic
+    /// token, and their JSON- and URL-escaped forms. Every such text passes through here
+    /// before it is logged, stored or shown. The seller (merchant) id is not a secret: it is
+    /// in every request's path, and an error naming it must stay readable.
+    pub fn redact(&self, text: &str) -> String {
+        let user = match self.provider {
+            Provider::Trendyol => self.api_key.clone().unwrap_or_default(),
+            Provider::Hepsiburada => self.seller_id.clone(),
+        };
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", self.api_secret));
+        let mut plain: Vec<String> = vec![self.api_secret.clone(), token];
+        plain.extend(self.api_key.clone());
+        let mut secrets: Vec<String> = Vec::new();
+        for s in plain.into_iter().filter(|s| !s.is_empty()) {
+            let json = serde_json::to_string(&s).unwrap_or_default();
+            secrets.push(json.trim_matches('"').to_string());
+            secrets.push(
+                percent_encoding::utf8_percent_encode(&s, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string(),
+            );
+            secrets.push(s);
+        }
+        // Longest first, so a secret containing another is masked whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        let mut out = text.to_string();
+        for s in secrets.iter().filter(|s| !s.is_empty()) {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+        out
+    }
+}
+
+/// Who stocksync says it is (`User-Agent`), per marketplace and store.
+///
+/// * Trendyol: `{sellerId} - SelfIntegration`, or `{sellerId} - {integrator}` for sellers
+///   whose integration runs under an integrator name (alphanumeric, at most 30 characters).
+/// * Hepsiburada: the bare developer user name the merchant authorised (e.g. `acme_dev`);
+///   there is no value that works for everyone, so a store without one is not sent anything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserAgents {
+    pub trendyol_integrator: Option<String>,
+    pub hepsiburada_default: Option<String>,
+    pub hepsiburada_per_store: std::collections::HashMap<uuid::Uuid, String>,
+}
+
+impl UserAgents {
+    /// The User-Agent of a store, or `None` when it has none configured (Hepsiburada).
+    pub fn for_store(
+        &self,
+        provider: Provider,
+        store_id: uuid::Uuid,
+        seller_id: &str,
+    ) -> Option<String> {
+        match provider {
+            Provider::Trendyol => Some(format!(
+                "{} - {}",
+                seller_id.trim(),
+                self.trendyol_integrator
+                    .as_deref()
+                    .unwrap_or("SelfIntegration")
+            )),
+            Provider::Hepsiburada => self
+                .hepsiburada_per_store
+                .get(&store_id)
+                .or(self.hepsiburada_default.as_ref())
+                .map(|ua| ua.trim().to_string())
+                .filter(|ua| !ua.is_empty()),
+        }
     }
 }
 
@@ -329,19 +409,68 @@ pub enum PushOutcome {
     RateLimited {
         retry_after: Option<std::time::Duration>,
     },
-    /// 401/403. Also status `0` when the credentials cannot be used at all (empty or
-    /// unusable seller id, missing Trendyol api key): nothing was sent.
+    /// The credentials were refused (401), or (status `0`) cannot be used at all: an empty
+    /// or unusable seller id, a missing Trendyol api key, no user agent; nothing was sent.
     AuthRejected { status: u16, message: String },
     /// Trendyol's "15 dakika boyunca aynı isteği tekrarlı olarak atamazsınız!" refusal
     /// (any status).
     IdenticalBody { status: u16, message: String },
-    /// Any other non-2xx, non-5xx status (400 validation, 404, 415, ...).
+    /// 403: an IP block or overload (Hepsiburada, Trendyol), not necessarily credentials.
+    Forbidden { message: String },
+    /// 400: a validation answer; split the batch to find the bad items.
     BadRequest { status: u16, message: String },
+    /// 413: the body is too large for the marketplace.
+    TooLarge { message: String },
+    /// Any other status (3xx, 404, 405, 408, 409, 415, 422, ...): the store's problem (a
+    /// wrong base URL, a gateway), never the items'.
+    Unexpected { status: u16, message: String },
     /// 5xx.
     ServerError { status: u16, message: String },
     /// No usable answer: timeout, connection refused/reset, a 2xx without valid JSON
     /// or without an id.
     Transport { message: String },
+}
+
+impl PushOutcome {
+    /// The same outcome with every text the marketplace wrote masked of `creds`.
+    pub fn redacted(self, creds: &StoreCredentials) -> PushOutcome {
+        let r = |m: String| creds.redact(&m);
+        match self {
+            PushOutcome::Accepted { batch_ref } => PushOutcome::Accepted {
+                batch_ref: r(batch_ref),
+            },
+            PushOutcome::RateLimited { retry_after } => PushOutcome::RateLimited { retry_after },
+            PushOutcome::AuthRejected { status, message } => PushOutcome::AuthRejected {
+                status,
+                message: r(message),
+            },
+            PushOutcome::IdenticalBody { status, message } => PushOutcome::IdenticalBody {
+                status,
+                message: r(message),
+            },
+            PushOutcome::Forbidden { message } => PushOutcome::Forbidden {
+                message: r(message),
+            },
+            PushOutcome::BadRequest { status, message } => PushOutcome::BadRequest {
+                status,
+                message: r(message),
+            },
+            PushOutcome::TooLarge { message } => PushOutcome::TooLarge {
+                message: r(message),
+            },
+            PushOutcome::Unexpected { status, message } => PushOutcome::Unexpected {
+                status,
+                message: r(message),
+            },
+            PushOutcome::ServerError { status, message } => PushOutcome::ServerError {
+                status,
+                message: r(message),
+            },
+            PushOutcome::Transport { message } => PushOutcome::Transport {
+                message: r(message),
+            },
+        }
+    }
 }
 
 /// The outcome of one request item in a finished batch.
@@ -353,6 +482,9 @@ pub struct ItemResult {
     pub success: bool,
     /// Failure reasons as the marketplace gave them (empty on success).
     pub reasons: Vec<String>,
+    /// The listing refuses updates until a person acts (a campaign forbidding decreases, a
+    /// locked, frozen or suspended listing): retrying is pointless.
+    pub permanent: bool,
 }
 
 /// A batch result / upload status.
@@ -360,12 +492,40 @@ pub struct ItemResult {
 pub enum BatchStatus {
     /// Not processed yet: poll again later.
     Pending,
+    /// A status word no client has seen: treated as pending, never as success.
+    UnknownStatus(String),
+    /// The result cannot be attributed item by item (an error row naming no request
+    /// item): whether any item was applied is unknown.
+    OutcomeUnknown(String),
     /// Exactly one result per request item, in request order.
     Done(Vec<ItemResult>),
     /// The marketplace does not know the id (unknown, or older than its retention).
     NotFound,
     /// The status could not be read (401/403, 429, 5xx, transport, unreadable body).
     Failed(PushOutcome),
+}
+
+impl BatchStatus {
+    /// The same status with every text the marketplace wrote masked of `creds`.
+    pub fn redacted(self, creds: &StoreCredentials) -> BatchStatus {
+        match self {
+            BatchStatus::Pending => BatchStatus::Pending,
+            BatchStatus::NotFound => BatchStatus::NotFound,
+            BatchStatus::UnknownStatus(word) => BatchStatus::UnknownStatus(creds.redact(&word)),
+            BatchStatus::OutcomeUnknown(why) => BatchStatus::OutcomeUnknown(creds.redact(&why)),
+            BatchStatus::Failed(outcome) => BatchStatus::Failed(outcome.redacted(creds)),
+            BatchStatus::Done(items) => BatchStatus::Done(
+                items
+                    .into_iter()
+                    .map(|i| ItemResult {
+                        key: creds.redact(&i.key),
+                        reasons: i.reasons.iter().map(|r| creds.redact(r)).collect(),
+                        ..i
+                    })
+                    .collect(),
+            ),
+        }
+    }
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
@@ -443,6 +603,7 @@ mod tests {
             seller_id: "1".into(),
             api_key: Some("k".into()),
             api_secret: "s3cr3t".into(),
+            user_agent: "1 - SelfIntegration".into(),
         };
         let f = c.fingerprint();
         assert_eq!(f.len(), 64);

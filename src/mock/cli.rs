@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::behaviour::Behaviour;
 use super::config::{load_accounts_file, Faults, MockAccount, MockConfig, RateLimit};
 use super::MockMarketplace;
 
@@ -75,9 +76,22 @@ pub struct MockArgs {
     #[arg(long, default_value = "4h", value_parser = parse_duration)]
     pub batch_retention: Duration,
 
-    /// HTTP status for a Hepsiburada request without User-Agent.
+    /// HTTP status for a Hepsiburada request without the authorised User-Agent.
     #[arg(long, default_value_t = 403)]
     pub hepsiburada_user_agent_status: u16,
+
+    /// The Hepsiburada user agent every merchant authorised (others are refused); unset:
+    /// any non-empty one.
+    #[arg(long)]
+    pub hepsiburada_user_agent: Option<String>,
+
+    /// Status word of a finished Hepsiburada upload (production answers `Done`).
+    #[arg(long, default_value = "Done")]
+    pub upload_status_word: String,
+
+    /// Keep Trendyol barcodes with their spaces (the real service removes them).
+    #[arg(long)]
+    pub keep_barcode_spaces: bool,
 
     /// Accept push bodies whatever their Content-Type.
     #[arg(long)]
@@ -139,6 +153,12 @@ impl MockArgs {
                     .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 retry_after_secs: self.retry_after_secs,
                 ..Faults::default()
+            },
+            behaviour: Behaviour {
+                hepsiburada_user_agent: self.hepsiburada_user_agent.clone(),
+                upload_done_word: self.upload_status_word.clone(),
+                trendyol_strips_barcode_spaces: !self.keep_barcode_spaces,
+                ..Behaviour::default()
             },
             ..MockConfig::default()
         };

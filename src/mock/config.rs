@@ -349,6 +349,16 @@ pub struct Faults {
     pub throttle_for_ms: Option<u64>,
     /// `Retry-After` of forced 429s; default: the seconds left in the window (>= 1).
     pub retry_after_secs: Option<u64>,
+    /// Sent verbatim as `Retry-After` and `X-RateLimit-Reset` of forced 429s, however
+    /// absurd (`-5`, `1e25`, `NaN`, a date in any form): what a client must survive.
+    pub retry_after_header: Option<String>,
+    /// Every request in scope is answered with this status (until `status_until`), its
+    /// body echoing the credentials the request carried, decoded (as some gateways do).
+    pub status: Option<u16>,
+    pub status_until: Option<DateTime<Utc>>,
+    /// Input convenience: sets `status_until` to now + this many milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_for_ms: Option<u64>,
     /// Which endpoints the faults hit.
     pub scope: FaultScope,
 }
@@ -366,6 +376,11 @@ impl Faults {
                 )));
             }
         }
+        if let Some(status) = self.status.filter(|s| !(100..=599).contains(s)) {
+            return Err(ConfigError::BadFaults(format!(
+                "status {status} is not an HTTP status"
+            )));
+        }
         Ok(())
     }
 
@@ -373,6 +388,9 @@ impl Faults {
     pub fn normalized(mut self, now: DateTime<Utc>) -> Self {
         if let Some(ms) = self.throttle_for_ms.take() {
             self.throttle_until = Some(now + chrono::Duration::milliseconds(ms as i64));
+        }
+        if let Some(ms) = self.status_for_ms.take() {
+            self.status_until = Some(now + chrono::Duration::milliseconds(ms as i64));
         }
         self
     }
@@ -413,6 +431,8 @@ pub struct MockConfig {
     pub faults: Faults,
     /// The read endpoints (paging, page window, variants, flags, per-minute cap).
     pub reads: super::reads::ReadsConfig,
+    /// User agents, status words, barcode normalisation (also settable at run time).
+    pub behaviour: super::Behaviour,
 }
 
 impl Default for MockConfig {
@@ -433,6 +453,7 @@ impl Default for MockConfig {
             request_log_limit: 100_000,
             faults: Faults::default(),
             reads: super::reads::ReadsConfig::default(),
+            behaviour: super::Behaviour::default(),
         }
     }
 }

@@ -34,6 +34,10 @@ pub(crate) struct FaultPlan {
     pub reset: Option<bool>,
     /// Forced 429 with this Retry-After (seconds).
     pub throttle: Option<u64>,
+    /// A forced 429's Retry-After / X-RateLimit-Reset text, verbatim.
+    pub throttle_header: Option<String>,
+    /// Forced answer with this status (body echoing the credentials).
+    pub status: Option<u16>,
     pub error: bool,
 }
 
@@ -57,10 +61,15 @@ pub(crate) fn plan(faults: &Faults, endpoint: Endpoint, now: DateTime<Utc>) -> F
             _ => None,
         };
     let error = roll(faults.error_rate);
+    let status = faults
+        .status
+        .filter(|_| faults.status_until.is_none_or(|until| until > now));
     FaultPlan {
         latency: Duration::from_millis(faults.latency_ms),
         reset,
         throttle,
+        throttle_header: faults.retry_after_header.clone(),
+        status,
         error,
     }
 }

@@ -1,7 +1,8 @@
 //! Hepsiburada listing service: `POST .../stock-uploads` and
 //! `GET .../stock-uploads/id/{id}`.
 //!
-//! Order of checks on both endpoints: User-Agent (configurable status, default 403),
+//! Order of checks on both endpoints: User-Agent (the one the merchant authorised, see
+//! [`super::Behaviour`]; configurable status, default 403),
 //! Basic `merchantId:serviceKey` (401), rate limit (429). The push then checks
 //! Content-Type (415) and the body (400). Error bodies are `{"errors":[{"message","code"}]}`.
 
@@ -78,16 +79,21 @@ pub(crate) fn gate(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .trim();
-    if ua.is_empty() {
+    if !shared.behaviour().hepsiburada_accepts(merchant_id, ua) {
         let status = StatusCode::from_u16(shared.config.hepsiburada_user_agent_status)
             .unwrap_or(StatusCode::FORBIDDEN);
+        let note = if ua.is_empty() {
+            "user_agent_missing"
+        } else {
+            "user_agent_refused"
+        };
         return Err(Box::new(error_response(
             status,
             vec![(
-                "User-Agent header is required (the integrator's developer user name)".to_string(),
+                "User-Agent must be the developer user name the merchant authorised".to_string(),
                 "UserAgentRequired",
             )],
-            Outcome::note("user_agent_missing"),
+            Outcome::note(note),
         )));
     }
     if let Err(e) = shared.authenticate(inner, Marketplace::Hepsiburada, merchant_id, headers) {
@@ -320,6 +326,10 @@ pub(crate) async fn push(
                 outcome.failed_items += 1;
                 Some(UNKNOWN_SKU_ERROR.to_string())
             }
+            Applied::Refused(code) => {
+                outcome.failed_items += 1;
+                Some(code.to_string())
+            }
         };
         batch_items.push(BatchItem {
             request_item: item.raw,
@@ -390,14 +400,13 @@ pub(crate) async fn upload_status(
         Vec::new()
     };
     let total = batch.items.len();
+    let words = shared.behaviour();
     let status = if !ready {
-        "PROCESSING"
-    } else if errors.is_empty() {
-        "COMPLETED"
-    } else if errors.len() == total {
-        "FAILED"
+        words.upload_pending_word
+    } else if !errors.is_empty() && errors.len() == total {
+        words.upload_failed_word
     } else {
-        "COMPLETED_WITH_ERRORS"
+        words.upload_done_word
     };
     let body = json!({
         "id": id,

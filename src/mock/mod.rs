@@ -86,6 +86,7 @@
 //! State-changing `/_mock/*` requests must carry `Content-Type: application/json` (`415`
 //! otherwise: no cross-site form posts) and at most 1 MiB of body (`413`).
 
+mod behaviour;
 mod cli;
 mod config;
 mod faults;
@@ -114,6 +115,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use behaviour::{Behaviour, ListingFlags};
 pub use cli::{run_cli, MockArgs};
 pub use config::{
     load_accounts_file, ConfigError, FaultScope, Faults, Marketplace, MockAccount, MockConfig,
@@ -194,14 +196,22 @@ impl MockMarketplace {
         format!("http://{addr}")
     }
 
-    /// Current quantity of a barcode/sku at the first account with this seller id.
+    /// Current quantity of a barcode/sku at the first account with this seller id (a
+    /// Trendyol barcode is looked up as Trendyol keeps it).
     pub fn quantity(&self, seller_id: &str, barcode_or_sku: &str) -> Option<i64> {
+        let kept = self.shared.behaviour().trendyol_barcode(barcode_or_sku);
         let inner = self.shared.lock();
         inner
             .accounts
             .values()
             .filter(|a| a.seller_id == seller_id)
-            .find_map(|a| a.stock.get(barcode_or_sku).copied())
+            .find_map(|a| {
+                let key = match a.marketplace {
+                    Marketplace::Trendyol => kept.as_str(),
+                    Marketplace::Hepsiburada => barcode_or_sku,
+                };
+                a.stock.get(key).copied()
+            })
     }
 
     /// Current quantity at one marketplace's account (seller ids may repeat across
@@ -239,6 +249,28 @@ impl MockMarketplace {
     /// The faults in force.
     pub fn faults(&self) -> Faults {
         self.shared.faults()
+    }
+
+    /// Replaces the behaviour (as `POST /_mock/behaviour`).
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        self.shared.set_behaviour(behaviour);
+    }
+
+    /// The behaviour in force.
+    pub fn behaviour(&self) -> Behaviour {
+        self.shared.behaviour()
+    }
+
+    /// Sets the flags of one listing (as `POST /_mock/listing`); the account must exist.
+    pub fn set_listing_flags(
+        &self,
+        marketplace: Marketplace,
+        seller_id: &str,
+        key: &str,
+        flags: ListingFlags,
+    ) -> bool {
+        self.shared
+            .set_listing_flags(marketplace, seller_id, key, flags)
     }
 
     /// As `POST /_mock/reset`.
@@ -359,6 +391,11 @@ fn router(shared: Arc<Shared>) -> Router {
             get(admin_get_faults).post(admin_set_faults),
         )
         .route("/_mock/edit", post(reads::edit))
+        .route(
+            "/_mock/behaviour",
+            get(admin_get_behaviour).post(admin_set_behaviour),
+        )
+        .route("/_mock/listing", post(admin_set_listing))
         .route_layer(middleware::from_fn(admin_guard))
         .route_layer(DefaultBodyLimit::max(MAX_ADMIN_BODY));
     marketplaces
@@ -476,14 +513,25 @@ async fn marketplace_layer(
         rec.note = Some("fault:reset".into());
         Some(internal_error(marketplace, "fault:reset"))
     } else if let Some(retry_after) = plan.throttle {
-        Some(match marketplace {
+        let mut resp = match marketplace {
             Marketplace::Trendyol => trendyol::too_many_requests(retry_after, "fault:throttle"),
             Marketplace::Hepsiburada => hepsiburada::too_many_requests(
                 retry_after,
                 shared.config.rate_limit.max_requests,
                 "fault:throttle",
             ),
-        })
+        };
+        if let Some(text) = plan
+            .throttle_header
+            .as_deref()
+            .and_then(|t| HeaderValue::from_str(t).ok())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, text.clone());
+            resp.headers_mut().insert("x-ratelimit-reset", text);
+        }
+        Some(resp)
+    } else if let Some(status) = plan.status {
+        Some(echoing_status(marketplace, status, &parts.headers))
     } else if plan.error {
         Some(internal_error(marketplace, "fault:error"))
     } else {
@@ -530,6 +578,45 @@ async fn marketplace_layer(
     );
     shared.record(rec);
     resp
+}
+
+/// A forced status whose body echoes the credentials the request carried, decoded, and the
+/// Authorization header itself: what a misconfigured gateway may answer.
+fn echoing_status(
+    marketplace: Marketplace,
+    status: u16,
+    headers: &axum::http::HeaderMap,
+) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let decoded = authorization
+        .strip_prefix("Basic ")
+        .and_then(|t| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(t.trim())
+                .ok()
+        })
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let message =
+        format!("request refused by the gateway for {decoded} (Authorization: {authorization})");
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let outcome = Outcome::note("fault:status");
+    match marketplace {
+        Marketplace::Trendyol => json_response(
+            status,
+            json!({"errors": [{"key": "gateway", "message": message, "errorCode": "gateway"}]}),
+            outcome,
+        ),
+        Marketplace::Hepsiburada => json_response(
+            status,
+            json!({"errors": [{"message": message, "code": "Gateway"}]}),
+            outcome,
+        ),
+    }
 }
 
 fn internal_error(marketplace: Marketplace, note: &str) -> Response {
@@ -658,6 +745,51 @@ async fn admin_set_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Res
             .into_response();
     }
     Json(shared.set_faults(faults)).into_response()
+}
+
+async fn admin_get_behaviour(State(shared): State<Arc<Shared>>) -> Json<Behaviour> {
+    Json(shared.behaviour())
+}
+
+async fn admin_set_behaviour(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Behaviour>(&body) {
+        Ok(b) => {
+            shared.set_behaviour(b.clone());
+            Json(b).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": format!("bad behaviour: {e}") })),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /_mock/listing`: `{"marketplace","seller_id","key","flags":{...}}`.
+async fn admin_set_listing(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SetListing {
+        marketplace: Marketplace,
+        seller_id: String,
+        key: String,
+        flags: ListingFlags,
+    }
+    match serde_json::from_slice::<SetListing>(&body) {
+        Ok(l) if shared.set_listing_flags(l.marketplace, &l.seller_id, &l.key, l.flags) => {
+            Json(json!({ "set": true })).into_response()
+        }
+        Ok(_) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "no such account" })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": format!("bad listing: {e}") })),
+        )
+            .into_response(),
+    }
 }
 
 async fn page(State(shared): State<Arc<Shared>>) -> Response {

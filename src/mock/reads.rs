@@ -33,7 +33,9 @@
 //!   repeats the last listings of the previous page on every page (callers must deduplicate
 //!   by `listingId`); merchantSku comes back upper-cased
 //!   ([`ReadsConfig::hepsiburada_uppercase_sku`]); `merchantSkuList` (at most 50) matches
-//!   case-insensitively; an empty page is `"listings": null`. Flags are set in the panel.
+//!   case-insensitively; an empty page is `"listings": null`. Flags are set in the panel; locked,
+//!   frozen and the campaign are the account's listing flags (`POST /_mock/listing` sets them
+//!   too), so a push to such a listing is refused as the marketplace would.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -157,13 +159,14 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Optio
     T::deserialize(d).map(Some)
 }
 
+/// What the read shows of a listing besides the flags pushes obey (locked, frozen, a
+/// campaign: the account's [`super::ListingFlags`], shared with `POST /_mock/listing`).
 #[derive(Clone, Debug, Default)]
-struct Flags {
+struct Shown {
     fulfilled_by_hb: bool,
-    stock_decrease_disabled: bool,
-    locked: Option<Vec<String>>,
-    frozen: Option<Vec<String>>,
     suspended: bool,
+    lock_reasons: Vec<String>,
+    freeze_reasons: Vec<String>,
 }
 
 /// What identifies a catalogue's key set: it only grows between panel edits and resets.
@@ -187,7 +190,7 @@ struct AccountReads {
     listed: BTreeSet<String>,
     /// Deleted in the panel.
     delisted: BTreeSet<String>,
-    flags: HashMap<String, Flags>,
+    shown: HashMap<String, Shown>,
     content_of: HashMap<String, u64>,
     next_content: u64,
     /// Bumped by every panel edit.
@@ -594,7 +597,8 @@ pub(crate) async fn hepsiburada_read(
     let rows: Vec<Value> = slice
         .iter()
         .map(|(id, k)| {
-            let f = state.flags.get(k).cloned().unwrap_or_default();
+            let f = state.shown.get(k).cloned().unwrap_or_default();
+            let refuses = account.flags.get(k).copied().unwrap_or_default();
             let stock = account.stock.get(k);
             let sku = if config.hepsiburada_uppercase_sku {
                 k.to_uppercase()
@@ -608,15 +612,15 @@ pub(crate) async fn hepsiburada_read(
                 "price": 100.0,
                 "availableStock": stock,
                 "dispatchTime": 1,
-                "isSalable": f.locked.is_none() && f.frozen.is_none() && !f.suspended
+                "isSalable": !refuses.locked && !refuses.frozen && !f.suspended
                     && stock.is_some_and(|s| *s > 0),
-                "isLocked": f.locked.is_some(),
-                "lockReasons": f.locked.clone().unwrap_or_default(),
-                "isFrozen": f.frozen.is_some(),
-                "freezeReasons": f.frozen.clone().unwrap_or_default(),
+                "isLocked": refuses.locked,
+                "lockReasons": if refuses.locked { f.lock_reasons.clone() } else { Vec::new() },
+                "isFrozen": refuses.frozen,
+                "freezeReasons": if refuses.frozen { f.freeze_reasons.clone() } else { Vec::new() },
                 "isSuspended": f.suspended,
                 "isFulfilledByHB": f.fulfilled_by_hb,
-                "stockDecreaseDisabled": f.stock_decrease_disabled,
+                "stockDecreaseDisabled": refuses.stock_decrease_disabled,
             })
         })
         .collect();
@@ -693,7 +697,8 @@ pub(crate) async fn edit(State(shared): State<Arc<Shared>>, body: Bytes) -> Resp
                 listings.remove(&e.key);
             }
             state.listed.remove(&e.key);
-            state.flags.remove(&e.key);
+            state.shown.remove(&e.key);
+            account.flags.remove(&e.key);
             state.delisted.insert(e.key.clone());
             continue;
         }
@@ -711,21 +716,24 @@ pub(crate) async fn edit(State(shared): State<Arc<Shared>>, body: Bytes) -> Resp
             }
             None => {}
         }
-        let flags = state.flags.entry(e.key.clone()).or_default();
+        let shown = state.shown.entry(e.key.clone()).or_default();
+        let refuses = account.flags.entry(e.key.clone()).or_default();
         if let Some(v) = e.fulfilled_by_hb {
-            flags.fulfilled_by_hb = v;
-        }
-        if let Some(v) = e.stock_decrease_disabled {
-            flags.stock_decrease_disabled = v;
-        }
-        if let Some(v) = &e.locked {
-            flags.locked = v.clone();
-        }
-        if let Some(v) = &e.frozen {
-            flags.frozen = v.clone();
+            shown.fulfilled_by_hb = v;
         }
         if let Some(v) = e.suspended {
-            flags.suspended = v;
+            shown.suspended = v;
+        }
+        if let Some(v) = e.stock_decrease_disabled {
+            refuses.stock_decrease_disabled = v;
+        }
+        if let Some(reasons) = &e.locked {
+            refuses.locked = reasons.is_some();
+            shown.lock_reasons = reasons.clone().unwrap_or_default();
+        }
+        if let Some(reasons) = &e.frozen {
+            refuses.frozen = reasons.is_some();
+            shown.freeze_reasons = reasons.clone().unwrap_or_default();
         }
     }
     Json(json!({ "edited": edits.len() })).into_response()

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::behaviour::{Behaviour, ListingFlags};
 use super::config::{Faults, Marketplace, MockAccount, MockConfig};
 use super::limits::{IdenticalWindow, RateLimiter};
 use super::reads::ReadState;
@@ -95,6 +96,8 @@ pub(crate) struct Account {
     pub api_secret: String,
     pub listings: Option<BTreeSet<String>>,
     pub stock: BTreeMap<String, i64>,
+    /// Listings that refuse updates (by catalogue key).
+    pub flags: BTreeMap<String, ListingFlags>,
     pub configured: bool,
 }
 
@@ -103,6 +106,8 @@ pub(crate) enum Applied {
     Changed,
     Unchanged,
     UnknownListing,
+    /// The listing's flags refuse the update (the marketplace's code).
+    Refused(&'static str),
 }
 
 impl Account {
@@ -114,6 +119,7 @@ impl Account {
             api_secret: a.api_secret.clone(),
             listings: a.listings.clone(),
             stock: BTreeMap::new(),
+            flags: BTreeMap::new(),
             configured: true,
         }
     }
@@ -125,12 +131,19 @@ impl Account {
         }
     }
 
-    /// Sets `key` to `quantity` if the listing is known.
+    /// Sets `key` to `quantity` if the listing is known and its flags allow it.
     pub(crate) fn apply(&mut self, key: &str, also_known_as: &[&str], quantity: i64) -> Applied {
         let mut names = vec![key];
         names.extend_from_slice(also_known_as);
         if !self.knows(&names) {
             return Applied::UnknownListing;
+        }
+        if let Some(code) = self
+            .flags
+            .get(key)
+            .and_then(|f| f.refusal(self.stock.get(key).copied(), quantity))
+        {
+            return Applied::Refused(code);
         }
         match self.stock.insert(key.to_string(), quantity) {
             Some(old) if old == quantity => Applied::Unchanged,
@@ -182,6 +195,7 @@ pub(crate) struct Shared {
     pub config: MockConfig,
     inner: Mutex<Inner>,
     faults: Mutex<Faults>,
+    behaviour: Mutex<Behaviour>,
 }
 
 impl Shared {
@@ -206,6 +220,7 @@ impl Shared {
             reads: ReadState::default(),
         };
         Shared {
+            behaviour: Mutex::new(config.behaviour.clone()),
             config,
             inner: Mutex::new(inner),
             faults: Mutex::new(faults),
@@ -230,13 +245,46 @@ impl Shared {
         faults
     }
 
+    pub(crate) fn behaviour(&self) -> Behaviour {
+        self.behaviour
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_behaviour(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap_or_else(|e| e.into_inner()) = behaviour;
+    }
+
+    /// Sets one listing's flags; false when the account does not exist.
+    pub(crate) fn set_listing_flags(
+        &self,
+        marketplace: Marketplace,
+        seller_id: &str,
+        key: &str,
+        flags: ListingFlags,
+    ) -> bool {
+        let mut inner = self.lock();
+        match inner
+            .accounts
+            .get_mut(&(marketplace, seller_id.to_string()))
+        {
+            Some(account) => {
+                account.flags.insert(key.to_string(), flags);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Clears catalogues, batches, the request log, limiter memories and accounts
-    /// created by `--open`. Faults are kept.
+    /// created by `--open`. Faults and behaviour are kept.
     pub(crate) fn reset(&self) {
         let mut inner = self.lock();
         inner.accounts.retain(|_, a| a.configured);
         for a in inner.accounts.values_mut() {
             a.stock.clear();
+            a.flags.clear();
         }
         inner.batches.clear();
         inner.requests.clear();
@@ -313,6 +361,7 @@ impl Shared {
                         api_secret: String::new(),
                         listings: None,
                         stock: BTreeMap::new(),
+                        flags: BTreeMap::new(),
                         configured: false,
                     },
                 );

@@ -390,9 +390,17 @@ pub(crate) async fn push(
         item_count: Some(items.len()),
         ..Outcome::default()
     };
+    let behaviour = shared.behaviour();
     let mut batch_items = Vec::with_capacity(items.len());
-    for item in items {
-        let failure = match account.apply(&item.barcode, &[], item.quantity) {
+    for mut item in items {
+        // Trendyol keeps (and reports) barcodes without spaces.
+        let kept = behaviour.trendyol_barcode(&item.barcode);
+        if kept != item.barcode {
+            if let Some(obj) = item.raw.as_object_mut() {
+                obj.insert("barcode".into(), Value::String(kept.clone()));
+            }
+        }
+        let failure = match account.apply(&kept, &[], item.quantity) {
             Applied::Changed => None,
             Applied::Unchanged => {
                 outcome.unchanged_items += 1;
@@ -401,6 +409,10 @@ pub(crate) async fn push(
             Applied::UnknownListing => {
                 outcome.failed_items += 1;
                 Some(UNKNOWN_BARCODE_REASON.to_string())
+            }
+            Applied::Refused(code) => {
+                outcome.failed_items += 1;
+                Some(code.to_string())
             }
         };
         batch_items.push(BatchItem {

@@ -258,8 +258,37 @@ async fn cmd_check(config: &Config) -> Result<ExitCode> {
     if let Some(code) = preflight_exit(config, false).await? {
         return Ok(ExitCode::from(code));
     }
+    let unconfigured = stores_without_user_agent(config).await?;
+    for store in &unconfigured {
+        eprintln!("stocksync: {store}");
+    }
+    if !unconfigured.is_empty() {
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
     println!("configuration and database setup are valid");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A sentence for each Hepsiburada store that would be sent to but has no user agent
+/// configured (`run` pauses such stores; `check` fails on them).
+async fn stores_without_user_agent(config: &Config) -> Result<Vec<String>> {
+    let client = connect(config).await?;
+    let agents = super::user_agents(config);
+    Ok(crate::stores::row::sendable_stores(&client)
+        .await
+        .context("reading the stores")?
+        .into_iter()
+        .filter(|s| agents.for_store(s.provider, s.id, &s.seller_id).is_none())
+        .map(|s| {
+            format!(
+                "Hepsiburada store {} ({}) has no user agent: set STOCKSYNC_HEPSIBURADA_USER_AGENT, \
+                 or add it to STOCKSYNC_HEPSIBURADA_USER_AGENT_PER_STORE, to the developer user name \
+                 the merchant authorised (until then it is paused and sent nothing)",
+                s.id,
+                s.name.as_deref().unwrap_or("no name")
+            )
+        })
+        .collect())
 }
 
 /// `run`: the preflight (waiting for a database that cannot be reached yet, stopping at once

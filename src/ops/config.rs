@@ -31,6 +31,8 @@ pub enum Kind {
     Duration,
     /// `STORE_UUID=N,STORE_UUID=N`; in TOML a table `{ "uuid" = N }`.
     PerStoreInteger,
+    /// `STORE_UUID=text,STORE_UUID=text`; in TOML a table `{ "uuid" = "text" }`.
+    PerStoreText,
 }
 
 /// One configuration key: TOML name, environment variable, default, how it is read, meaning.
@@ -199,9 +201,51 @@ pub mod keys {
     pub const HEPSIBURADA_USER_AGENT: Key = Key::new(
         "hepsiburada_user_agent",
         "STOCKSYNC_HEPSIBURADA_USER_AGENT",
-        "stocksync",
+        "(none)",
         Text,
-        "User-Agent sent to Hepsiburada (your integrator user name)",
+        "User-Agent of Hepsiburada requests: the bare developer user name the merchant authorised (e.g. `acme_dev`); a Hepsiburada store without one (here or per store) is paused and sent nothing",
+    );
+    pub const HEPSIBURADA_USER_AGENT_PER_STORE: Key = Key::new(
+        "hepsiburada_user_agent_per_store",
+        "STOCKSYNC_HEPSIBURADA_USER_AGENT_PER_STORE",
+        "(none)",
+        PerStoreText,
+        "per-store Hepsiburada user agent: `STORE_UUID=name,STORE_UUID=name` (TOML: a table `{ \"uuid\" = \"name\" }`)",
+    );
+    pub const TRENDYOL_INTEGRATOR: Key = Key::new(
+        "trendyol_integrator",
+        "STOCKSYNC_TRENDYOL_INTEGRATOR",
+        "(none)",
+        Text,
+        "integrator name for the Trendyol User-Agent `{sellerId} - {name}` (alphanumeric, at most 30 characters); unset: `SelfIntegration`",
+    );
+    pub const TRENDYOL_WRITES_PER_MINUTE: Key = Key::new(
+        "trendyol_writes_per_minute",
+        "STOCKSYNC_TRENDYOL_WRITES_PER_MINUTE",
+        "350",
+        Integer,
+        "Trendyol \"Inventory & Price Write\" requests per minute per store (your seller tier: 350, 500, 1000, 1500 or 2000), on top of the per-window limit",
+    );
+    pub const TRENDYOL_READS_PER_MINUTE: Key = Key::new(
+        "trendyol_reads_per_minute",
+        "STOCKSYNC_TRENDYOL_READS_PER_MINUTE",
+        "1000",
+        Integer,
+        "Trendyol \"Product Integration Read\" requests per minute per store (batch results and stock reads; tier 1000 to 2000)",
+    );
+    pub const FORBIDDEN_BACKOFF: Key = Key::new(
+        "forbidden_backoff",
+        "STOCKSYNC_FORBIDDEN_BACKOFF",
+        "1m",
+        Duration,
+        "a store answered 403 (an IP block or overload) is paused and probes itself after this, doubling per 403 up to 1h",
+    );
+    pub const MAX_RETRY_AFTER: Key = Key::new(
+        "max_retry_after",
+        "STOCKSYNC_MAX_RETRY_AFTER",
+        "10m",
+        Duration,
+        "a Retry-After or X-RateLimit-Reset further away than this is ignored as garbage (the store waits as for a 429 without a hint)",
     );
     pub const HEPSIBURADA_BATCH_SIZE: Key = Key::new(
         "hepsiburada_batch_size",
@@ -223,6 +267,13 @@ pub mod keys {
         "8",
         Integer,
         "failed sends of one item before it is dead-lettered",
+    );
+    pub const STREAMING: Key = Key::new(
+        "streaming",
+        "STOCKSYNC_STREAMING",
+        "on",
+        Boolean,
+        "`on`: the server streams a transaction larger than its `logical_decoding_work_mem` while it runs (pgoutput protocol 2, PostgreSQL 14+), stocksync stages it and enqueues it at its commit; `off`: protocol 1, the server spills it to disk and sends it at commit",
     );
     pub const HEARTBEAT_INTERVAL: Key = Key::new(
         "heartbeat_interval",
@@ -320,9 +371,16 @@ pub const KEYS: &[Key] = &[
     keys::HEPSIBURADA_URL,
     keys::ALLOW_INSECURE_MARKETPLACE,
     keys::HEPSIBURADA_USER_AGENT,
+    keys::HEPSIBURADA_USER_AGENT_PER_STORE,
+    keys::TRENDYOL_INTEGRATOR,
+    keys::TRENDYOL_WRITES_PER_MINUTE,
+    keys::TRENDYOL_READS_PER_MINUTE,
+    keys::FORBIDDEN_BACKOFF,
+    keys::MAX_RETRY_AFTER,
     keys::HEPSIBURADA_BATCH_SIZE,
     keys::REQUEST_TIMEOUT,
     keys::MAX_ATTEMPTS,
+    keys::STREAMING,
     keys::HEARTBEAT_INTERVAL,
     keys::SAFE_WAL_SIZE_WARN,
     keys::RECONCILE_INTERVAL,
@@ -422,10 +480,17 @@ pub struct Config {
     pub trendyol_url: String,
     pub hepsiburada_url: String,
     pub allow_insecure_marketplace: bool,
-    pub hepsiburada_user_agent: String,
+    pub hepsiburada_user_agent: Option<String>,
+    pub hepsiburada_user_agent_per_store: HashMap<Uuid, String>,
+    pub trendyol_integrator: Option<String>,
+    pub trendyol_writes_per_minute: u32,
+    pub trendyol_reads_per_minute: u32,
+    pub forbidden_backoff: Duration,
+    pub max_retry_after: Duration,
     pub hepsiburada_batch_size: usize,
     pub request_timeout: Duration,
     pub max_attempts: i32,
+    pub streaming: bool,
     pub heartbeat_interval: Duration,
     pub safe_wal_size_warn: i64,
     pub reconcile_interval: Duration,
@@ -465,11 +530,21 @@ struct Raw {
     trendyol_url: String,
     hepsiburada_url: String,
     allow_insecure_marketplace: bool,
-    hepsiburada_user_agent: String,
+    hepsiburada_user_agent: Option<String>,
+    #[serde(default)]
+    hepsiburada_user_agent_per_store: HashMap<String, String>,
+    trendyol_integrator: Option<String>,
+    trendyol_writes_per_minute: i64,
+    trendyol_reads_per_minute: i64,
+    #[serde(with = "humantime_serde")]
+    forbidden_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    max_retry_after: Duration,
     hepsiburada_batch_size: i64,
     #[serde(with = "humantime_serde")]
     request_timeout: Duration,
     max_attempts: i64,
+    streaming: bool,
     #[serde(with = "humantime_serde")]
     heartbeat_interval: Duration,
     safe_wal_size_warn: i64,
@@ -562,6 +637,19 @@ fn typed(key: &'static Key, text: &str) -> Result<toml::Value, ConfigError> {
                     .parse()
                     .map_err(|_| bad(&format!("{n:?} is not an integer")))?;
                 table.insert(store.trim().to_string(), toml::Value::Integer(n));
+            }
+            toml::Value::Table(table)
+        }
+        Kind::PerStoreText => {
+            let mut table = toml::Table::new();
+            for item in trimmed.split(',').filter(|i| !i.trim().is_empty()) {
+                let (store, value) = item
+                    .split_once('=')
+                    .ok_or_else(|| bad(&format!("{item:?} is not STORE_UUID=value")))?;
+                table.insert(
+                    store.trim().to_string(),
+                    toml::Value::String(value.trim().to_string()),
+                );
             }
             toml::Value::Table(table)
         }
@@ -721,6 +809,30 @@ impl Config {
     }
 }
 
+/// A value sent in an HTTP header: trimmed, not empty, visible ASCII and spaces.
+fn header_text(key: &'static Key, value: String) -> Result<String, ConfigError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() || !trimmed.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
+        return Err(ConfigError::invalid(
+            key,
+            &value,
+            "must be a non-empty user name of visible ASCII characters",
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+fn at_least_a_second(key: &'static Key, value: Duration) -> Result<Duration, ConfigError> {
+    if value < Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            key,
+            &humantime::format_duration(value).to_string(),
+            "must be at least 1s",
+        ));
+    }
+    Ok(value)
+}
+
 fn identifier(key: &'static Key, value: String) -> Result<String, ConfigError> {
     validate_identifier(key.name, &value).map_err(|p| ConfigError::invalid(key, &value, p))?;
     Ok(value)
@@ -753,13 +865,32 @@ impl Raw {
                 "must be longer than 0s",
             ));
         }
-        if self.hepsiburada_user_agent.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                &keys::HEPSIBURADA_USER_AGENT,
-                &self.hepsiburada_user_agent,
-                "must not be empty (Hepsiburada requires a User-Agent)",
-            ));
+        let hepsiburada_user_agent = self
+            .hepsiburada_user_agent
+            .map(|ua| header_text(&keys::HEPSIBURADA_USER_AGENT, ua))
+            .transpose()?;
+        let mut hepsiburada_user_agent_per_store = HashMap::new();
+        for (store, ua) in self.hepsiburada_user_agent_per_store {
+            let key = &keys::HEPSIBURADA_USER_AGENT_PER_STORE;
+            let id: Uuid = store.parse().map_err(|_| {
+                ConfigError::invalid(key, &store, format!("{store:?} is not a store uuid"))
+            })?;
+            hepsiburada_user_agent_per_store.insert(id, header_text(key, ua)?);
         }
+        let trendyol_integrator = match self.trendyol_integrator {
+            Some(name)
+                if name.is_empty()
+                    || name.len() > 30
+                    || !name.chars().all(|c| c.is_ascii_alphanumeric()) =>
+            {
+                return Err(ConfigError::invalid(
+                    &keys::TRENDYOL_INTEGRATOR,
+                    &name,
+                    "must be 1 to 30 letters or digits (Trendyol's rule for integrator names)",
+                ))
+            }
+            other => other,
+        };
         let mut safety_stock_per_store = HashMap::new();
         for (store, n) in &self.safety_stock_per_store {
             let key = &keys::SAFETY_STOCK_PER_STORE;
@@ -805,7 +936,23 @@ impl Raw {
                 self.allow_insecure_marketplace,
             )?,
             allow_insecure_marketplace: self.allow_insecure_marketplace,
-            hepsiburada_user_agent: self.hepsiburada_user_agent,
+            hepsiburada_user_agent,
+            hepsiburada_user_agent_per_store,
+            trendyol_integrator,
+            trendyol_writes_per_minute: in_range(
+                &keys::TRENDYOL_WRITES_PER_MINUTE,
+                self.trendyol_writes_per_minute,
+                1,
+                100_000,
+            )?,
+            trendyol_reads_per_minute: in_range(
+                &keys::TRENDYOL_READS_PER_MINUTE,
+                self.trendyol_reads_per_minute,
+                1,
+                100_000,
+            )?,
+            forbidden_backoff: at_least_a_second(&keys::FORBIDDEN_BACKOFF, self.forbidden_backoff)?,
+            max_retry_after: at_least_a_second(&keys::MAX_RETRY_AFTER, self.max_retry_after)?,
             hepsiburada_batch_size: in_range(
                 &keys::HEPSIBURADA_BATCH_SIZE,
                 self.hepsiburada_batch_size,
@@ -814,6 +961,7 @@ impl Raw {
             )?,
             request_timeout: self.request_timeout,
             max_attempts: in_range(&keys::MAX_ATTEMPTS, self.max_attempts, 1, 1000)?,
+            streaming: self.streaming,
             heartbeat_interval: self.heartbeat_interval,
             safe_wal_size_warn: in_range(
                 &keys::SAFE_WAL_SIZE_WARN,
@@ -888,6 +1036,9 @@ mod tests {
         );
         assert_eq!(c.max_quantity, 20000);
         assert!(!c.dry_run);
+        assert!(c.streaming);
+        let off = Config::load_from(None, env(&[("STOCKSYNC_STREAMING", "off")])).unwrap();
+        assert!(!off.streaming);
         assert!(matches!(c.db(), Err(ConfigError::MissingDatabaseUrl)));
     }
 

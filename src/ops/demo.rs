@@ -47,6 +47,9 @@ use crate::mock::{Marketplace, MockAccount, MockConfig, MockMarketplace, MockSta
 use crate::stock::{compute_store, QuantityRules};
 
 /// The application schema the demo database is made with.
+/// The developer user name the demo's Hepsiburada merchants authorised.
+const DEMO_HEPSIBURADA_USER_AGENT: &str = "demo_dev";
+
 const APP_SCHEMA: &str = include_str!("../../sql/app_schema.sql");
 
 /// Name of the demo database inside the private cluster.
@@ -907,6 +910,11 @@ async fn with_cluster(
 
     let mock_config = MockConfig {
         accounts: catalogue.mock_accounts(),
+        // As a live merchant account: only the authorised developer user name is accepted.
+        behaviour: crate::mock::Behaviour {
+            hepsiburada_user_agent: Some(DEMO_HEPSIBURADA_USER_AGENT.into()),
+            ..crate::mock::Behaviour::default()
+        },
         ..MockConfig::default()
     };
     let mock = MockMarketplace::start(mock_config, args.mock_addr)
@@ -942,6 +950,10 @@ async fn with_mock(
         ("DATABASE_URL", url.to_string()),
         ("STOCKSYNC_TRENDYOL_URL", mock.base_url()),
         ("STOCKSYNC_HEPSIBURADA_URL", mock.base_url()),
+        (
+            "STOCKSYNC_HEPSIBURADA_USER_AGENT",
+            DEMO_HEPSIBURADA_USER_AGENT.to_string(),
+        ),
         ("STOCKSYNC_FLUSH_INTERVAL", "1s".to_string()),
         ("STOCKSYNC_HTTP_ADDR", http_addr.to_string()),
         ("STOCKSYNC_IDENTICAL_REQUEST_WINDOW", "15m".to_string()),

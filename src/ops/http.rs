@@ -97,6 +97,50 @@ pub struct AppState {
     pub slot: String,
     pub capture: Arc<CaptureHealth>,
     pub access: Access,
+    /// The supervised tasks: `/readyz` fails while one is down.
+    pub tasks: Arc<super::supervise::Tasks>,
+    /// What dispatch did per store lately, and when a due store counts as stuck.
+    pub dispatch: DispatchReadiness,
+}
+
+/// Dispatch is ready while every store with due work has had a finished cycle within
+/// [`DispatchReadiness::STALL_FLUSH_INTERVALS`] flush intervals.
+#[derive(Clone)]
+pub struct DispatchReadiness {
+    pub progress: Arc<crate::dispatch::Progress>,
+    pub flush_interval: Duration,
+    pub min_send_interval: Duration,
+    pub batch: usize,
+}
+
+impl DispatchReadiness {
+    pub const STALL_FLUSH_INTERVALS: u32 = 10;
+
+    /// Stores with due work and no finished cycle within the stall window (their oldest
+    /// entry older than the window too, so a store that just became due is not stuck).
+    async fn stalled(
+        &self,
+        db: &tokio_postgres::Client,
+    ) -> Result<Vec<uuid::Uuid>, crate::queue::QueueError> {
+        let window =
+            self.flush_interval.max(Duration::from_millis(100)) * Self::STALL_FLUSH_INTERVALS;
+        let due =
+            crate::queue::due_stores(db, self.flush_interval, self.batch, self.min_send_interval)
+                .await?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let old: std::collections::HashSet<uuid::Uuid> = crate::queue::pending_by_store(db)
+            .await?
+            .into_iter()
+            .filter(|p| p.oldest_age_seconds > (window + self.flush_interval).as_secs_f64())
+            .map(|p| p.store_id)
+            .collect();
+        Ok(due
+            .into_iter()
+            .filter(|store| old.contains(store) && !self.progress.recent(*store, window))
+            .collect())
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -204,6 +248,7 @@ fn loopback_host(headers: &HeaderMap) -> bool {
 pub async fn spawn(
     addr: SocketAddr,
     state: AppState,
+    supervisor: &super::supervise::Supervisor,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>> {
     if !state.access.loopback && state.access.token_hash.is_none() {
@@ -215,12 +260,16 @@ pub async fn spawn(
     // The bound address, not the configured one: port 0 picks a free port.
     let bound = listener.local_addr().unwrap_or(addr);
     tracing::info!(addr = %bound, "HTTP listening: /metrics /healthz /readyz /api/status and the dashboard at /");
+    // Bound once, at start (a taken port is reported then); a restarted accept loop keeps it.
+    let listener = Arc::new(listener);
     let app = router(state);
-    Ok(tokio::spawn(serve(listener, app, shutdown)))
+    Ok(supervisor.spawn("http", move || {
+        serve(listener.clone(), app.clone(), shutdown.clone())
+    }))
 }
 
 /// The accept loop: at most [`MAX_CONNECTIONS`] at once, HTTP/1.1 with a header-read timeout.
-async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
+async fn serve(listener: Arc<tokio::net::TcpListener>, app: Router, shutdown: CancellationToken) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
@@ -277,20 +326,29 @@ async fn metrics_text() -> Response {
         .into_response()
 }
 
+/// Ready: the database answers, capture streams or stands by, every supervised task is up,
+/// and no store with due work has gone without a finished cycle for ten flush intervals.
 async fn readyz(State(state): State<AppState>) -> Response {
     let streaming = state.capture.streaming.load(Ordering::Acquire);
     let standby = state.capture.standby.load(Ordering::Acquire);
-    let db_ok = match state.pool.get().await {
-        Ok(client) => client.query_one("SELECT 1", &[]).await.is_ok(),
-        Err(_) => false,
+    let (db_ok, stalled) = match state.pool.get().await {
+        Ok(client) => match state.dispatch.stalled(&client).await {
+            Ok(stalled) => (true, stalled),
+            Err(_) => (false, Vec::new()),
+        },
+        Err(_) => (false, Vec::new()),
     };
+    let down = state.tasks.down();
     let body = serde_json::json!({
         "streaming": streaming,
         "standby": standby,
         "database": db_ok,
+        "tasks": state.tasks.snapshot(),
+        "tasks_down": down,
+        "stalled_stores": stalled,
         "last_error": state.capture.last_error.lock().map(|e| e.clone()).unwrap_or(None),
     });
-    let status = if db_ok && (streaming || standby) {
+    let status = if db_ok && (streaming || standby) && down.is_empty() && stalled.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

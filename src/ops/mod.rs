@@ -14,6 +14,7 @@ pub mod resync;
 pub mod service;
 pub mod setup;
 pub mod status;
+pub mod supervise;
 
 /// Exit codes of the binary (`cli` and the demo both return them).
 pub const EXIT_RUNTIME: u8 = 1;
@@ -22,10 +23,9 @@ pub const EXIT_CONFIG: u8 = 2;
 /// The replication slot stocksync consumed is missing or lost: run `setup` and `resync`.
 pub const EXIT_SLOT_LOST: u8 = 3;
 
-/// Dispatch's settings from the configuration.
-pub fn dispatch_settings(config: &config::Config) -> crate::dispatch::DispatchSettings {
-    use crate::dispatch::DispatchSettings;
-    use crate::marketplace::{ClientSettings, ServiceGroup};
+/// The request limits from the configuration (shared by dispatch and reconciliation).
+pub fn limit_settings(config: &config::Config) -> crate::stores::LimitSettings {
+    use crate::marketplace::ServiceGroup;
     let mut limits = crate::stores::LimitSettings {
         rate_limit_requests: config.rate_limit_requests,
         rate_limit_window: config.rate_limit_window,
@@ -34,12 +34,29 @@ pub fn dispatch_settings(config: &config::Config) -> crate::dispatch::DispatchSe
         ..crate::stores::LimitSettings::default()
     };
     limits.per_minute.insert(
+        ServiceGroup::TrendyolWrite,
+        config.trendyol_writes_per_minute,
+    );
+    limits
+        .per_minute
+        .insert(ServiceGroup::TrendyolRead, config.trendyol_reads_per_minute);
+    limits.per_minute.insert(
         ServiceGroup::HepsiburadaRead,
         config.hepsiburada_reads_per_minute,
     );
+    limits
+}
+
+/// Dispatch's settings from the configuration.
+pub fn dispatch_settings(config: &config::Config) -> crate::dispatch::DispatchSettings {
+    use crate::dispatch::DispatchSettings;
+    use crate::marketplace::ClientSettings;
     DispatchSettings {
         flush_interval: config.flush_interval,
-        limits,
+        limits: limit_settings(config),
+        user_agents: user_agents(config),
+        max_retry_after: config.max_retry_after,
+        forbidden_backoff: config.forbidden_backoff,
         max_quantity: config.max_quantity,
         safety_stock: config.safety_stock,
         safety_stock_per_store: config.safety_stock_per_store.clone(),
@@ -47,7 +64,6 @@ pub fn dispatch_settings(config: &config::Config) -> crate::dispatch::DispatchSe
         client: ClientSettings {
             trendyol_url: config.trendyol_url.clone(),
             hepsiburada_url: config.hepsiburada_url.clone(),
-            hepsiburada_user_agent: config.hepsiburada_user_agent.clone(),
             timeout: config.request_timeout,
         },
         hepsiburada_batch_size: config.hepsiburada_batch_size,
@@ -56,8 +72,17 @@ pub fn dispatch_settings(config: &config::Config) -> crate::dispatch::DispatchSe
     }
 }
 
-/// Reconciliation's settings from the configuration: dispatch's limits and quantity rules,
-/// its share of the Trendyol read cap, all of the Hepsiburada listings cap.
+/// Who stocksync says it is to the marketplaces, from the configuration.
+pub fn user_agents(config: &config::Config) -> crate::marketplace::UserAgents {
+    crate::marketplace::UserAgents {
+        trendyol_integrator: config.trendyol_integrator.clone(),
+        hepsiburada_default: config.hepsiburada_user_agent.clone(),
+        hepsiburada_per_store: config.hepsiburada_user_agent_per_store.clone(),
+    }
+}
+
+/// Reconciliation's settings from the configuration: dispatch's limits, user agents and
+/// quantity rules, its share of the Trendyol read cap, all of the Hepsiburada listings cap.
 pub fn reconcile_settings(config: &config::Config) -> crate::reconcile::ReconcileSettings {
     use crate::marketplace::ServiceGroup;
     let dispatch = dispatch_settings(config);
@@ -73,6 +98,7 @@ pub fn reconcile_settings(config: &config::Config) -> crate::reconcile::Reconcil
         u64::from(cap(ServiceGroup::TrendyolRead)) * u64::from(config.reconcile_read_share) / 100;
     crate::reconcile::ReconcileSettings {
         client: dispatch.client.clone(),
+        user_agents: dispatch.user_agents.clone(),
         trendyol_reads_per_minute: u32::try_from(share).unwrap_or(u32::MAX).max(1),
         hepsiburada_reads_per_minute: cap(ServiceGroup::HepsiburadaRead),
         hepsiburada_page_limit: config.hepsiburada_page_limit,
@@ -99,6 +125,7 @@ pub fn capture_settings(config: &config::Config) -> crate::capture::CaptureSetti
     crate::capture::CaptureSettings {
         slot: config.slot.clone(),
         publication: config.publication.clone(),
+        streaming: config.streaming,
         ..crate::capture::CaptureSettings::default()
     }
 }

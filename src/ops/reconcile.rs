@@ -53,7 +53,7 @@ pub async fn command(
     let mut reports = Vec::new();
     let mut failed = false;
     for (id, name) in chosen {
-        let target = match targets::open(&conn, id, &name).await? {
+        let target = match targets::open(&conn, id, &name, &settings.user_agents).await? {
             Ok(target) => target,
             Err(why) => {
                 eprintln!("store {name} ({id}) is not read: {why}");

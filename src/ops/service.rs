@@ -1,28 +1,25 @@
 //! The long-running parts of `stocksync run` besides capture: the HTTP endpoints, the
 //! dispatcher, the periodic reconciliation audit, the metrics refresher, the dashboard's
-//! history sampler and the slot heartbeat. Started together, stopped in order within a bound;
-//! the audit is supervised (restarted with backoff, logged at error, should it ever end).
+//! history sampler and the slot heartbeat. Started together, stopped in order within a bound.
 //! Under a `Type=notify` systemd unit the service reports readiness, status, watchdog
 //! keep-alives and stopping (`notify.rs`).
 
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use deadpool_postgres::Pool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 use super::config::Config;
 use super::notify::Notifier;
-use crate::backoff::BackoffPolicy;
+use super::supervise::Supervisor;
 use crate::capture::CaptureHealth;
 use crate::db::DbConfig;
 use crate::metrics::metrics;
-use crate::stores::state::PauseKind;
 
 /// The slot's `safe_wal_size` (NULL: unlimited or no slot), `wal_status`, whether it exists,
 /// and whether stocksync has a checkpoint for it (a missing slot with a checkpoint is lost).
@@ -44,11 +41,6 @@ const DEAD_LETTERS_EVERY: u32 = 15;
 /// at most this long for one more scrape, so Prometheus sees `stocksync_slot_lost 1`.
 const LINGER_FOR_SCRAPE: Duration = Duration::from_secs(75);
 
-/// A supervised task that ended by itself starts again after 1 s, doubling to a minute (a
-/// task that ran for [`RESTART_RESET`] starts over at 1 s).
-const RESTART: BackoffPolicy = BackoffPolicy::new(Duration::from_secs(1), Duration::from_secs(60));
-const RESTART_RESET: Duration = Duration::from_secs(300);
-
 /// A transactional message: decoding it moves the slot even when the published tables are
 /// quiet (the empty transaction is skipped, the keepalive that follows is confirmed).
 const HEARTBEAT_SQL: &str =
@@ -59,6 +51,7 @@ pub struct Service {
     pub db: DbConfig,
     pub pool: Pool,
     pub capture_health: Arc<CaptureHealth>,
+    pub supervisor: Supervisor,
     tasks: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
 }
@@ -78,6 +71,9 @@ impl Service {
             .pool_with(super::http::POOL)
             .context("creating the HTTP connection pool")?;
         let config = Arc::new(config);
+        let supervisor = Supervisor::new(shutdown.clone());
+        let settings = super::dispatch_settings(&config);
+        let progress = Arc::new(crate::dispatch::Progress::default());
         let mut tasks = Vec::new();
         let state = super::http::AppState {
             pool: http_pool,
@@ -88,41 +84,59 @@ impl Service {
                 config.http_token.as_ref(),
                 config.metrics_public,
             ),
+            tasks: supervisor.tasks(),
+            dispatch: super::http::DispatchReadiness {
+                progress: progress.clone(),
+                flush_interval: settings.flush_interval,
+                min_send_interval: settings.limits.min_send_interval,
+                batch: settings.batch_size(crate::marketplace::Provider::Trendyol),
+            },
         };
-        tasks.push(super::http::spawn(config.http_addr, state, shutdown.clone()).await?);
-        tasks.push(tokio::spawn(refresh_metrics(
-            pool.clone(),
-            config.clone(),
-            shutdown.clone(),
-        )));
-        tasks.push(tokio::spawn(super::history::run(shutdown.clone())));
-        if !config.heartbeat_interval.is_zero() {
-            tasks.push(tokio::spawn(heartbeat(
-                pool.clone(),
-                config.heartbeat_interval,
-                shutdown.clone(),
-            )));
+        tasks.push(
+            super::http::spawn(config.http_addr, state, &supervisor, shutdown.clone()).await?,
+        );
+        {
+            let (pool, config, shutdown) = (pool.clone(), config.clone(), shutdown.clone());
+            tasks.push(supervisor.spawn("metrics", move || {
+                refresh_metrics(pool.clone(), config.clone(), shutdown.clone())
+            }));
         }
-        tasks.push(tokio::spawn(crate::dispatch::run(
-            pool.clone(),
-            db.clone(),
-            super::dispatch_settings(&config),
-            shutdown.clone(),
-        )));
+        {
+            let shutdown = shutdown.clone();
+            tasks.push(supervisor.spawn("history", move || super::history::run(shutdown.clone())));
+        }
+        if !config.heartbeat_interval.is_zero() {
+            let (pool, every, shutdown) =
+                (pool.clone(), config.heartbeat_interval, shutdown.clone());
+            tasks.push(supervisor.spawn("heartbeat", move || {
+                heartbeat(pool.clone(), every, shutdown.clone())
+            }));
+        }
+        {
+            let (pool, db, shutdown) = (pool.clone(), db.clone(), shutdown.clone());
+            tasks.push(supervisor.spawn("dispatch", move || {
+                crate::dispatch::run(
+                    pool.clone(),
+                    db.clone(),
+                    settings.clone(),
+                    progress.clone(),
+                    shutdown.clone(),
+                )
+            }));
+        }
         let reconcile = super::reconcile_settings(&config);
         if !reconcile.interval.is_zero() {
-            let db = db.clone();
-            tasks.push(supervise(
-                "periodic reconciliation",
-                shutdown.clone(),
-                move |stop| crate::reconcile::periodic::run(db.clone(), reconcile.clone(), stop),
-            ));
+            let (db, shutdown) = (db.clone(), shutdown.clone());
+            tasks.push(supervisor.spawn("reconcile", move || {
+                crate::reconcile::periodic::run(db.clone(), reconcile.clone(), shutdown.clone())
+            }));
         }
         Ok(Service {
             config,
             db,
             pool,
             capture_health,
+            supervisor,
             tasks,
             shutdown,
         })
@@ -136,40 +150,6 @@ impl Service {
             warn!(?bound, "some tasks did not stop in time; abandoning them");
         }
     }
-}
-
-/// Runs the task `start` makes until `shutdown`; should it end (or panic) before, logs it at
-/// error and starts a new one after a backoff.
-fn supervise<F, Fut>(
-    name: &'static str,
-    shutdown: CancellationToken,
-    mut start: F,
-) -> JoinHandle<()>
-where
-    F: FnMut(CancellationToken) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    tokio::spawn(async move {
-        let mut backoff = RESTART.start();
-        loop {
-            let started = Instant::now();
-            let ended = tokio::spawn(start(shutdown.clone())).await;
-            if shutdown.is_cancelled() {
-                return;
-            }
-            match ended {
-                Ok(()) => error!(task = name, "the task ended by itself; starting it again"),
-                Err(e) => error!(task = name, error = %e, "the task failed; starting it again"),
-            }
-            if started.elapsed() >= RESTART_RESET {
-                backoff.reset();
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
-            }
-        }
-    })
 }
 
 /// Runs capture, delivery and HTTP until `shutdown` is cancelled or capture fails fatally.
@@ -192,13 +172,7 @@ pub async fn run_until(
         shutdown.clone(),
         done.clone(),
     ));
-    let result = crate::capture::run(
-        service.db.clone(),
-        settings,
-        shutdown.clone(),
-        service.capture_health.clone(),
-    )
-    .await;
+    let result = supervised_capture(&service, settings, &shutdown).await;
     if let Err(e) = &result {
         notifier.status(&format!("capture stopped: {e}"));
         if e.is_slot_loss() {
@@ -212,6 +186,44 @@ pub async fn run_until(
     done.cancel();
     let _ = systemd.await;
     Ok(result)
+}
+
+/// Capture under supervision: a panic is logged, marks the task down and restarts it after a
+/// backoff (it resumes from its checkpoint); an error capture reports is fatal and returned.
+async fn supervised_capture(
+    service: &Service,
+    settings: crate::capture::CaptureSettings,
+    shutdown: &CancellationToken,
+) -> Result<(), crate::capture::CaptureError> {
+    let mut backoff = super::supervise::RESTART.start();
+    loop {
+        let run = tokio::spawn(crate::capture::run(
+            service.db.clone(),
+            settings.clone(),
+            shutdown.clone(),
+            service.capture_health.clone(),
+        ));
+        match run.await {
+            Ok(result) => return result,
+            Err(e) if shutdown.is_cancelled() => {
+                warn!(error = %e, "capture ended during shutdown");
+                return Ok(());
+            }
+            Err(e) => {
+                let why = super::supervise::panic_message(e);
+                let wait = backoff.next_delay();
+                tracing::error!(task = "capture", retry_in = ?wait, "task panicked: {why}; restarting it");
+                metrics()
+                    .task_restarts
+                    .with_label_values(&["capture"])
+                    .inc();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
 }
 
 /// Keeps systemd informed (a no-op outside a `Type=notify` unit): `READY=1` once HTTP is up
@@ -326,9 +338,17 @@ async fn refresh_metrics(pool: Pool, config: Arc<Config>, shutdown: Cancellation
         refreshes = refreshes.wrapping_add(1);
         if let Ok(paused) = crate::stores::state::paused(&**client).await {
             m.store_paused.reset();
-            for (store, reason) in paused {
+            for (store, kind) in paused {
                 m.store_paused
-                    .with_label_values(&[&store.to_string(), PauseKind::of(&reason).as_str()])
+                    .with_label_values(&[&store.to_string(), kind.as_str()])
+                    .set(1);
+            }
+        }
+        if let Ok(backing_off) = crate::stores::state::backing_off(&**client).await {
+            m.store_backing_off.reset();
+            for (store, problem) in backing_off {
+                m.store_backing_off
+                    .with_label_values(&[&store.to_string(), problem.as_str()])
                     .set(1);
             }
         }
@@ -399,38 +419,5 @@ async fn heartbeat(pool: Pool, every: Duration, shutdown: CancellationToken) {
             }
             Err(e) => debug!(error = %e, "heartbeat: no connection"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicU32;
-
-    #[tokio::test]
-    async fn a_supervised_task_that_ends_or_panics_is_started_again() {
-        let starts = Arc::new(AtomicU32::new(0));
-        let shutdown = CancellationToken::new();
-        let counted = starts.clone();
-        let handle = supervise("test", shutdown.clone(), move |stop| {
-            let counted = counted.clone();
-            async move {
-                match counted.fetch_add(1, Ordering::SeqCst) {
-                    0 => {}
-                    1 => panic!("the second run fails"),
-                    _ => stop.cancelled().await,
-                }
-            }
-        });
-        while starts.load(Ordering::SeqCst) < 3 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        shutdown.cancel();
-        handle.await.unwrap();
-        assert_eq!(
-            starts.load(Ordering::SeqCst),
-            3,
-            "not started again after shutdown"
-        );
     }
 }

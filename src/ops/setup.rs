@@ -23,6 +23,16 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "fenced_claims",
         include_str!("../../sql/004_fenced_claims.sql"),
     ),
+    (
+        5,
+        "stream_staging",
+        include_str!("../../sql/005_stream_staging.sql"),
+    ),
+    (
+        6,
+        "live_accounts",
+        include_str!("../../sql/006_live_accounts.sql"),
+    ),
     (7, "reconcile", include_str!("../../sql/007_reconcile.sql")),
 ];
 

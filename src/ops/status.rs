@@ -48,6 +48,12 @@ pub struct StoreStatus {
     /// Queue entries pushed to the marketplace (outcome `sent`) in the last hour.
     pub sent_last_hour: i64,
     pub paused_reason: Option<String>,
+    /// Why it is paused, as a closed set: `credentials`, `forbidden`, `not_configured`.
+    pub pause_kind: Option<String>,
+    /// When a store paused for a 403 sends its next probe request.
+    pub next_probe_at: Option<String>,
+    /// Why the store waits out a backoff now: `throttled`, `server_error`, `unexpected_status`.
+    pub backing_off: Option<String>,
     pub last_request_at: Option<String>,
     pub last_success_at: Option<String>,
     pub last_error: Option<String>,
@@ -72,7 +78,11 @@ FROM pg_replication_slots WHERE slot_name = $1
 const STORES_SQL: &str = r#"
 SELECT COALESCE(s.id, st.store_id), s.name::text, s.type::text, st.paused_reason,
        to_char(st.last_success_at, 'YYYY-MM-DD"T"HH24:MI:SS.MSOF'), st.last_error,
-       to_char(st.last_request_at, 'YYYY-MM-DD"T"HH24:MI:SS.MSOF')
+       to_char(st.last_request_at, 'YYYY-MM-DD"T"HH24:MI:SS.MSOF'),
+       CASE WHEN st.paused_reason IS NOT NULL THEN st.pause_kind END,
+       CASE WHEN st.pause_kind = 'forbidden' AND st.paused_reason IS NOT NULL
+            THEN to_char(st.not_before, 'YYYY-MM-DD"T"HH24:MI:SS.MSOF') END,
+       CASE WHEN st.paused_reason IS NULL AND st.not_before > now() THEN st.problem_kind END
 FROM stores s FULL JOIN stock_sync.store_state st ON st.store_id = s.id
 "#;
 
@@ -102,6 +112,9 @@ pub async fn read(client: &Client, slot: &str) -> Result<Status, StatusError> {
                 last_success_at: r.get(4),
                 last_error: r.get(5),
                 last_request_at: r.get(6),
+                pause_kind: r.get(7),
+                next_probe_at: r.get(8),
+                backing_off: r.get(9),
                 ..StoreStatus::default()
             },
         );
@@ -190,7 +203,10 @@ pub fn render(status: &Status) -> String {
     ));
     for st in &status.stores {
         let state = match (&st.paused_reason, &st.last_error) {
-            (Some(p), _) => format!("PAUSED: {p}"),
+            (Some(p), _) => match &st.next_probe_at {
+                Some(at) => format!("PAUSED: {p}; next probe {at}"),
+                None => format!("PAUSED: {p}"),
+            },
             (None, Some(e)) => format!("last error: {e}"),
             (None, None) => st
                 .last_success_at

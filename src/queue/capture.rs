@@ -1,11 +1,14 @@
 //! What capture writes: queue entries (with parent-set expansion), the capture batch log and
 //! the checkpoint, all in one transaction on capture's dedicated connection
-//! ([`CaptureWriter`]); the first-run snapshot; TRUNCATE handling.
+//! ([`CaptureWriter`]); the staging of streamed transactions (`stream_staging`) and its move
+//! into the queue at their commit; the first-run snapshot; TRUNCATE handling.
 
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::types::{PgLsn, ToSql};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{PgLsn, ToSql, Type};
 use tokio_postgres::{Client, Statement};
 use tracing::{debug, info};
 use uuid::Uuid;
@@ -48,21 +51,18 @@ ORDER BY p, s"#,
     upsert_pending!()
 );
 
-/// Every set above the seeds, directly or through nested sets, and the sets of composition
-/// seeds (store NULL), where they are listed (have their own `product_stores` row): in the
-/// seed's store, or in every store for a composition seed.
+/// Every set above the seeds in the relation `seed(product_id, store_id, priority, reason,
+/// commit_lsn)` (defined before it by the statement), directly or through nested sets, and the
+/// sets of composition seeds (store NULL), where they are listed (have their own
+/// `product_stores` row): in the seed's store, or in every store for a composition seed.
 ///
-/// * A separate statement from [`ENQUEUE_PAIRS_SQL`] so the common seed — a product in no
-///   set — costs one index probe here instead of a trip through the recursion and grouping.
 /// * `UNION` (not `UNION ALL`) in the recursion makes a composition cycle terminate.
 /// * One row per pair: the highest priority (and its reason) and the newest commit, which may
 ///   come from different seeds.
-pub const ENQUEUE_SETS_SQL: &str = concat!(
-    r#"
-WITH RECURSIVE seed(product_id, store_id, priority, reason, commit_lsn) AS (
-    SELECT p, s, pr, r, l
-    FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::pg_lsn[]) AS u(p, s, pr, r, l)
-),
+macro_rules! enqueue_sets_of_seed {
+    () => {
+        concat!(
+            r#"
 reach(product_id, store_id, priority, reason, commit_lsn) AS (
     SELECT product_id, store_id, priority, reason, commit_lsn FROM seed WHERE store_id IS NULL
     UNION
@@ -86,8 +86,117 @@ best AS (
 INSERT INTO stock_sync.queue AS q (product_id, store_id, reason, priority, commit_lsn)
 SELECT product_id, store_id, reason, priority, commit_lsn FROM best
 ORDER BY product_id, store_id"#,
+            upsert_pending!()
+        )
+    };
+}
+
+/// The sets above the seeds ([`enqueue_sets_of_seed`]), for the seeds given as arrays like
+/// [`ENQUEUE_PAIRS_SQL`]'s. A separate statement so that a seed of a product in no set costs
+/// nothing here: capture only passes composition seeds and seeds of products it knows to be
+/// components of some set (see `SeedColumns`).
+pub const ENQUEUE_SETS_SQL: &str = concat!(
+    r#"
+WITH RECURSIVE seed(product_id, store_id, priority, reason, commit_lsn) AS (
+    SELECT p, s, pr, r, l
+    FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::pg_lsn[]) AS u(p, s, pr, r, l)
+),"#,
+    enqueue_sets_of_seed!()
+);
+
+/// Staged seeds of a streamed transaction, one COPY per chunk (binary format; the column
+/// types are [`STAGE_TYPES`]).
+const STAGE_COPY_SQL: &str = "COPY stock_sync.stream_staging \
+     (slot_name, xid, subxid, product_id, store_id, priority, reason) FROM STDIN (FORMAT binary)";
+
+const STAGE_TYPES: [Type; 7] = [
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::UUID,
+    Type::UUID,
+    Type::INT4,
+    Type::TEXT,
+];
+
+/// The staged pairs of transaction `$2` of slot `$1`, committed at `$3`, into the queue: one
+/// row per pair (staged rows of one pair may come from several chunks or subtransactions),
+/// with the highest priority.
+///
+/// An update of the pending entries the pairs already have, then a plain insert of the
+/// others, not an `INSERT ... ON CONFLICT`: a speculative insertion is an incomplete change
+/// in the server's reorder buffer until its confirmation, and the server cannot stream a
+/// transaction holding one when its memory runs over, so it spills the whole transaction to
+/// disk instead; the move is the largest transaction capture writes. A pending entry that
+/// another writer commits between this statement's snapshot and its insert makes it fail
+/// with a unique violation: [`CaptureWriter::move_staged`] then runs
+/// [`ENQUEUE_STAGED_PAIRS_UPSERT_SQL`] instead. New rows are written in (product, store)
+/// order (locality in the pair index); pending entries are updated in the plan's order, and a
+/// deadlock with another writer of them ends the capture transaction like any lock conflict
+/// (retried at once, see `CaptureError::is_lock_conflict`).
+const ENQUEUE_STAGED_PAIRS_SQL: &str = r#"
+WITH staged AS MATERIALIZED (
+    SELECT DISTINCT ON (product_id, store_id) product_id, store_id, reason, priority
+    FROM stock_sync.stream_staging
+    WHERE slot_name = $1 AND xid = $2 AND store_id IS NOT NULL
+    ORDER BY product_id, store_id, priority DESC
+), updated AS (
+    UPDATE stock_sync.queue q
+    SET priority = GREATEST(q.priority, s.priority),
+        reason = CASE WHEN s.priority > q.priority THEN s.reason ELSE q.reason END,
+        commit_lsn = GREATEST(q.commit_lsn, $3::pg_lsn),
+        not_before = NULL
+    FROM staged s
+    WHERE q.state = 'pending' AND q.product_id = s.product_id AND q.store_id = s.store_id
+    RETURNING q.product_id, q.store_id
+)
+INSERT INTO stock_sync.queue (product_id, store_id, reason, priority, commit_lsn)
+SELECT s.product_id, s.store_id, s.reason, s.priority, $3::pg_lsn
+FROM staged s
+WHERE NOT EXISTS (
+    SELECT 1 FROM updated u WHERE u.product_id = s.product_id AND u.store_id = s.store_id)
+ORDER BY s.product_id, s.store_id
+"#;
+
+/// [`ENQUEUE_STAGED_PAIRS_SQL`] as an upsert: right whatever other writers do meanwhile.
+const ENQUEUE_STAGED_PAIRS_UPSERT_SQL: &str = concat!(
+    r#"
+INSERT INTO stock_sync.queue AS q (product_id, store_id, reason, priority, commit_lsn)
+SELECT DISTINCT ON (product_id, store_id) product_id, store_id, reason, priority, $3::pg_lsn
+FROM stock_sync.stream_staging
+WHERE slot_name = $1 AND xid = $2 AND store_id IS NOT NULL
+ORDER BY product_id, store_id, priority DESC"#,
     upsert_pending!()
 );
+
+/// The sets above the staged seeds of transaction `$2` of slot `$1`, committed at `$3`.
+const ENQUEUE_STAGED_SETS_SQL: &str = concat!(
+    r#"
+WITH RECURSIVE seed(product_id, store_id, priority, reason, commit_lsn) AS (
+    SELECT product_id, store_id, priority, reason, $3::pg_lsn
+    FROM stock_sync.stream_staging
+    WHERE slot_name = $1 AND xid = $2
+),"#,
+    enqueue_sets_of_seed!()
+);
+
+/// For the rest of the capture transaction that moves staged rows (see `move_staged`).
+const MOVE_WORK_MEM_SQL: &str = "SET LOCAL work_mem = '128MB'";
+
+/// A streamed transaction (`$3` NULL) or one of its subtransactions (`$3`) is void.
+const DISCARD_STAGED_SQL: &str = "DELETE FROM stock_sync.stream_staging \
+     WHERE slot_name = $1 AND xid = $2 AND ($3::bigint IS NULL OR subxid = $3)";
+
+/// Start-up: whatever the previous session staged belongs to transactions whose commit it
+/// never saw; the server streams them again from their start.
+const DISCARD_ALL_STAGED_SQL: &str = "DELETE FROM stock_sync.stream_staging WHERE slot_name = $1";
+
+/// Products that are components of some set, if there are at most `$1` of them (capture keeps
+/// them in memory to skip the set expansion for every other product).
+const COMPONENTS_SQL: &str = r#"
+SELECT DISTINCT component_product_id FROM product_set_items
+LIMIT $1
+"#;
 
 /// One row per capture batch: its LSN span `[$1, $2)` (first commit, last end), and per
 /// transaction its xid (`$3`) and commit LSN (`$5`). The span's exclusion constraint rejects
@@ -152,9 +261,9 @@ pub async fn read_checkpoint(
         .and_then(|text| text.parse().ok()))
 }
 
-/// Seeds as column arrays, one element per (product, store-or-every-store) pair.
+/// One seed's columns as arrays, one element per seed.
 #[derive(Debug, Default)]
-pub struct SeedColumns {
+pub struct Columns {
     pub product_ids: Vec<Uuid>,
     /// `None`: every store where the product is listed (a composition seed).
     pub store_ids: Vec<Option<Uuid>>,
@@ -163,24 +272,77 @@ pub struct SeedColumns {
     pub commit_lsns: Vec<PgLsn>,
 }
 
+impl Columns {
+    fn push(&mut self, product_id: Uuid, store_id: Option<Uuid>, reason: Reason, lsn: PgLsn) {
+        self.product_ids.push(product_id);
+        self.store_ids.push(store_id);
+        self.priorities.push(reason.priority());
+        self.reasons.push(reason.as_str().to_string());
+        self.commit_lsns.push(lsn);
+    }
+
+    pub fn len(&self) -> usize {
+        self.product_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.product_ids.is_empty()
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 5] {
+        [
+            &self.product_ids,
+            &self.store_ids,
+            &self.priorities,
+            &self.reasons,
+            &self.commit_lsns,
+        ]
+    }
+}
+
+/// Seeds for the enqueue statements: `pairs` (seeds that name their own pair) for
+/// [`ENQUEUE_PAIRS_SQL`], `sets` (composition seeds, and seeds whose product may be in a set)
+/// for [`ENQUEUE_SETS_SQL`].
+#[derive(Debug, Default)]
+pub struct SeedColumns {
+    pub pairs: Columns,
+    pub sets: Columns,
+}
+
 impl SeedColumns {
+    /// Adds a seed; `in_sets`: its product may be a component of a set (always assumed for a
+    /// composition seed, whose sets are what it is about).
     pub fn push(
         &mut self,
         product_id: Uuid,
         store_id: Option<Uuid>,
         reason: Reason,
         commit_lsn: Lsn,
+        in_sets: bool,
     ) {
-        self.product_ids.push(product_id);
-        self.store_ids.push(store_id);
-        self.priorities.push(reason.priority());
-        self.reasons.push(reason.as_str().to_string());
-        self.commit_lsns.push(commit_lsn.into());
+        let lsn = PgLsn::from(commit_lsn);
+        if store_id.is_some() {
+            self.pairs.push(product_id, store_id, reason, lsn);
+        }
+        if in_sets || store_id.is_none() {
+            self.sets.push(product_id, store_id, reason, lsn);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.product_ids.is_empty()
+        self.pairs.is_empty() && self.sets.is_empty()
     }
+}
+
+/// A seed of a streamed transaction, staged until the transaction's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StagedSeed {
+    /// The (sub)transaction that made the change.
+    pub subxid: u32,
+    pub product_id: Uuid,
+    /// `None`: every store where the product is listed (a composition seed).
+    pub store_id: Option<Uuid>,
+    pub reason: Reason,
 }
 
 /// One WAL transaction of a capture batch, for the batch log.
@@ -222,15 +384,32 @@ pub struct CaptureWriter {
     enqueue_sets: Statement,
     capture_batch: Statement,
     advance: Statement,
+    stage_copy: Statement,
+    enqueue_staged_pairs: Statement,
+    enqueue_staged_sets: Statement,
+    discard_staged: Statement,
 }
 
 impl CaptureWriter {
     pub async fn new(client: Client, slot: String) -> Result<CaptureWriter, tokio_postgres::Error> {
-        let (enqueue_pairs, enqueue_sets, capture_batch, advance) = futures_util::try_join!(
+        let (
+            enqueue_pairs,
+            enqueue_sets,
+            capture_batch,
+            advance,
+            stage_copy,
+            enqueue_staged_pairs,
+            enqueue_staged_sets,
+            discard_staged,
+        ) = futures_util::try_join!(
             client.prepare(ENQUEUE_PAIRS_SQL),
             client.prepare(ENQUEUE_SETS_SQL),
             client.prepare(CAPTURE_BATCH_SQL),
             client.prepare(ADVANCE_CHECKPOINT_SQL),
+            client.prepare(STAGE_COPY_SQL),
+            client.prepare(ENQUEUE_STAGED_PAIRS_SQL),
+            client.prepare(ENQUEUE_STAGED_SETS_SQL),
+            client.prepare(DISCARD_STAGED_SQL),
         )?;
         Ok(CaptureWriter {
             client,
@@ -240,6 +419,10 @@ impl CaptureWriter {
             enqueue_sets,
             capture_batch,
             advance,
+            stage_copy,
+            enqueue_staged_pairs,
+            enqueue_staged_sets,
+            discard_staged,
         })
     }
 
@@ -262,20 +445,134 @@ impl CaptureWriter {
             return Ok(0);
         }
         self.begin().await?;
-        let params: [&(dyn ToSql + Sync); 5] = [
-            &c.product_ids,
-            &c.store_ids,
-            &c.priorities,
-            &c.reasons,
-            &c.commit_lsns,
-        ];
+        let (pair_params, set_params) = (c.pairs.params(), c.sets.params());
+        let client = &self.client;
+        let execute = |statement, params, columns: &Columns| {
+            let skip = columns.is_empty();
+            async move {
+                match skip {
+                    true => Ok(0),
+                    false => client.execute(statement, params).await,
+                }
+            }
+        };
         // Both statements are sent at once (the connection pipelines them); they run in order.
         let (pairs, sets) = futures_util::try_join!(
-            self.client.execute(&self.enqueue_pairs, &params),
-            self.client.execute(&self.enqueue_sets, &params),
+            execute(&self.enqueue_pairs, &pair_params[..], &c.pairs),
+            execute(&self.enqueue_sets, &set_params[..], &c.sets),
         )?;
+        let written = pairs + sets;
+        metrics().queue_entries_written.inc_by(written);
+        Ok(written)
+    }
+
+    /// Stages seeds of the in-progress streamed transaction `xid` (one COPY; in the open
+    /// transaction if there is one, else on its own). Returns rows staged.
+    pub async fn stage(
+        &mut self,
+        xid: u32,
+        seeds: &[StagedSeed],
+    ) -> Result<u64, tokio_postgres::Error> {
+        if seeds.is_empty() {
+            return Ok(0);
+        }
+        let sink = self.client.copy_in(&self.stage_copy).await?;
+        let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
+        futures_util::pin_mut!(writer);
+        let xid = i64::from(xid);
+        for seed in seeds {
+            let subxid = i64::from(seed.subxid);
+            let row: [&(dyn ToSql + Sync); 7] = [
+                &self.slot,
+                &xid,
+                &subxid,
+                &seed.product_id,
+                &seed.store_id,
+                &seed.reason.priority(),
+                &seed.reason.as_str(),
+            ];
+            writer.as_mut().write(&row).await?;
+        }
+        writer.finish().await
+    }
+
+    /// Deletes what was staged of the streamed transaction `xid` (`subxid: None`), or of one
+    /// of its subtransactions. Returns rows deleted.
+    pub async fn discard_staged(
+        &mut self,
+        xid: u32,
+        subxid: Option<u32>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let (xid, subxid) = (i64::from(xid), subxid.map(i64::from));
+        self.client
+            .execute(&self.discard_staged, &[&self.slot, &xid, &subxid])
+            .await
+    }
+
+    /// Start-up: deletes everything staged for this slot (autocommit; nothing may be open).
+    pub async fn discard_all_staged(&mut self) -> Result<u64, tokio_postgres::Error> {
+        debug_assert!(!self.in_transaction);
+        self.client
+            .execute(DISCARD_ALL_STAGED_SQL, &[&self.slot])
+            .await
+    }
+
+    /// The streamed transaction `xid` committed at `commit_lsn`: its staged seeds become queue
+    /// entries (with their sets when `expand_sets`), in the open transaction (opening one),
+    /// which [`CaptureWriter::commit`] ends with the checkpoint. The staged rows are deleted
+    /// after that commit ([`CaptureWriter::discard_staged`]), off the path to the checkpoint:
+    /// rows of a captured transaction are never moved again (a session moves a transaction
+    /// once, and start-up deletes everything staged). Returns queue rows written.
+    pub async fn move_staged(
+        &mut self,
+        xid: u32,
+        commit_lsn: Lsn,
+        expand_sets: bool,
+    ) -> Result<u64, tokio_postgres::Error> {
+        self.begin().await?;
+        // The move sorts the staged rows by pair: in memory, not in temporary files, for the
+        // size a transaction streams in (one sort of some 50 bytes a row).
+        self.client.batch_execute(MOVE_WORK_MEM_SQL).await?;
+        let (xid, lsn) = (i64::from(xid), PgLsn::from(commit_lsn));
+        let params: [&(dyn ToSql + Sync); 3] = [&self.slot, &xid, &lsn];
+        self.client.batch_execute("SAVEPOINT move_staged").await?;
+        let pairs = match self
+            .client
+            .execute(&self.enqueue_staged_pairs, &params)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                debug!("a pending entry appeared during the move; moving again as an upsert");
+                self.client
+                    .batch_execute("ROLLBACK TO SAVEPOINT move_staged")
+                    .await?;
+                self.client
+                    .execute(ENQUEUE_STAGED_PAIRS_UPSERT_SQL, &params)
+                    .await?
+            }
+            Err(e) => return Err(e),
+        };
+        let sets = if expand_sets {
+            self.client
+                .execute(&self.enqueue_staged_sets, &params)
+                .await?
+        } else {
+            0
+        };
         metrics().queue_entries_written.inc_by(pairs + sets);
         Ok(pairs + sets)
+    }
+
+    /// Products that are components of some set, or `None` when there are more than
+    /// `limit` (too many to keep in memory).
+    pub async fn components(
+        &self,
+        limit: usize,
+    ) -> Result<Option<Vec<Uuid>>, tokio_postgres::Error> {
+        let over = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+        let rows = self.client.query(COMPONENTS_SQL, &[&over]).await?;
+        Ok((rows.len() <= limit).then(|| rows.iter().map(|r| r.get(0)).collect()))
     }
 
     /// A TRUNCATE of a published table, in the open transaction: every pair it may have

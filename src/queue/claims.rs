@@ -71,6 +71,11 @@ const STALE_CLAIM_STORES_SQL: &str = concat!(
     orphan!("$1")
 );
 
+/// Whether store `$1` has any claim at all (an index probe: the orphan test below reads
+/// `pg_stat_activity`, which is not free, and a store held by its lock usually has none).
+const ANY_CLAIM_SQL: &str =
+    "SELECT EXISTS (SELECT 1 FROM stock_sync.queue WHERE store_id = $1 AND state = 'in_flight')";
+
 /// Orphaned claims of store `$1` (`$2` lease seconds), run by the holder of its lock.
 const ORPHANS_SQL: &str = concat!(
     "SELECT q.id FROM stock_sync.queue q WHERE q.store_id = $1 AND q.state = 'in_flight' AND ",
@@ -269,6 +274,13 @@ pub async fn release_orphans(
     store: Uuid,
     lease: Duration,
 ) -> Result<usize, QueueError> {
+    if !db
+        .query_one(ANY_CLAIM_SQL, &[&store])
+        .await?
+        .get::<_, bool>(0)
+    {
+        return Ok(0);
+    }
     let ids: Vec<i64> = db
         .query(ORPHANS_SQL, &[&store, &lease.as_secs_f64()])
         .await?

@@ -1,10 +1,10 @@
 //! The queue: the durable state machine between capture and the marketplaces.
 //!
 //! Every statement on `stock_sync.queue`, `stock_sync.listing_state`,
-//! `stock_sync.capture_batches` and `stock_sync.checkpoint` lives in this module; capture,
-//! dispatch, reconciliation (`reconcile.rs`: pairs in motion, repairs, how far capture is)
-//! and the operator commands call the functions here and never write SQL on those tables
-//! themselves.
+//! `stock_sync.capture_batches`, `stock_sync.stream_staging` and `stock_sync.checkpoint` lives
+//! in this module; capture, dispatch, reconciliation (`reconcile.rs`: pairs in motion,
+//! repairs, how far capture is) and the operator commands call the functions here and never
+//! write SQL on those tables themselves.
 //!
 //! # An entry's life
 //!
@@ -36,7 +36,9 @@
 //!    new reason raises the priority, keeps the first enqueue time, and lifts a deferral.
 //! 2. **Exactly-once capture**: queue rows, the capture batch row and the checkpoint commit
 //!    in one transaction ([`capture::CaptureWriter::commit`]); the rules are in
-//!    [`crate::capture`]'s module doc. The checkpoint never moves backwards.
+//!    [`crate::capture`]'s module doc. The checkpoint never moves backwards. Seeds of a
+//!    streamed transaction wait in `stream_staging`, which nothing but capture reads, and
+//!    reach the queue only in that transaction ([`capture::CaptureWriter::move_staged`]).
 //! 3. **Who moves what.** Only capture, operator commands, reconciliation and the batch
 //!    poller create pending entries. Only a dispatcher holding the store's advisory lock
 //!    ([`crate::locks::STORE_CYCLE`]) claims them. Every move out of `in_flight` names the

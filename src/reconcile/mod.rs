@@ -75,7 +75,7 @@ pub use scan::ReadOutcome;
 pub use targets::{Skipped, Target};
 
 use crate::marketplace::read::MalformedPage;
-use crate::marketplace::{ClientSettings, Provider};
+use crate::marketplace::{ClientSettings, Provider, UserAgents};
 use crate::stock::QuantityRules;
 use crate::stores::limiter::Share;
 use crate::stores::LimitSettings;
@@ -84,6 +84,8 @@ use crate::stores::LimitSettings;
 #[derive(Debug, Clone)]
 pub struct ReconcileSettings {
     pub client: ClientSettings,
+    /// Who stocksync says it is, per store (as dispatch).
+    pub user_agents: UserAgents,
     /// The limits every request obeys (shared with dispatch through the database).
     pub limits: LimitSettings,
     /// Reads per minute reconciliation may use of the Trendyol read group (its share of the

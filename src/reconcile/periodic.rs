@@ -78,7 +78,7 @@ async fn round(
     let mut conn = db.connect().await?;
     let mut open = Vec::new();
     for (id, name) in targets::marketplace_stores(&conn).await? {
-        match targets::open(&conn, id, &name).await? {
+        match targets::open(&conn, id, &name, &settings.user_agents).await? {
             Ok(target) => open.push(target),
             Err(why) => {
                 debug!(store = %id, %why, "not audited");

@@ -1,6 +1,6 @@
 //! Which stores are audited, decided without writing anything: a store is read only when
 //! dispatch would send to it (a `stores` row of a marketplace type, `is_active` and
-//! `send_stock`, not paused, with credentials). Dispatch's own gate check
+//! `send_stock`, not paused, with credentials and a User-Agent). Dispatch's own gate check
 //! ([`crate::stores::gates::check`]) also closes entries and takes pauses; an audit must not,
 //! so it looks at the same facts read-only: a store dispatch has not paused yet (it will at
 //! its next cycle) may be read once and refused, which only fails that audit.
@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::ReconcileError;
 use crate::locks;
-use crate::marketplace::{Provider, StoreCredentials};
+use crate::marketplace::{Provider, StoreCredentials, UserAgents};
 use crate::stores::{row, state};
 
 /// Stores of a marketplace type, by name.
@@ -44,8 +44,10 @@ pub enum Skipped {
     NotMarketplace(String),
     #[error("it is inactive or has send_stock = false")]
     Inactive,
-    #[error("it is paused: {0}")]
-    Paused(String),
+    #[error("it is paused ({0}; `stocksync status` says why)")]
+    Paused(&'static str),
+    #[error("no User-Agent is configured for it (STOCKSYNC_HEPSIBURADA_USER_AGENT)")]
+    NoUserAgent,
     #[error("credentials missing: {0}")]
     NoCredentials(&'static str),
 }
@@ -69,6 +71,7 @@ pub async fn open(
     db: &Client,
     id: Uuid,
     name: &str,
+    agents: &UserAgents,
 ) -> Result<Result<Target, Skipped>, ReconcileError> {
     let Some(store) = row::load_store(db, id).await? else {
         return Ok(Err(Skipped::NoRow));
@@ -79,10 +82,14 @@ pub async fn open(
     if !store.active {
         return Ok(Err(Skipped::Inactive));
     }
-    if let Some((_, reason)) = state::paused(db).await?.into_iter().find(|(s, _)| *s == id) {
-        return Ok(Err(Skipped::Paused(reason)));
+    if let Some((_, kind)) = state::paused(db).await?.into_iter().find(|(s, _)| *s == id) {
+        return Ok(Err(Skipped::Paused(kind.as_str())));
     }
-    Ok(match store.credentials(provider) {
+    let seller = store.seller_id.clone().unwrap_or_default();
+    let Some(user_agent) = agents.for_store(provider, id, &seller) else {
+        return Ok(Err(Skipped::NoUserAgent));
+    };
+    Ok(match store.credentials(provider, user_agent) {
         Ok(creds) => Ok(Target {
             id,
             name: name.to_string(),

@@ -1,21 +1,41 @@
-//! Decoder for the messages of the `pgoutput` logical decoding plugin, protocol version 1
-//! (PostgreSQL's "Logical Replication Message Formats").
+//! Decoder for the messages of the `pgoutput` logical decoding plugin, protocol versions 1
+//! and 2 (PostgreSQL's "Logical Replication Message Formats").
 //!
 //! # Contract
 //!
 //! Pure: bytes in, values out. No IO, no clock, no global state. [`decode`] takes the data of
-//! one XLogData message (one pgoutput message) and never panics: malformed, truncated or
-//! over-long input gives a [`DecodeError`] that names what was being read. Column values are
-//! [`Bytes`] slices of the input (no copy); names are copied into `String`s.
+//! one XLogData message (one pgoutput message) outside a stream block, [`decode_streamed`]
+//! one inside a stream block, and [`Decoder`] tracks which of the two applies; none of them
+//! panics: malformed, truncated or over-long input gives a [`DecodeError`] that names what was
+//! being read. Column values are [`Bytes`] slices of the input (no copy); names are copied
+//! into `String`s.
 //!
-//! Message kinds of later protocol versions (streaming of in-progress transactions from
-//! version 2, two-phase commit from version 3) are recognised and rejected with
-//! [`DecodeError::Unsupported`]; a version 1 slot session never sends them.
+//! Message kinds of protocol version 3 (two-phase commit) are recognised and rejected with
+//! [`DecodeError::Unsupported`]; a session that does not ask for `two_phase` never gets them.
 //!
 //! # What the messages mean for a consumer
 //!
-//! A committed transaction arrives as `Begin`, then its changes, then `Commit`; with protocol
-//! version 1 transactions are never interleaved and only committed ones are sent.
+//! A committed transaction arrives as `Begin`, then its changes, then `Commit`; such
+//! transactions are never interleaved with each other and only committed ones are sent.
+//!
+//! With protocol version 2 and `streaming 'on'` (PostgreSQL 14+), a transaction whose decoded
+//! changes outgrow the server's `logical_decoding_work_mem` is sent *while it is still in
+//! progress*, in stream blocks:
+//!
+//! * [`StreamStart`] opens a block of one transaction (`first_segment` on its first block);
+//!   [`StreamStop`](PgOutputMessage::StreamStop) closes it. Inside a block, `Relation`,
+//!   `Type`, `Insert`, `Update`, `Delete`, `Truncate` and `Message` carry the xid of the
+//!   (sub)transaction that made them before their usual fields ([`decode_streamed`] returns
+//!   it in [`Streamed::xid`]); `Origin` may follow `StreamStart`, without one.
+//! * Blocks of several transactions, and whole `Begin` ... `Commit` transactions, may come
+//!   between the blocks of one transaction, in WAL order.
+//! * [`StreamCommit`] ends a streamed transaction that committed (same fields as `Commit`,
+//!   plus its xid); it is not inside a block.
+//! * [`StreamAbort`] discards what was streamed: of the whole transaction when `subxid ==
+//!   xid`, else of that subtransaction only (one message per aborted subtransaction whose
+//!   changes were streamed). The server also sends it when, decoding again from the slot's
+//!   restart LSN after a reconnect, it streamed a transaction whose commit turns out to lie
+//!   before the confirmed position: what a consumer staged must go then too.
 //!
 //! * [`Begin`]: `final_lsn` is the LSN of the transaction's commit record (equal to the
 //!   following [`Commit::commit_lsn`]); `commit_time_us` is microseconds since 2000-01-01 UTC.
@@ -85,6 +105,11 @@ pub enum PgOutputMessage {
     Delete(Delete),
     Truncate(Truncate),
     Message(LogicalMessage),
+    StreamStart(StreamStart),
+    /// `'E'`: end of a stream block (no fields).
+    StreamStop,
+    StreamCommit(StreamCommit),
+    StreamAbort(StreamAbort),
 }
 
 impl PgOutputMessage {
@@ -101,8 +126,60 @@ impl PgOutputMessage {
             PgOutputMessage::Delete(_) => "Delete",
             PgOutputMessage::Truncate(_) => "Truncate",
             PgOutputMessage::Message(_) => "Message",
+            PgOutputMessage::StreamStart(_) => "Stream Start",
+            PgOutputMessage::StreamStop => "Stream Stop",
+            PgOutputMessage::StreamCommit(_) => "Stream Commit",
+            PgOutputMessage::StreamAbort(_) => "Stream Abort",
         }
     }
+}
+
+/// `'S'`: a stream block of an in-progress transaction begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStart {
+    /// The top-level transaction's xid.
+    pub xid: u32,
+    /// The transaction's first block (in this replication session).
+    pub first_segment: bool,
+}
+
+/// `'c'`: a streamed transaction committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamCommit {
+    pub xid: u32,
+    /// Currently always 0.
+    pub flags: u8,
+    /// LSN of the commit record.
+    pub commit_lsn: Lsn,
+    /// End of the commit record: the position to confirm once the transaction is handled.
+    pub end_lsn: Lsn,
+    /// Commit time, microseconds since 2000-01-01 UTC.
+    pub commit_time_us: i64,
+}
+
+/// `'A'`: a streamed transaction, or one of its subtransactions, aborted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamAbort {
+    /// The top-level transaction's xid.
+    pub xid: u32,
+    /// The aborted (sub)transaction: equal to `xid` when the whole transaction aborted.
+    pub subxid: u32,
+}
+
+impl StreamAbort {
+    /// The whole transaction aborted (not only a subtransaction).
+    pub fn is_whole_transaction(&self) -> bool {
+        self.xid == self.subxid
+    }
+}
+
+/// A message decoded inside a stream block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Streamed {
+    /// The (sub)transaction that made a data message (`Relation`, `Type`, `Insert`, `Update`,
+    /// `Delete`, `Truncate`, `Message`); `None` for `Origin` and `StreamStop`.
+    pub xid: Option<u32>,
+    pub message: PgOutputMessage,
 }
 
 /// `'B'`: start of a committed transaction.
@@ -437,7 +514,7 @@ pub enum DecodeError {
     InvalidUtf8 { what: &'static str },
     #[error(
         "pgoutput {name} message ('{}') needs protocol version {min_protocol_version}; \
-         this decoder supports version 1",
+         this decoder supports versions 1 and 2",
         char::from(*kind)
     )]
     Unsupported {
@@ -447,30 +524,99 @@ pub enum DecodeError {
     },
     #[error("{count} trailing bytes after a pgoutput {message} message")]
     TrailingBytes { message: &'static str, count: usize },
+    #[error("pgoutput {name} message {}", if *inside_stream { "inside a stream block" } else { "outside a stream block" })]
+    OutOfPlace {
+        name: &'static str,
+        /// Where it came: a message only valid outside a block came inside one, or the reverse.
+        inside_stream: bool,
+    },
 }
 
-/// Decodes one pgoutput (protocol version 1) message: the data of one XLogData message.
+/// Decodes one pgoutput message that is not inside a stream block: the data of one XLogData
+/// message. A data message carries no xid here; `StreamStop` is refused (it only closes a
+/// block).
 ///
 /// Text and binary column values and logical message content are slices of `buf`.
 pub fn decode(buf: Bytes) -> Result<PgOutputMessage, DecodeError> {
+    decode_message(buf, false).map(|streamed| streamed.message)
+}
+
+/// Decodes one pgoutput message inside a stream block (after `StreamStart`, up to and
+/// including `StreamStop`): data messages start with their (sub)transaction's xid.
+/// `Begin`, `Commit` and the other stream control messages are refused.
+pub fn decode_streamed(buf: Bytes) -> Result<Streamed, DecodeError> {
+    decode_message(buf, true)
+}
+
+/// Decodes a session's messages in order, knowing from `StreamStart` / `StreamStop` whether
+/// a message is inside a stream block. Pure state: one flag.
+#[derive(Debug, Clone, Default)]
+pub struct Decoder {
+    in_stream: bool,
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        Decoder::default()
+    }
+
+    /// Whether the last message decoded opened a stream block that is not closed yet.
+    pub fn in_stream(&self) -> bool {
+        self.in_stream
+    }
+
+    /// Decodes the next message of the session.
+    pub fn decode(&mut self, buf: Bytes) -> Result<Streamed, DecodeError> {
+        let streamed = decode_message(buf, self.in_stream)?;
+        match streamed.message {
+            PgOutputMessage::StreamStart(_) => self.in_stream = true,
+            PgOutputMessage::StreamStop => self.in_stream = false,
+            _ => {}
+        }
+        Ok(streamed)
+    }
+}
+
+fn decode_message(buf: Bytes, in_stream: bool) -> Result<Streamed, DecodeError> {
     let kind = *buf.first().ok_or(DecodeError::Empty)?;
-    let message = match kind {
-        b'B' => "Begin",
-        b'C' => "Commit",
-        b'O' => "Origin",
-        b'R' => "Relation",
-        b'Y' => "Type",
-        b'I' => "Insert",
-        b'U' => "Update",
-        b'D' => "Delete",
-        b'T' => "Truncate",
-        b'M' => "Message",
+    let (message, allowed) = match kind {
+        b'B' => ("Begin", Place::Outside),
+        b'C' => ("Commit", Place::Outside),
+        b'O' => ("Origin", Place::Anywhere),
+        b'R' => ("Relation", Place::Anywhere),
+        b'Y' => ("Type", Place::Anywhere),
+        b'I' => ("Insert", Place::Anywhere),
+        b'U' => ("Update", Place::Anywhere),
+        b'D' => ("Delete", Place::Anywhere),
+        b'T' => ("Truncate", Place::Anywhere),
+        b'M' => ("Message", Place::Anywhere),
+        b'S' => ("Stream Start", Place::Outside),
+        b'E' => ("Stream Stop", Place::Inside),
+        b'c' => ("Stream Commit", Place::Outside),
+        b'A' => ("Stream Abort", Place::Outside),
         other => return Err(unsupported_or_unknown(other)),
     };
+    let misplaced = match allowed {
+        Place::Anywhere => false,
+        Place::Outside => in_stream,
+        Place::Inside => !in_stream,
+    };
+    if misplaced {
+        return Err(DecodeError::OutOfPlace {
+            name: message,
+            inside_stream: in_stream,
+        });
+    }
     let mut r = Reader {
         buf,
         pos: 1,
         message,
+    };
+    // Inside a block every data message names its (sub)transaction first.
+    let xid = if in_stream && !matches!(kind, b'O' | b'E') {
+        Some(r.u32("xid")?)
+    } else {
+        None
     };
     let decoded = match kind {
         b'B' => PgOutputMessage::Begin(Begin {
@@ -570,6 +716,24 @@ pub fn decode(buf: Bytes) -> Result<PgOutputMessage, DecodeError> {
                 content: r.take(len, "message content")?,
             })
         }
+        b'S' => PgOutputMessage::StreamStart(StreamStart {
+            xid: r.u32("xid")?,
+            first_segment: r.u8("first segment flag")? == 1,
+        }),
+        b'E' => PgOutputMessage::StreamStop,
+        b'c' => PgOutputMessage::StreamCommit(StreamCommit {
+            xid: r.u32("xid")?,
+            flags: r.u8("flags")?,
+            commit_lsn: r.lsn("commit LSN")?,
+            end_lsn: r.lsn("end LSN")?,
+            commit_time_us: r.i64("commit timestamp")?,
+        }),
+        // Protocol version 4 (`streaming 'parallel'`) appends the abort LSN and time; this
+        // decoder asks for version 2, so they are trailing bytes here.
+        b'A' => PgOutputMessage::StreamAbort(StreamAbort {
+            xid: r.u32("xid")?,
+            subxid: r.u32("subtransaction xid")?,
+        }),
         _ => unreachable!("kind already matched above"),
     };
     let left = r.remaining();
@@ -579,15 +743,21 @@ pub fn decode(buf: Bytes) -> Result<PgOutputMessage, DecodeError> {
             count: left,
         });
     }
-    Ok(decoded)
+    Ok(Streamed {
+        xid,
+        message: decoded,
+    })
+}
+
+/// Where a message kind may come relative to stream blocks.
+enum Place {
+    Anywhere,
+    Outside,
+    Inside,
 }
 
 fn unsupported_or_unknown(kind: u8) -> DecodeError {
     let (name, min_protocol_version) = match kind {
-        b'S' => ("Stream Start", 2),
-        b'E' => ("Stream Stop", 2),
-        b'c' => ("Stream Commit", 2),
-        b'A' => ("Stream Abort", 2),
         b'b' => ("Begin Prepare", 3),
         b'P' => ("Prepare", 3),
         b'K' => ("Commit Prepared", 3),
@@ -915,31 +1085,66 @@ mod tests {
         assert_eq!(rel.column_index("Sellable_Quantity"), None);
     }
 
-    #[test]
-    fn every_captured_frame_decodes_or_is_reported_unsupported() {
-        let all = frames();
-        assert!(all.len() > 60);
-        for f in &all {
-            let result = decode(f.data.clone());
-            if f.name.starts_with("stream.") {
+    /// Every frame with whether it lies inside a stream block (tracked per scenario by a
+    /// [`Decoder`]), so it can be decoded on its own in the right place.
+    fn placed_frames() -> Vec<(Frame, bool)> {
+        let mut out = Vec::new();
+        let mut scenario = "";
+        let mut decoder = Decoder::new();
+        for f in frames() {
+            let name = f.name.split('.').next().unwrap();
+            if name != scenario {
                 assert!(
-                    matches!(result, Err(DecodeError::Unsupported { .. })),
-                    "{}: {result:?}",
-                    f.name
+                    !decoder.in_stream(),
+                    "{scenario} ends inside a stream block"
                 );
-            } else {
-                let msg = result.unwrap_or_else(|e| panic!("{}: {e}", f.name));
-                let kind = f.name.rsplit('.').next().unwrap();
-                assert_eq!(msg.kind_name().to_lowercase(), kind, "{}", f.name);
+                scenario = name;
+                decoder = Decoder::new();
+            }
+            let in_stream = decoder.in_stream();
+            decoder
+                .decode(f.data.clone())
+                .unwrap_or_else(|e| panic!("{}: {e}", f.name));
+            out.push((f, in_stream));
+        }
+        out
+    }
+
+    #[test]
+    fn every_captured_frame_decodes_as_its_kind() {
+        let all = placed_frames();
+        assert!(all.len() > 100);
+        for (f, in_stream) in &all {
+            let streamed = decode_message(f.data.clone(), *in_stream)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.name));
+            let kind = f.name.rsplit('.').next().unwrap();
+            assert_eq!(
+                streamed
+                    .message
+                    .kind_name()
+                    .to_lowercase()
+                    .replace(' ', "_"),
+                kind,
+                "{}",
+                f.name
+            );
+            // Data messages name their transaction exactly inside stream blocks.
+            let data = !matches!(
+                streamed.message,
+                PgOutputMessage::Origin(_) | PgOutputMessage::StreamStop
+            );
+            assert_eq!(streamed.xid.is_some(), *in_stream && data, "{}", f.name);
+            if !*in_stream {
+                assert_eq!(decode(f.data.clone()).unwrap(), streamed.message);
             }
         }
     }
 
     #[test]
     fn every_truncation_of_every_captured_frame_is_an_error() {
-        for f in frames() {
+        for (f, in_stream) in placed_frames() {
             for len in 0..f.data.len() {
-                let result = decode(f.data.slice(..len));
+                let result = decode_message(f.data.slice(..len), in_stream);
                 assert!(result.is_err(), "{} cut to {len} bytes: {result:?}", f.name);
             }
         }
@@ -947,13 +1152,10 @@ mod tests {
 
     #[test]
     fn extra_bytes_after_a_captured_frame_are_an_error() {
-        for f in frames()
-            .into_iter()
-            .filter(|f| !f.name.starts_with("stream."))
-        {
+        for (f, in_stream) in placed_frames() {
             let mut long = f.data.to_vec();
             long.push(0);
-            let err = decode(Bytes::from(long)).unwrap_err();
+            let err = decode_message(Bytes::from(long), in_stream).unwrap_err();
             // A Message's content is length-prefixed, a Relation's columns are counted, ...:
             // whatever the kind, an extra byte is noticed.
             assert!(
@@ -1257,21 +1459,241 @@ mod tests {
             .is_none());
     }
 
+    /// A scenario decoded in order by one [`Decoder`].
+    fn decode_session(name: &str) -> Vec<(Frame, Streamed)> {
+        let mut decoder = Decoder::new();
+        scenario(name)
+            .into_iter()
+            .map(|f| {
+                let streamed = decoder
+                    .decode(f.data.clone())
+                    .unwrap_or_else(|e| panic!("{}: {e}", f.name));
+                (f, streamed)
+            })
+            .collect()
+    }
+
     #[test]
-    fn streaming_messages_of_protocol_2_are_unsupported() {
-        let msgs = scenario("stream");
-        let kinds: Vec<(u8, u32)> = msgs
+    fn streamed_transaction_comes_in_blocks_then_commits() {
+        let msgs = decode_session("stream");
+        let (first, start) = &msgs[0];
+        let start = unwrap_msg!(&start.message, StreamStart);
+        let xid = start.xid;
+        assert_eq!(xid, first.xid);
+        assert!(start.first_segment);
+        // Every data message of every block belongs to the transaction (no subtransactions).
+        let mut blocks = 0;
+        let mut in_block = false;
+        for (f, m) in &msgs {
+            match &m.message {
+                PgOutputMessage::StreamStart(s) => {
+                    assert!(!in_block);
+                    in_block = true;
+                    assert_eq!(s.xid, xid);
+                    assert_eq!(s.first_segment, blocks == 0, "{}", f.name);
+                    blocks += 1;
+                }
+                PgOutputMessage::StreamStop => {
+                    assert!(in_block);
+                    in_block = false;
+                }
+                PgOutputMessage::StreamCommit(_) => assert!(!in_block),
+                _ => {
+                    assert!(in_block, "{}", f.name);
+                    assert_eq!(m.xid, Some(xid), "{}", f.name);
+                }
+            }
+        }
+        assert!(blocks >= 3, "{blocks} blocks");
+
+        let items = unwrap_msg!(&msgs[1].1.message, Relation);
+        assert_eq!(items.name, "product_set_items");
+        let insert = unwrap_msg!(&msgs[2].1.message, Insert);
+        assert_eq!(insert.relation_id, items.id);
+        assert_eq!(
+            col_text(&items, &insert.new, "set_product_id"),
+            "aaaaaaaa-0000-0000-0000-000000000010"
+        );
+
+        // The last block: what the transaction did after its big insert.
+        let find = |kind: &str| {
+            msgs.iter()
+                .rev()
+                .find(|(f, _)| f.name.ends_with(kind))
+                .map(|(_, m)| m.message.clone())
+                .unwrap()
+        };
+        let update = unwrap_msg!(&find(".update"), Update);
+        let delete = unwrap_msg!(&find(".delete"), Delete);
+        let truncate = unwrap_msg!(&find(".truncate"), Truncate);
+        let relations: Vec<Relation> = msgs
             .iter()
-            .map(|f| match decode(f.data.clone()) {
-                Err(DecodeError::Unsupported {
-                    kind,
-                    min_protocol_version,
-                    ..
-                }) => (kind, min_protocol_version),
-                other => panic!("{}: {other:?}", f.name),
+            .filter_map(|(_, m)| match &m.message {
+                PgOutputMessage::Relation(r) => Some(r.clone()),
+                _ => None,
             })
             .collect();
-        assert_eq!(kinds, [(b'S', 2), (b'E', 2), (b'c', 2)]);
+        let product_stores = relations
+            .iter()
+            .find(|r| r.name == "product_stores")
+            .unwrap();
+        let notes = relations
+            .iter()
+            .find(|r| r.name == "product_notes")
+            .unwrap();
+        check_product_stores(product_stores);
+        let old = update.old.as_ref().expect("old tuple under FULL");
+        assert_eq!(col_text(product_stores, old, "sellable_quantity"), "5");
+        assert_eq!(
+            col_text(product_stores, &update.new, "sellable_quantity"),
+            "4"
+        );
+        assert_eq!(
+            col_text(product_stores, delete.old.as_ref().unwrap(), "id"),
+            "99999999-9999-9999-9999-999999999999"
+        );
+        assert_eq!(truncate.relation_ids, [notes.id]);
+
+        let (last, commit) = msgs.last().unwrap();
+        let commit = unwrap_msg!(&commit.message, StreamCommit);
+        assert_eq!(commit.xid, xid);
+        assert_eq!(commit.flags, 0);
+        assert!(commit.commit_lsn < commit.end_lsn);
+        assert_eq!(commit.end_lsn, last.lsn);
+        assert!(commit.commit_time_us > 20 * 365 * 86_400 * 1_000_000);
+    }
+
+    #[test]
+    fn a_stream_decoded_again_below_the_confirmed_position_is_aborted() {
+        let committed = decode_session("stream");
+        let xid = unwrap_msg!(&committed[0].1.message, StreamStart).xid;
+        let msgs = decode_session("stream_replayed");
+        let start = unwrap_msg!(&msgs[0].1.message, StreamStart);
+        assert_eq!(start.xid, xid, "the same transaction, streamed again");
+        assert!(start.first_segment, "from its beginning");
+        let abort = unwrap_msg!(&msgs.last().unwrap().1.message, StreamAbort);
+        assert_eq!(abort, StreamAbort { xid, subxid: xid });
+        assert!(abort.is_whole_transaction());
+        assert!(!msgs
+            .iter()
+            .any(|(_, m)| matches!(m.message, PgOutputMessage::StreamCommit(_))));
+    }
+
+    #[test]
+    fn rolled_back_stream_ends_with_an_abort_of_the_whole_transaction() {
+        let msgs = decode_session("stream_abort");
+        let aborts: Vec<StreamAbort> = msgs
+            .iter()
+            .filter_map(|(_, m)| match m.message {
+                PgOutputMessage::StreamAbort(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        // The replayed transaction of the previous scenario first, then the rolled back one.
+        assert_eq!(aborts.len(), 2);
+        let rolled_back = aborts[1];
+        assert!(rolled_back.is_whole_transaction());
+        let (last, _) = msgs.last().unwrap();
+        assert_eq!(last.xid, rolled_back.xid);
+        let blocks = msgs
+            .iter()
+            .filter(|(_, m)| {
+                matches!(m.message, PgOutputMessage::StreamStart(s) if s.xid == rolled_back.xid)
+            })
+            .count();
+        assert!(blocks >= 2, "{blocks} blocks before the rollback");
+    }
+
+    #[test]
+    fn subtransaction_abort_names_the_subtransaction() {
+        let msgs = decode_session("stream_subabort");
+        let top = unwrap_msg!(&msgs[0].1.message, StreamStart).xid;
+        let kinds: Vec<&str> = msgs.iter().map(|(_, m)| m.message.kind_name()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "Stream Start",
+                "Relation",
+                "Insert",
+                "Stream Stop",
+                "Stream Abort",
+                "Stream Start",
+                "Relation",
+                "Insert",
+                "Stream Stop",
+                "Stream Commit"
+            ]
+        );
+        // The insert before the savepoint belongs to the transaction itself.
+        assert_eq!(msgs[2].1.xid, Some(top));
+        let abort = unwrap_msg!(&msgs[4].1.message, StreamAbort);
+        assert_eq!(abort.xid, top);
+        assert_ne!(abort.subxid, top);
+        assert!(!abort.is_whole_transaction());
+        assert_eq!(msgs[4].0.xid, abort.subxid);
+        // After ROLLBACK TO the savepoint is set again: a new subtransaction made the insert.
+        let after = msgs[7].1.xid.unwrap();
+        assert!(after != top && after != abort.subxid);
+        let rel = unwrap_msg!(&msgs[6].1.message, Relation);
+        let insert = unwrap_msg!(&msgs[7].1.message, Insert);
+        assert_eq!(
+            col_text(&rel, &insert.new, "id"),
+            "13131313-1313-1313-1313-131313131313"
+        );
+        let commit = unwrap_msg!(&msgs[9].1.message, StreamCommit);
+        assert_eq!(commit.xid, top);
+    }
+
+    #[test]
+    fn small_transactions_under_protocol_2_are_not_streamed() {
+        let msgs = decode_all("small_v2");
+        assert_eq!(msgs.len(), 4);
+        check_transaction(&msgs);
+        let update = unwrap_msg!(&msgs[2].1, Update);
+        assert!(update.old.is_some());
+    }
+
+    #[test]
+    fn stream_messages_out_of_place_and_two_phase_messages_are_errors() {
+        let stop = Bytes::from_static(b"E");
+        assert_eq!(
+            decode(stop.clone()),
+            Err(DecodeError::OutOfPlace {
+                name: "Stream Stop",
+                inside_stream: false
+            })
+        );
+        let mut decoder = Decoder::new();
+        assert!(decoder.decode(stop.clone()).is_err());
+        decoder
+            .decode(Bytes::from_static(b"S\0\0\0\x07\x01"))
+            .unwrap();
+        assert!(decoder.in_stream());
+        // A Begin cannot come inside a block, nor a second Stream Start.
+        let begin = scenario("insert")[0].data.clone();
+        let err = decoder.decode(begin).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::OutOfPlace {
+                name: "Begin",
+                inside_stream: true
+            }
+        );
+        assert!(err.to_string().contains("inside a stream block"));
+        assert!(decoder
+            .decode(Bytes::from_static(b"S\0\0\0\x07\0"))
+            .is_err());
+        assert_eq!(
+            decoder.decode(stop).unwrap().message,
+            PgOutputMessage::StreamStop
+        );
+        assert!(!decoder.in_stream());
+        // Protocol version 4's longer Stream Abort is refused as trailing bytes.
+        let err = decode(Bytes::from(
+            [&b"A\0\0\0\x07\0\0\0\x08"[..], &[0u8; 16]].concat(),
+        ))
+        .unwrap_err();
+        assert!(matches!(err, DecodeError::TrailingBytes { count: 16, .. }));
         for (kind, name) in [
             (b'b', "Begin Prepare"),
             (b'P', "Prepare"),
@@ -1292,7 +1714,7 @@ mod tests {
         let mut changes = 0;
         for f in frames()
             .into_iter()
-            .filter(|f| !f.name.starts_with("stream."))
+            .filter(|f| !f.name.starts_with("stream"))
         {
             let msg = decode(f.data.clone()).unwrap();
             let check = |cache: &RelationCache, id: u32, tuples: &[Option<&TupleData>]| {
@@ -1327,6 +1749,7 @@ mod tests {
                 }
                 PgOutputMessage::Origin(_) | PgOutputMessage::Type(_) => assert!(in_transaction),
                 PgOutputMessage::Message(m) => assert_eq!(m.transactional, in_transaction),
+                other => panic!("{}: {other:?} outside a stream", f.name),
             }
             if matches!(
                 msg,

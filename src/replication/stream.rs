@@ -9,6 +9,15 @@
 //! keepalives only between transactions as far as the consumer is concerned (a keepalive that
 //! arrives inside a transaction is still forwarded, and the consumer ignores it).
 //!
+//! With [`StreamSettings::streaming`] (protocol version 2, `streaming 'on'`), a large
+//! in-progress transaction also arrives in stream blocks ([`StreamEvent::StreamStart`] ...
+//! [`StreamEvent::StreamStop`], its changes carrying their (sub)transaction's xid), between
+//! which other transactions and keepalives may come; it ends with
+//! [`StreamEvent::StreamCommit`] or [`StreamEvent::StreamAbort`] (see
+//! [`super::pgoutput`]). Relations described inside a streamed transaction resolve that
+//! transaction's changes only, and become the session's description when it commits (as the
+//! server assumes: it sends them again in the next transaction otherwise).
+//!
 //! Feedback rule: the pump reports to the server `flush = apply =` the position the consumer
 //! confirmed through [`Feedback::confirm`] — never anything the consumer has not durably
 //! processed — and `write =` the highest position received. It sends a status update every
@@ -27,7 +36,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::copy::{self, ReplicationMessage};
-use super::pgoutput::{self, PgOutputMessage, Relation, TupleData};
+use super::pgoutput::{self, PgOutputMessage, Relation, Streamed, TupleData};
 use super::wire::{Received, ReplicationConnection, WireError};
 use super::Lsn;
 use crate::db::DbConfig;
@@ -67,6 +76,8 @@ pub struct RowChange {
     pub kind: ChangeKind,
     pub old: Option<TupleData>,
     pub new: Option<TupleData>,
+    /// Inside a stream block: the (sub)transaction that made the change.
+    pub streamed_xid: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -79,13 +90,38 @@ pub enum StreamEvent {
     Change(RowChange),
     Truncate {
         relations: Vec<Arc<Relation>>,
+        /// Inside a stream block: the (sub)transaction that truncated.
+        streamed_xid: Option<u32>,
     },
     /// A relation was (re)described: schema changes show up here before the next change.
-    Relation(Arc<Relation>),
+    /// Inside a stream block `streamed_xid` names the (sub)transaction it was sent for.
+    Relation {
+        relation: Arc<Relation>,
+        streamed_xid: Option<u32>,
+    },
     Commit {
         commit_lsn: Lsn,
         end_lsn: Lsn,
         commit_time_us: i64,
+    },
+    /// A stream block of the in-progress transaction `xid` begins.
+    StreamStart {
+        xid: u32,
+        first_segment: bool,
+    },
+    /// The current stream block ends.
+    StreamStop,
+    /// The streamed transaction `xid` committed.
+    StreamCommit {
+        xid: u32,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time_us: i64,
+    },
+    /// What was streamed of `subxid` (the whole transaction when it equals `xid`) is void.
+    StreamAbort {
+        xid: u32,
+        subxid: u32,
     },
     /// The server's position when nothing else was sent: every transaction that committed
     /// before it has already been delivered.
@@ -126,6 +162,9 @@ pub struct StreamSettings {
     pub slot: String,
     pub publication: String,
     pub start: Lsn,
+    /// Protocol version 2 with `streaming 'on'` (PostgreSQL 14+): large transactions arrive
+    /// while in progress instead of being spilled to disk by the server and sent at commit.
+    pub streaming: bool,
     pub status_interval: Duration,
     /// Events buffered between the pump and the consumer (rounded to whole chunks).
     pub channel_capacity: usize,
@@ -185,10 +224,14 @@ pub async fn open(
     settings: &StreamSettings,
 ) -> Result<ReplicationStream, StreamError> {
     let mut connection = ReplicationConnection::connect(config).await?;
-    let options = [
+    let mut options = vec![
         ("proto_version", "1".to_string()),
         ("publication_names", format!("\"{}\"", settings.publication)),
     ];
+    if settings.streaming {
+        options[0].1 = "2".into();
+        options.push(("streaming", "on".into()));
+    }
     connection
         .start_replication(&settings.slot, settings.start, &options)
         .await?;
@@ -202,7 +245,10 @@ pub async fn open(
         connection,
         sender,
         feedback: feedback.clone(),
+        decoder: pgoutput::Decoder::new(),
         relations: HashMap::new(),
+        streamed_relations: HashMap::new(),
+        stream_xid: None,
         pending: Vec::with_capacity(MAX_CHUNK),
         status_interval: settings.status_interval,
         stop: stop.clone(),
@@ -221,7 +267,13 @@ struct Pump {
     connection: ReplicationConnection,
     sender: mpsc::Sender<Vec<StreamEvent>>,
     feedback: Arc<Feedback>,
+    decoder: pgoutput::Decoder,
+    /// The session's relations (described outside streams, or by committed streams).
     relations: HashMap<u32, Arc<Relation>>,
+    /// Relations described inside each in-progress streamed transaction (by top-level xid).
+    streamed_relations: HashMap<u32, HashMap<u32, Arc<Relation>>>,
+    /// The transaction of the stream block being received.
+    stream_xid: Option<u32>,
     /// Decoded events not handed over yet.
     pending: Vec<StreamEvent>,
     status_interval: Duration,
@@ -307,12 +359,17 @@ impl Pump {
             ReplicationMessage::XLogData {
                 wal_start, data, ..
             } => {
-                let decoded = pgoutput::decode(data).map_err(|source| StreamError::Decode {
-                    at: wal_start,
-                    source,
-                })?;
+                let decoded = self
+                    .decoder
+                    .decode(data)
+                    .map_err(|source| StreamError::Decode {
+                        at: wal_start,
+                        source,
+                    })?;
                 if let Some(event) = self.event_of(decoded)? {
-                    if let StreamEvent::Commit { end_lsn, .. } = &event {
+                    if let StreamEvent::Commit { end_lsn, .. }
+                    | StreamEvent::StreamCommit { end_lsn, .. } = &event
+                    {
                         self.feedback
                             .received
                             .fetch_max(end_lsn.0, Ordering::AcqRel);
@@ -324,15 +381,21 @@ impl Pump {
         }
     }
 
-    fn relation(&self, id: u32) -> Result<Arc<Relation>, StreamError> {
-        self.relations
-            .get(&id)
+    /// The relation a change refers to: as described in its stream, if it is streamed and
+    /// the stream described it, else as described for the session.
+    fn relation(&self, id: u32, streamed: Option<u32>) -> Result<Arc<Relation>, StreamError> {
+        streamed
+            .and(self.stream_xid)
+            .and_then(|top| self.streamed_relations.get(&top))
+            .and_then(|relations| relations.get(&id))
+            .or_else(|| self.relations.get(&id))
             .cloned()
             .ok_or(StreamError::UnknownRelation(id))
     }
 
-    fn event_of(&mut self, message: PgOutputMessage) -> Result<Option<StreamEvent>, StreamError> {
-        Ok(Some(match message {
+    fn event_of(&mut self, decoded: Streamed) -> Result<Option<StreamEvent>, StreamError> {
+        let xid = decoded.xid;
+        Ok(Some(match decoded.message {
             PgOutputMessage::Begin(begin) => StreamEvent::Begin {
                 final_lsn: begin.final_lsn,
                 xid: begin.xid,
@@ -345,14 +408,28 @@ impl Pump {
             },
             PgOutputMessage::Relation(relation) => {
                 let relation = Arc::new(relation);
-                self.relations.insert(relation.id, relation.clone());
-                StreamEvent::Relation(relation)
+                match (xid, self.stream_xid) {
+                    (Some(_), Some(top)) => {
+                        self.streamed_relations
+                            .entry(top)
+                            .or_default()
+                            .insert(relation.id, relation.clone());
+                    }
+                    _ => {
+                        self.relations.insert(relation.id, relation.clone());
+                    }
+                }
+                StreamEvent::Relation {
+                    relation,
+                    streamed_xid: xid,
+                }
             }
             PgOutputMessage::Insert(insert) => StreamEvent::Change(RowChange {
-                relation: self.relation(insert.relation_id)?,
+                relation: self.relation(insert.relation_id, xid)?,
                 kind: ChangeKind::Insert,
                 old: None,
                 new: Some(insert.new),
+                streamed_xid: xid,
             }),
             PgOutputMessage::Update(update) => {
                 let old = update.old.or(update.key);
@@ -361,25 +438,60 @@ impl Pump {
                     None => update.new,
                 };
                 StreamEvent::Change(RowChange {
-                    relation: self.relation(update.relation_id)?,
+                    relation: self.relation(update.relation_id, xid)?,
                     kind: ChangeKind::Update,
                     old,
                     new: Some(new),
+                    streamed_xid: xid,
                 })
             }
             PgOutputMessage::Delete(delete) => StreamEvent::Change(RowChange {
-                relation: self.relation(delete.relation_id)?,
+                relation: self.relation(delete.relation_id, xid)?,
                 kind: ChangeKind::Delete,
                 old: delete.old.or(delete.key),
                 new: None,
+                streamed_xid: xid,
             }),
             PgOutputMessage::Truncate(truncate) => StreamEvent::Truncate {
                 relations: truncate
                     .relation_ids
                     .iter()
-                    .map(|id| self.relation(*id))
+                    .map(|id| self.relation(*id, xid))
                     .collect::<Result<_, _>>()?,
+                streamed_xid: xid,
             },
+            PgOutputMessage::StreamStart(start) => {
+                self.stream_xid = Some(start.xid);
+                StreamEvent::StreamStart {
+                    xid: start.xid,
+                    first_segment: start.first_segment,
+                }
+            }
+            PgOutputMessage::StreamStop => {
+                self.stream_xid = None;
+                StreamEvent::StreamStop
+            }
+            PgOutputMessage::StreamCommit(commit) => {
+                // What the stream described is now the session's description too.
+                if let Some(relations) = self.streamed_relations.remove(&commit.xid) {
+                    self.relations.extend(relations);
+                }
+                StreamEvent::StreamCommit {
+                    xid: commit.xid,
+                    commit_lsn: commit.commit_lsn,
+                    end_lsn: commit.end_lsn,
+                    commit_time_us: commit.commit_time_us,
+                }
+            }
+            PgOutputMessage::StreamAbort(abort) => {
+                if abort.is_whole_transaction() {
+                    self.streamed_relations.remove(&abort.xid);
+                }
+                StreamEvent::StreamAbort {
+                    xid: abort.xid,
+                    subxid: abort.subxid,
+                }
+            }
             // Type, Origin and logical messages carry nothing capture needs.
             PgOutputMessage::Type(_) | PgOutputMessage::Origin(_) | PgOutputMessage::Message(_) => {
                 return Ok(None)

@@ -5,11 +5,62 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::marketplace::{Provider, StoreCredentials};
+use crate::marketplace::{Provider, StoreCredentials, UserAgents};
 
-/// The columns of `stores` stocksync reads, cast to text so an enum or varchar `type` reads.
+/// The credentials of a store for reading (batch results, listings), if it has usable ones
+/// and a user agent.
+pub async fn store_credentials(
+    db: &impl GenericClient,
+    store_id: Uuid,
+    provider: Provider,
+    agents: &UserAgents,
+) -> Result<Option<StoreCredentials>, StoreError> {
+    Ok(load_store(db, store_id).await?.and_then(|store| {
+        let seller = store.seller_id.clone().unwrap_or_default();
+        let agent = agents.for_store(provider, store_id, &seller)?;
+        store.credentials(provider, agent).ok()
+    }))
+}
+
+/// Every store that would be sent to (active, `send_stock`, a marketplace type).
+const SENDABLE_STORES_SQL: &str = r#"
+SELECT id, name::text, type::text, seller_id::text FROM stores
+WHERE COALESCE(is_active::boolean, false) AND COALESCE(send_stock::boolean, false)
+  AND upper(btrim(type::text)) IN ('TRENDYOL', 'HEPSIBURADA')
+ORDER BY id
+"#;
+
+/// A store that would be sent to.
+#[derive(Debug, Clone)]
+pub struct SendableStore {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub provider: Provider,
+    pub seller_id: String,
+}
+
+/// Every store that would be sent to.
+pub async fn sendable_stores(db: &impl GenericClient) -> Result<Vec<SendableStore>, StoreError> {
+    Ok(db
+        .query(SENDABLE_STORES_SQL, &[])
+        .await?
+        .iter()
+        .filter_map(|r| {
+            Some(SendableStore {
+                id: r.get(0),
+                name: r.get(1),
+                provider: Provider::from_store_type(r.get::<_, Option<&str>>(2)?)?,
+                seller_id: r.get::<_, Option<String>>(3).unwrap_or_default(),
+            })
+        })
+        .collect())
+}
+
+/// The columns of `stores` stocksync reads, cast so an enum or varchar `type`, a numeric
+/// seller id or an integer flag read the same.
 const STORE_SQL: &str = r#"
-SELECT type::text, is_active, send_stock, seller_id::text, api_key::text, api_secret::text
+SELECT type::text, is_active::boolean, send_stock::boolean, seller_id::text, api_key::text,
+       api_secret::text
 FROM stores WHERE id = $1
 "#;
 
@@ -24,8 +75,12 @@ pub struct StoreRow {
 }
 
 impl StoreRow {
-    /// The credentials, or which field is missing.
-    pub fn credentials(&self, provider: Provider) -> Result<StoreCredentials, &'static str> {
+    /// The credentials (sent with `user_agent`), or which field is missing.
+    pub fn credentials(
+        &self,
+        provider: Provider,
+        user_agent: String,
+    ) -> Result<StoreCredentials, &'static str> {
         let present = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
         if !present(&self.seller_id) {
             return Err("stores.seller_id is empty");
@@ -36,7 +91,10 @@ impl StoreRow {
         if provider == Provider::Trendyol && !present(&self.api_key) {
             return Err("stores.api_key is empty");
         }
-        Ok(self.credentials_as_is(provider))
+        Ok(StoreCredentials {
+            user_agent,
+            ..self.credentials_as_is(provider)
+        })
     }
 
     /// Whatever is there (empty for missing fields): its fingerprint notices any change.
@@ -46,6 +104,7 @@ impl StoreRow {
             seller_id: self.seller_id.clone().unwrap_or_default(),
             api_key: self.api_key.clone(),
             api_secret: self.api_secret.clone().unwrap_or_default(),
+            user_agent: String::new(),
         }
     }
 }
@@ -78,17 +137,6 @@ pub async fn load_store(
     }))
 }
 
-/// The credentials of a store for reading batch results (any active state), if usable.
-pub async fn store_credentials(
-    db: &impl GenericClient,
-    store_id: Uuid,
-    provider: Provider,
-) -> Result<Option<StoreCredentials>, StoreError> {
-    Ok(load_store(db, store_id)
-        .await?
-        .and_then(|store| store.credentials(provider).ok()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,17 +151,20 @@ mod tests {
             api_secret: Some("s".into()),
         };
         assert_eq!(
-            row.credentials(Provider::Trendyol).unwrap_err(),
+            row.credentials(Provider::Trendyol, "ua".into())
+                .unwrap_err(),
             "stores.api_key is empty"
         );
         // Hepsiburada authenticates with merchant id and secret only.
-        assert!(row.credentials(Provider::Hepsiburada).is_ok());
+        assert!(row.credentials(Provider::Hepsiburada, "ua".into()).is_ok());
         let blank = StoreRow {
             api_secret: Some("  ".into()),
             ..row
         };
         assert_eq!(
-            blank.credentials(Provider::Hepsiburada).unwrap_err(),
+            blank
+                .credentials(Provider::Hepsiburada, "ua".into())
+                .unwrap_err(),
             "stores.api_secret is empty"
         );
         // Filling a field changes the fingerprint, so a pause for it lifts.

@@ -1,5 +1,6 @@
-//! `stock_sync.store_state`, stocksync's row per store: pauses, the reason a store gets no
-//! requests, backoff and Retry-After (`not_before`), the last request and success.
+//! `stock_sync.store_state`, stocksync's row per store: pauses (and why, as a closed set),
+//! the reason a store gets no requests, backoff and Retry-After (`not_before`, and why), the
+//! last request and success, the batch size a 413 left.
 
 use std::time::Duration;
 
@@ -13,10 +14,10 @@ const ENSURE_SQL: &str =
 
 /// Pause and gates of a store: `$2` is min_send_interval in seconds.
 const READ_SQL: &str = r#"
-SELECT paused_reason, paused_credentials,
+SELECT paused_reason, paused_credentials, pause_kind,
        COALESCE(not_before > now(), false) AS backing_off,
        COALESCE(last_request_at + make_interval(secs => $2::float8) > now(), false) AS too_soon,
-       consecutive_failures
+       consecutive_failures, forbidden_count, batch_limit
 FROM stock_sync.store_state WHERE store_id = $1
 "#;
 
@@ -40,12 +41,15 @@ WHERE st.gated_reason IS NOT NULL
   AND upper(btrim(s.type::text)) IN ('TRENDYOL', 'HEPSIBURADA')
 "#;
 
-/// A paused store is looked at again (for changed credentials) after [`PAUSE_RECHECK`], not
-/// on every tick.
+/// Pauses a store (`$2` reason, `$3` kind, `$4` credential fingerprint): it is looked at again
+/// after `$5` seconds (for changed credentials, or a forbidden store's probe). `$6` counts a
+/// 403 (the probe's backoff doubles with it).
 const PAUSE_SQL: &str = r#"
 UPDATE stock_sync.store_state
-SET paused_reason = $2, paused_at = now(), paused_credentials = $3, last_error = $2,
-    not_before = now() + make_interval(secs => $4::float8)
+SET paused_reason = $2, pause_kind = $3, paused_at = COALESCE(paused_at, now()),
+    paused_credentials = $4, last_error = $2,
+    not_before = now() + make_interval(secs => $5::float8),
+    forbidden_count = forbidden_count + $6::int
 WHERE store_id = $1
 "#;
 
@@ -54,120 +58,160 @@ UPDATE stock_sync.store_state SET not_before = now() + make_interval(secs => $2:
 WHERE store_id = $1
 "#;
 
-/// Lifts pauses (of store `$1`, or all).
+/// Lifts pauses (of store `$1`, or all), and with them the batch size a 413 left.
 const UNPAUSE_SQL: &str = r#"
 UPDATE stock_sync.store_state
-SET paused_reason = NULL, paused_at = NULL, paused_credentials = NULL, not_before = NULL,
-    consecutive_failures = 0
+SET paused_reason = NULL, pause_kind = NULL, paused_at = NULL, paused_credentials = NULL,
+    not_before = NULL, consecutive_failures = 0, forbidden_count = 0, batch_limit = NULL
 WHERE $1::uuid IS NULL OR store_id = $1
 "#;
 
-/// A failure the store waits out: one more consecutive failure, no request before now + `$2`
-/// seconds, `$3` the error shown in `status`.
+/// A failure the store waits out (`$4` why: a [`Problem`]): one more consecutive failure, no
+/// request before now + `$2` seconds, `$3` the error shown in `status`.
 const BACK_OFF_SQL: &str = r#"
 UPDATE stock_sync.store_state
-SET consecutive_failures = consecutive_failures + 1,
+SET consecutive_failures = consecutive_failures + $5::int,
     not_before = GREATEST(COALESCE(not_before, now()), now() + make_interval(secs => $2::float8)),
-    last_error = $3
+    last_error = $3, problem_kind = $4
 WHERE store_id = $1
 "#;
 
-/// A wait the marketplace asked for (429): no request before now + `$2` seconds.
-const THROTTLE_SQL: &str = r#"
-UPDATE stock_sync.store_state
-SET not_before = GREATEST(COALESCE(not_before, now()), now() + make_interval(secs => $2::float8)),
-    last_error = $3
-WHERE store_id = $1
-"#;
+/// A 413: requests of this store carry at most `$2` items from now on.
+const LIMIT_BATCH_SQL: &str =
+    "UPDATE stock_sync.store_state SET batch_limit = $2 WHERE store_id = $1";
 
 const SUCCESS_SQL: &str = r#"
 UPDATE stock_sync.store_state
-SET consecutive_failures = 0, last_success_at = now(), last_error = NULL
+SET consecutive_failures = 0, last_success_at = now(), last_error = NULL, problem_kind = NULL
 WHERE store_id = $1
 "#;
 
 /// Paused stores and why (for `/metrics`).
-const PAUSED_SQL: &str =
-    "SELECT store_id, paused_reason FROM stock_sync.store_state WHERE paused_reason IS NOT NULL";
+const PAUSED_SQL: &str = r#"
+SELECT store_id, pause_kind FROM stock_sync.store_state WHERE paused_reason IS NOT NULL
+"#;
+
+/// Stores waiting out a backoff and why (for `/metrics`).
+const BACKING_OFF_SQL: &str = r#"
+SELECT store_id, problem_kind FROM stock_sync.store_state
+WHERE problem_kind IS NOT NULL AND not_before > now() AND paused_reason IS NULL
+"#;
 
 /// Why a store is paused, as a closed set (the `kind` label of `stocksync_store_paused`; the
-/// reason's text, which may quote a marketplace, stays in the database and `status`).
+/// reason's sentence, which may quote a marketplace, stays in the database and `status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PauseKind {
-    /// The `stores` row lacks a credential the marketplace needs.
-    CredentialsMissing,
-    /// The marketplace answered 401/403.
-    CredentialsRefused,
-    /// The credentials cannot be used to build a request (e.g. not valid in a header).
-    CredentialsUnusable,
-    /// A reason this binary does not know (written by another version or by hand).
+    /// Credentials missing from `stores`, unusable, or refused with 401: until they change
+    /// (or `retry-failed`).
+    Credentials,
+    /// 403: an IP block or overload; the store probes itself after a growing wait.
+    Forbidden,
+    /// stocksync's configuration lacks something the store needs (a Hepsiburada user agent):
+    /// until it is configured and stocksync restarted.
+    NotConfigured,
+    /// A pause this binary does not know (written by another version or by hand).
     Other,
 }
 
 impl PauseKind {
     pub const ALL: [PauseKind; 4] = [
-        PauseKind::CredentialsMissing,
-        PauseKind::CredentialsRefused,
-        PauseKind::CredentialsUnusable,
+        PauseKind::Credentials,
+        PauseKind::Forbidden,
+        PauseKind::NotConfigured,
         PauseKind::Other,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            PauseKind::CredentialsMissing => "credentials_missing",
-            PauseKind::CredentialsRefused => "credentials_refused",
-            PauseKind::CredentialsUnusable => "credentials_unusable",
+            PauseKind::Credentials => "credentials",
+            PauseKind::Forbidden => "forbidden",
+            PauseKind::NotConfigured => "not_configured",
             PauseKind::Other => "other",
         }
     }
 
-    /// How a pause reason of this kind begins.
-    fn prefix(self) -> &'static str {
-        match self {
-            PauseKind::CredentialsMissing => "credentials missing",
-            PauseKind::CredentialsRefused => "credentials refused",
-            PauseKind::CredentialsUnusable => "credentials unusable",
-            PauseKind::Other => "",
-        }
-    }
-
-    /// The pause reason stored and shown: the kind's words, then `detail`.
-    pub fn reason(self, detail: &str) -> String {
-        format!("{}{detail}", self.prefix())
-    }
-
-    /// The kind of a stored pause reason.
-    pub fn of(reason: &str) -> PauseKind {
+    /// The kind stored in `pause_kind` (NULL or unknown: `Other`).
+    pub fn of(stored: Option<&str>) -> PauseKind {
         PauseKind::ALL
             .into_iter()
-            .find(|k| *k != PauseKind::Other && reason.starts_with(k.prefix()))
+            .find(|k| Some(k.as_str()) == stored)
             .unwrap_or(PauseKind::Other)
     }
 }
 
-/// Every paused store with its stored reason.
-pub async fn paused(db: &impl GenericClient) -> Result<Vec<(Uuid, String)>, StoreError> {
+/// Why a store backs off, as a closed set (the `kind` label of `stocksync_store_backing_off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// 429, with or without a usable Retry-After.
+    Throttled,
+    /// 5xx or no answer.
+    ServerError,
+    /// A status the contract does not lead to expect (3xx, 404, 405, 408, 409, 415, 422,
+    /// ...), or 413: a wrong base URL or a gateway, never the items.
+    UnexpectedStatus,
+}
+
+impl Problem {
+    pub const ALL: [Problem; 3] = [
+        Problem::Throttled,
+        Problem::ServerError,
+        Problem::UnexpectedStatus,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Problem::Throttled => "throttled",
+            Problem::ServerError => "server_error",
+            Problem::UnexpectedStatus => "unexpected_status",
+        }
+    }
+
+    fn of(stored: &str) -> Option<Problem> {
+        Problem::ALL.into_iter().find(|p| p.as_str() == stored)
+    }
+}
+
+/// Every paused store with its pause kind.
+pub async fn paused(db: &impl GenericClient) -> Result<Vec<(Uuid, PauseKind)>, StoreError> {
     Ok(db
         .query(PAUSED_SQL, &[])
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get(0), PauseKind::of(r.get::<_, Option<&str>>(1))))
         .collect())
 }
 
-/// How long a paused store waits before its `stores` row is read again.
+/// Every store waiting out a backoff, with why.
+pub async fn backing_off(db: &impl GenericClient) -> Result<Vec<(Uuid, Problem)>, StoreError> {
+    Ok(db
+        .query(BACKING_OFF_SQL, &[])
+        .await?
+        .iter()
+        .filter_map(|r| Some((r.get(0), Problem::of(r.get::<_, &str>(1))?)))
+        .collect())
+}
+
+/// How long a store paused for its credentials waits before its `stores` row is read again.
 pub const PAUSE_RECHECK: Duration = Duration::from_secs(2);
+/// How long a store paused for stocksync's configuration waits before it is looked at again
+/// (the configuration changes only with a restart; the look keeps its entries from spinning).
+pub const NOT_CONFIGURED_RECHECK: Duration = Duration::from_secs(30);
 
 /// A store's row as the cycle needs it.
 #[derive(Debug, Clone)]
 pub struct StoreState {
     pub paused_reason: Option<String>,
     pub paused_credentials: Option<String>,
-    /// A backoff or Retry-After is not over.
+    pub pause_kind: PauseKind,
+    /// A backoff, a Retry-After or a pause's wait is not over.
     pub backing_off: bool,
     /// `min_send_interval` since the last request is not over.
     pub too_soon: bool,
     pub consecutive_failures: i32,
+    /// Consecutive 403 answers.
+    pub forbidden_count: i32,
+    /// Items per request after a 413.
+    pub batch_limit: Option<i32>,
 }
 
 /// Reads (creating) the row of `store`.
@@ -180,12 +224,16 @@ pub async fn read(
     let r = db
         .query_one(READ_SQL, &[&store, &min_send_interval.as_secs_f64()])
         .await?;
+    let paused_reason: Option<String> = r.get(0);
     Ok(StoreState {
-        paused_reason: r.get(0),
+        pause_kind: PauseKind::of(r.get::<_, Option<&str>>(2)),
+        paused_reason,
         paused_credentials: r.get(1),
-        backing_off: r.get(2),
-        too_soon: r.get(3),
-        consecutive_failures: r.get(4),
+        backing_off: r.get(3),
+        too_soon: r.get(4),
+        consecutive_failures: r.get(5),
+        forbidden_count: r.get(6),
+        batch_limit: r.get(7),
     })
 }
 
@@ -209,15 +257,29 @@ pub async fn reopened(db: &impl GenericClient) -> Result<Vec<(Uuid, String)>, St
         .collect())
 }
 
-pub async fn pause(
-    db: &impl GenericClient,
-    store: Uuid,
-    reason: &str,
-    fingerprint: &str,
-) -> Result<(), StoreError> {
+/// A pause: why (`kind` and the sentence shown), the fingerprint of the credentials it was
+/// taken with, and when the store is looked at again.
+#[derive(Debug, Clone)]
+pub struct Pause<'a> {
+    pub kind: PauseKind,
+    pub reason: &'a str,
+    pub fingerprint: &'a str,
+    pub look_again_after: Duration,
+    /// The pause counts one more 403 answer.
+    pub forbidden: bool,
+}
+
+pub async fn pause(db: &impl GenericClient, store: Uuid, p: &Pause<'_>) -> Result<(), StoreError> {
     db.execute(
         PAUSE_SQL,
-        &[&store, &reason, &fingerprint, &PAUSE_RECHECK.as_secs_f64()],
+        &[
+            &store,
+            &p.reason,
+            &p.kind.as_str(),
+            &p.fingerprint,
+            &p.look_again_after.as_secs_f64(),
+            &i32::from(p.forbidden),
+        ],
     )
     .await?;
     Ok(())
@@ -238,25 +300,36 @@ pub async fn unpause(db: &impl GenericClient, store: Option<Uuid>) -> Result<u64
     Ok(db.execute(UNPAUSE_SQL, &[&store]).await?)
 }
 
+/// The store waits `wait` before its next request; `counts` says whether this is one more
+/// consecutive failure (a throttle is not).
 pub async fn back_off(
     db: &impl GenericClient,
     store: Uuid,
     wait: Duration,
+    problem: Problem,
     error: &str,
+    counts: bool,
 ) -> Result<(), StoreError> {
-    db.execute(BACK_OFF_SQL, &[&store, &wait.as_secs_f64(), &error])
-        .await?;
+    db.execute(
+        BACK_OFF_SQL,
+        &[
+            &store,
+            &wait.as_secs_f64(),
+            &error,
+            &problem.as_str(),
+            &i32::from(counts),
+        ],
+    )
+    .await?;
     Ok(())
 }
 
-pub async fn throttle(
+pub async fn limit_batch(
     db: &impl GenericClient,
     store: Uuid,
-    wait: Duration,
-    error: &str,
+    items: i32,
 ) -> Result<(), StoreError> {
-    db.execute(THROTTLE_SQL, &[&store, &wait.as_secs_f64(), &error])
-        .await?;
+    db.execute(LIMIT_BATCH_SQL, &[&store, &items]).await?;
     Ok(())
 }
 
@@ -267,29 +340,17 @@ pub async fn success(db: &impl GenericClient, store: Uuid) -> Result<(), StoreEr
 
 #[cfg(test)]
 mod tests {
-    use super::PauseKind;
+    use super::*;
 
     #[test]
-    fn pause_reasons_map_to_a_closed_set_of_kinds() {
+    fn kinds_are_a_closed_set() {
         for kind in PauseKind::ALL {
-            let reason = kind.reason(" (401): secret-free text from the marketplace");
-            assert_eq!(PauseKind::of(&reason), kind, "{reason}");
+            assert_eq!(PauseKind::of(Some(kind.as_str())), kind);
         }
-        assert_eq!(
-            PauseKind::CredentialsMissing.reason(": stores.api_key is empty"),
-            "credentials missing: stores.api_key is empty"
-        );
-        assert_eq!(PauseKind::of("set by hand"), PauseKind::Other);
-        assert_eq!(PauseKind::of(""), PauseKind::Other);
-        let labels: Vec<&str> = PauseKind::ALL.iter().map(|k| k.as_str()).collect();
-        assert_eq!(
-            labels,
-            [
-                "credentials_missing",
-                "credentials_refused",
-                "credentials_unusable",
-                "other"
-            ]
-        );
+        assert_eq!(PauseKind::of(None), PauseKind::Other);
+        assert_eq!(PauseKind::of(Some("set by hand")), PauseKind::Other);
+        for p in Problem::ALL {
+            assert_eq!(Problem::of(p.as_str()), Some(p));
+        }
     }
 }

@@ -184,4 +184,5 @@ pub async fn mock_refusing_hepsiburada(
 
 pub mod oracle;
 pub mod reference;
+pub mod stack;
 pub mod workload;

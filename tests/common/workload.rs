@@ -16,6 +16,20 @@ use super::{binary, connect};
 /// Credentials the tests grep for in logs afterwards.
 pub const SECRETS: &[&str] = &["ty-key-9f2c", "ty-secret-51ab", "hb-secret-77de"];
 
+/// The Hepsiburada merchant of the catalogue (its id is the Basic user name).
+pub const HB_MERCHANT: &str = "hb-merchant-1";
+
+/// Every form in which a credential could leak: the secrets themselves and the Basic tokens
+/// the requests carried.
+pub fn secret_forms() -> Vec<String> {
+    use base64::Engine;
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut forms: Vec<String> = SECRETS.iter().map(|s| s.to_string()).collect();
+    forms.push(b64(format!("{}:{}", SECRETS[0], SECRETS[1])));
+    forms.push(b64(format!("{HB_MERCHANT}:{}", SECRETS[2])));
+    forms
+}
+
 pub struct StoreSeed {
     pub id: Uuid,
     pub name: &'static str,
@@ -158,9 +172,14 @@ pub fn mock_config(identical_window: Duration) -> MockConfig {
         accounts: vec![
             MockAccount::trendyol("3001", SECRETS[0], SECRETS[1]),
             MockAccount::trendyol("3002", SECRETS[0], SECRETS[1]),
-            MockAccount::hepsiburada("hb-merchant-1", SECRETS[2]),
+            MockAccount::hepsiburada(HB_MERCHANT, SECRETS[2]),
         ],
         identical_window,
+        // As a live merchant account: only the authorised user agent is accepted.
+        behaviour: stocksync::mock::Behaviour {
+            hepsiburada_user_agent: Some("test_dev".into()),
+            ..stocksync::mock::Behaviour::default()
+        },
         ..MockConfig::default()
     }
 }
@@ -314,6 +333,12 @@ impl Service {
         }
     }
 
+    /// Sets (or replaces) one variable of the environment the next start uses.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none());
         let log = std::fs::OpenOptions::new()
@@ -382,6 +407,26 @@ pub async fn queue_idle(client: &Client) -> bool {
         )
         .await;
     matches!(row, Ok(r) if r.get::<_, i64>(0) == 0)
+}
+
+/// `STOCKSYNC_STREAMING` for the service, when the test run sets it (`on` or `off`): the
+/// reliability suite runs with either protocol (`STOCKSYNC_STREAMING=off cargo test --test
+/// reliability`); unset, each scenario picks (the default `on`, or both in turn).
+pub fn forced_streaming() -> Option<String> {
+    std::env::var("STOCKSYNC_STREAMING").ok()
+}
+
+/// Makes the server stream transactions of more than `size` of decoded changes (e.g.
+/// `64kB`, its minimum), so ordinary test transactions exercise streaming. Walsenders read it
+/// when they connect.
+pub async fn set_logical_decoding_work_mem(client: &Client, url: &str, size: &str) {
+    let database = url.rsplit('/').next().unwrap();
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE {database} SET logical_decoding_work_mem = '{size}'"
+        ))
+        .await
+        .unwrap();
 }
 
 /// Scale of the workload: `STOCKSYNC_SOAK_SCALE` (default 1) multiplies transactions.
