@@ -18,7 +18,7 @@
 //! | [`stock`] | set-based quantity SQL | — |
 //! | [`stores`] | the `stores` rows, gates and pauses, every request limit | `queue`, `marketplace`, `db` |
 //! | [`dispatch`] | one file per step of a store's cycle, batch-result polling | `queue`, `stores`, `stock`, `marketplace`, `db` |
-//! | [`reconcile`] | read back what the marketplaces show, compare, report drift, enqueue repairs | `queue`, `stores`, `stock`, `marketplace`, `db`, `locks`, `backoff`, `metrics` |
+//! | [`reconcile`] | read back what the marketplaces show, compare, report drift, enqueue repairs | `queue`, `stores`, `stock`, `marketplace`, `db`, `locks`, `backoff`, `failures`, `metrics` |
 //! | [`marketplace`] | Trendyol and Hepsiburada clients (push, results, reads); response classification | — |
 //! | [`mock`] | the strict local marketplaces (tests, staging, demo) | — |
 //! | [`ops`] | CLI, configuration, setup, status, HTTP, the service, the demo | everything |
@@ -31,6 +31,7 @@ pub mod backoff;
 pub mod capture;
 pub mod db;
 pub mod dispatch;
+pub mod failures;
 pub mod localpg;
 pub mod locks;
 pub mod marketplace;

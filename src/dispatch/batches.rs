@@ -26,6 +26,7 @@ use super::apilog::{self, kind, Entry};
 use super::outcome::{label, message, retry_delay};
 use super::{DispatchError, Dispatcher};
 use crate::backoff::BackoffPolicy;
+use crate::failures::FailureLog;
 use crate::marketplace::{BatchStatus, Provider};
 use crate::metrics::metrics;
 use crate::queue::{self, Reason, RequeuedItem};
@@ -143,21 +144,13 @@ struct DueBatch {
 pub(super) async fn run(d: Arc<Dispatcher>, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
+    let mut failures = FailureLog::new("batch polling");
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match poll_due(&d, &stop).await {
-            Ok(()) => failing = false,
-            // Warned once per stretch of failures, not on every tick.
-            Err(e) if !failing => {
-                warn!(error = %e, "batch polling failed; will retry");
-                failing = true;
-            }
-            Err(e) => debug!(error = %e, "batch polling still failing"),
-        }
+        failures.track(poll_due(&d, &stop).await);
     }
 }
 

@@ -60,6 +60,7 @@ use uuid::Uuid;
 
 use crate::backoff::BackoffPolicy;
 use crate::db::DbConfig;
+use crate::failures::FailureLog;
 use crate::marketplace::{ClientSettings, MarketplaceClient, Provider, UserAgents};
 use crate::metrics::metrics;
 use crate::queue::{self, QueueError, Reason};
@@ -303,7 +304,7 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
     let mut last_slow_check = tokio::time::Instant::now();
     let mut last_prune: Option<tokio::time::Instant> = None;
     let mut pruning: Option<tokio::task::JoinHandle<()>> = None;
-    let mut failing = false;
+    let mut due_failures = FailureLog::new("reading due stores");
     // A cycle that claimed a full batch wakes the loop when it ends: a store with a backlog
     // (an initial sync, a resync) starts its next cycle at once instead of at the next tick
     // (which left it idle half a tick per batch on average). Other cycles wait for the tick,
@@ -345,24 +346,11 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
         if active.len() > cycles.len() {
             break false;
         }
-        let mut due = match due_stores(&dispatcher).await {
-            Ok(due) => {
-                failing = false;
-                metrics().dispatch_ready.set(1);
-                due
-            }
-            // Warned once per stretch of failures, not on every tick.
-            Err(e) if !failing => {
-                warn!(error = %e, "cannot read due stores; will retry");
-                failing = true;
-                metrics().dispatch_ready.set(0);
-                continue;
-            }
-            Err(e) => {
-                debug!(error = %e, "still cannot read due stores");
-                continue;
-            }
+        let Some(mut due) = due_failures.track(due_stores(&dispatcher).await) else {
+            metrics().dispatch_ready.set(0);
+            continue;
         };
+        metrics().dispatch_ready.set(1);
         if last_slow_check.elapsed() >= SLOW_CHECK_EVERY {
             last_slow_check = tokio::time::Instant::now();
             match stale_claim_stores(&dispatcher).await {

@@ -287,7 +287,7 @@ impl Cycle<'_> {
                 .with_label_values(&[&self.label])
                 .inc();
         } else {
-            debug!(store = %self.store_id, product = %claim.product_id, attempts, error, "item refused; will retry");
+            warn!(store = %self.store_id, product = %claim.product_id, attempts, error, "item refused; will retry");
             let how = Release {
                 defer: Some(retry_delay(attempts)),
                 error: Some(error),

@@ -273,6 +273,7 @@ async fn serve(listener: Arc<tokio::net::TcpListener>, app: Router, shutdown: Ca
     use hyper_util::rt::{TokioIo, TokioTimer};
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
+    let mut accept_failures = crate::failures::FailureLog::new("accepting HTTP connections");
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -286,7 +287,8 @@ async fn serve(listener: Arc<tokio::net::TcpListener>, app: Router, shutdown: Ca
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::debug!(error = %e, "HTTP accept failed");
+                    // Out of file descriptors, typically: warned once per stretch.
+                    accept_failures.failed(&e);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -42,7 +42,7 @@ impl Notifier {
             None => socket.send_to(state.as_bytes(), path).map(|_| ()),
         };
         if let Err(e) = sent {
-            tracing::debug!(error = %e, "sd_notify failed");
+            tracing::warn!(error = %e, "telling systemd (sd_notify) failed");
         }
     }
 

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use deadpool_postgres::Pool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::config::Config;
 use super::notify::Notifier;
@@ -21,11 +21,10 @@ use crate::capture::CaptureHealth;
 use crate::db::DbConfig;
 use crate::metrics::metrics;
 
-/// The slot's `safe_wal_size` (NULL: unlimited or no slot), `wal_status`, whether it exists,
-/// and whether stocksync has a checkpoint for it (a missing slot with a checkpoint is lost).
+/// The slot's `safe_wal_size` (NULL: unlimited or no slot), `wal_status`, and whether it
+/// exists (a missing slot stocksync has a checkpoint for is lost).
 const SLOT_HEALTH_SQL: &str = r#"
-SELECT s.safe_wal_size, s.wal_status, s.slot_name IS NOT NULL,
-       EXISTS (SELECT 1 FROM stock_sync.checkpoint c WHERE c.slot_name = $1)
+SELECT s.safe_wal_size, s.wal_status, s.slot_name IS NOT NULL
 FROM (VALUES (1)) AS one (x) LEFT JOIN pg_replication_slots s ON s.slot_name = $1
 "#;
 
@@ -316,6 +315,7 @@ async fn refresh_metrics(pool: Pool, config: Arc<Config>, shutdown: Cancellation
     let m = metrics();
     let mut ticker = tokio::time::interval(Duration::from_secs(2));
     let mut warned = false;
+    let mut slot_failures = crate::failures::FailureLog::new("reading the slot's figures");
     let mut refreshes: u32 = 0;
     loop {
         tokio::select! {
@@ -376,15 +376,20 @@ async fn refresh_metrics(pool: Pool, config: Arc<Config>, shutdown: Cancellation
                     .set(ended);
             }
         }
-        if let Ok(lag) = crate::queue::checkpoint_lag(&**client, &config.slot).await {
-            m.replication_lag_bytes
-                .set(lag.lag_bytes.unwrap_or(0).max(0));
-        }
+        let checkpointed = match crate::queue::checkpoint_lag(&**client, &config.slot).await {
+            Ok(lag) => {
+                m.replication_lag_bytes
+                    .set(lag.lag_bytes.unwrap_or(0).max(0));
+                lag.checkpoint_lsn.is_some()
+            }
+            Err(_) => false,
+        };
         match client.query_one(SLOT_HEALTH_SQL, &[&config.slot]).await {
             Ok(row) => {
+                slot_failures.succeeded();
                 let safe: Option<i64> = row.get(0);
                 let wal_status: Option<String> = row.get(1);
-                let (exists, checkpointed): (bool, bool) = (row.get(2), row.get(3));
+                let exists: bool = row.get(2);
                 let lost = wal_status.as_deref() == Some("lost") || (!exists && checkpointed);
                 m.slot_lost.set(i64::from(lost));
                 m.slot_safe_wal_size_bytes.set(safe.unwrap_or(-1));
@@ -399,25 +404,27 @@ async fn refresh_metrics(pool: Pool, config: Arc<Config>, shutdown: Cancellation
                     _ => warned = false,
                 }
             }
-            Err(e) => debug!(error = %e, "slot figures unavailable"),
+            Err(e) => slot_failures.failed(&crate::db::describe(&e)),
         }
     }
 }
 
 async fn heartbeat(pool: Pool, every: Duration, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(every);
+    let mut failures = crate::failures::FailureLog::new("the slot heartbeat");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match pool.get().await {
-            Ok(client) => {
-                if let Err(e) = client.execute(HEARTBEAT_SQL, &[]).await {
-                    debug!(error = %e, "heartbeat failed");
-                }
-            }
-            Err(e) => debug!(error = %e, "heartbeat: no connection"),
-        }
+        let sent = match pool.get().await {
+            Ok(client) => client
+                .execute(HEARTBEAT_SQL, &[])
+                .await
+                .map(|_| ())
+                .map_err(|e| crate::db::describe(&e)),
+            Err(e) => Err(e.to_string()),
+        };
+        failures.track(sent);
     }
 }

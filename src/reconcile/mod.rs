@@ -53,7 +53,7 @@
 //! * Nothing a marketplace wrote is logged or stored but parsed figures, keys and lock or
 //!   freeze reasons (masked of the store's credentials).
 //! * Lower stages only: `queue`, `stores`, `stock`, `marketplace`, `db`, `locks`, `backoff`,
-//!   `metrics`.
+//!   `failures`, `metrics`.
 
 pub mod audit;
 pub mod catalogue;

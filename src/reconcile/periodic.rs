@@ -19,6 +19,7 @@ use super::audit::Audit;
 use super::{journal, targets, ReconcileError, ReconcileSettings};
 use crate::backoff::BackoffPolicy;
 use crate::db::DbConfig;
+use crate::failures::FailureLog;
 use crate::marketplace::MarketplaceClient;
 
 /// A failed audit (marketplace refusing or down) is tried again this much later.
@@ -37,27 +38,24 @@ fn tick(interval: Duration) -> Duration {
 /// Audits stores as they fall due until `stop`.
 pub async fn run(db: DbConfig, settings: ReconcileSettings, stop: CancellationToken) {
     if settings.interval.is_zero() {
+        // Off: nothing to do, but a supervised task must not end before the shutdown.
+        stop.cancelled().await;
         return;
     }
     info!(interval = ?settings.interval, repair = settings.fix, "periodic reconciliation on");
     let client = MarketplaceClient::new(settings.client.clone());
     let mut retry = ROUND_RETRY.start();
-    let mut failing = false;
+    let mut failures = FailureLog::new("periodic reconciliation");
     loop {
         let wait = match round(&db, &settings, &client, &stop).await {
             Ok(()) => {
                 retry.reset();
-                failing = false;
+                failures.succeeded();
                 tick(settings.interval)
             }
             Err(ReconcileError::Stopped) => return,
             Err(e) => {
-                if failing {
-                    debug!(error = %e, "periodic reconciliation still cannot run");
-                } else {
-                    warn!(error = %e, "periodic reconciliation cannot run; will retry");
-                    failing = true;
-                }
+                failures.failed(&e);
                 retry.next_delay()
             }
         };
