@@ -13,7 +13,10 @@
 //!   (target < 64 MB), with the time to capture it;
 //! * latency: one committed change to the mock marketplace showing it, with
 //!   `flush_interval=0`, p50 and p99 over 100 changes spaced to stay within the default rate
-//!   limit (target p99 < 250 ms), vs. the bare HTTP push of the same one-item body.
+//!   limit (target p99 < 250 ms), vs. the bare HTTP push of the same one-item body;
+//! * reconcile: a full audit (`stocksync reconcile`, the release binary) of a Trendyol store
+//!   of 250,000 listings in the mock, one per content (2,500 pages), against the floor the
+//!   read budget allows (the rate window and reconciliation's per-minute share).
 //!
 //! Sizes can be reduced for a quick look: `STOCKSYNC_BENCH_SCALE=0.1 cargo bench --bench pipeline`;
 //! `STOCKSYNC_BENCH_ONLY=capture,large` runs a subset.
@@ -95,7 +98,7 @@ async fn run_all() -> Vec<Row> {
         .remove_when_process_exits(std::process::id())
         .expect("watchdog");
     // STOCKSYNC_BENCH_ONLY=capture,latency runs a subset (names: capture, spread, large,
-    // large_v1, initial, recompute, latency).
+    // large_v1, initial, recompute, latency, reconcile).
     let only = std::env::var("STOCKSYNC_BENCH_ONLY").unwrap_or_default();
     let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     let mut rows = Vec::new();
@@ -120,6 +123,9 @@ async fn run_all() -> Vec<Row> {
     }
     if wanted("latency") {
         rows.push(latency_bench(&cluster).await);
+    }
+    if wanted("reconcile") {
+        rows.push(reconcile_bench(&cluster).await);
     }
     rows
 }
@@ -918,5 +924,93 @@ async fn recompute_bench(cluster: &LocalCluster) -> Row {
         stocksync: format!("{:.2} s (stock::compute_store, one statement per store)", ours.as_secs_f64()),
         baseline: format!("{naive:.1} s (seed-style per-item loop: {} pairs in {:.2} s, extrapolated)", sample.len(), naive_sample.as_secs_f64()),
         ratio: format!("{:.0}x faster", naive / ours.as_secs_f64()),
+    }
+}
+
+/// The shortest time `requests` reads can take under limits of (at most `max` per `window`):
+/// the first `max` at once, each further `max` one window later.
+fn read_floor(requests: u64, limits: &[(u64, Duration)]) -> Duration {
+    limits
+        .iter()
+        .map(|(max, window)| window.mul_f64(requests.div_ceil(*max).saturating_sub(1) as f64))
+        .max()
+        .unwrap_or_default()
+}
+
+/// A full audit of a Trendyol store whose listings all agree: requests and wall time of
+/// `stocksync reconcile` against the floor of its read budget (defaults: 50 reads per 10 s
+/// per endpoint, 50% of the 1000/min read group).
+async fn reconcile_bench(cluster: &LocalCluster) -> Row {
+    use stocksync::mock::{
+        Marketplace, MockAccount, MockConfig, MockMarketplace, PanelEdit, ReadsConfig,
+    };
+    let listings = ((250_000.0 * scale()) as usize).max(1000);
+    let name = "bench_reconcile";
+    let (url, client, store) = database_with_store(cluster, name, listings, true).await;
+    client.batch_execute("ANALYZE").await.unwrap();
+    let mock = MockMarketplace::start(
+        MockConfig {
+            accounts: vec![MockAccount::trendyol(BENCH_SELLER, "k", "s")],
+            reads: ReadsConfig {
+                trendyol_max_variants: 1,
+                ..ReadsConfig::default()
+            },
+            ..MockConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    // What the marketplace shows: what the database implies (100 each).
+    let http = reqwest::Client::new();
+    let edits: Vec<PanelEdit> = (1..=listings)
+        .map(|i| {
+            PanelEdit::new(Marketplace::Trendyol, BENCH_SELLER, &format!("B{i}"))
+                .quantity(Some(100))
+        })
+        .collect();
+    for chunk in edits.chunks(5_000) {
+        let resp = http
+            .post(format!("{}/_mock/edit", mock.base_url()))
+            .json(chunk)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+    }
+    let started = Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stocksync"))
+        .args(["reconcile", "--json", "--store", &store.to_string()])
+        .env("DATABASE_URL", &url)
+        .env("STOCKSYNC_SLOT", name)
+        .env("STOCKSYNC_PUBLICATION", name)
+        .env("STOCKSYNC_TRENDYOL_URL", mock.base_url())
+        .env("STOCKSYNC_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let wall = started.elapsed();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let checked = report["stores"][0]["checked"].as_u64().unwrap_or(0);
+    assert_eq!(checked as usize, listings, "{report}");
+    let requests = mock
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint.as_deref() == Some("read"))
+        .count() as u64;
+    let floor = read_floor(
+        requests,
+        &[
+            (50, Duration::from_secs(10)),
+            (500, Duration::from_secs(60)),
+        ],
+    );
+    mock.shutdown().await;
+    Row {
+        workload: format!("full reconciliation audit of {listings} listings (Trendyol, 100 contents of one variant per page), all agreeing"),
+        stocksync: format!("{requests} requests, {:.1} s", wall.as_secs_f64()),
+        baseline: format!("{:.1} s: the floor of the read budget for {requests} requests (50 per 10 s, 500 per minute)", floor.as_secs_f64()),
+        ratio: format!("{:.2}x the floor", wall.as_secs_f64() / floor.as_secs_f64().max(0.001)),
     }
 }

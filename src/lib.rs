@@ -7,6 +7,7 @@
 //!                                            (queue rows + checkpoint, one transaction)
 //! queue --> dispatch (claim, gates, limits, build, send, outcome) --> stock (quantity SQL)
 //!                    \--> marketplace clients --> Trendyol / Hepsiburada
+//! marketplace reads --> reconcile (compare with the quantity SQL) --> queue (repairs)
 //! ```
 //!
 //! | module | holds | may use |
@@ -17,7 +18,8 @@
 //! | [`stock`] | set-based quantity SQL | — |
 //! | [`stores`] | the `stores` rows, gates and pauses, every request limit | `queue`, `marketplace`, `db` |
 //! | [`dispatch`] | one file per step of a store's cycle, batch-result polling | `queue`, `stores`, `stock`, `marketplace`, `db` |
-//! | [`marketplace`] | Trendyol and Hepsiburada clients; response classification | — |
+//! | [`reconcile`] | read back what the marketplaces show, compare, report drift, enqueue repairs | `queue`, `stores`, `stock`, `marketplace`, `db`, `locks`, `backoff`, `failures`, `metrics` |
+//! | [`marketplace`] | Trendyol and Hepsiburada clients (push, results, reads); response classification | — |
 //! | [`mock`] | the strict local marketplaces (tests, staging, demo) | — |
 //! | [`ops`] | CLI, configuration, setup, status, HTTP, the service, the demo | everything |
 //!
@@ -37,6 +39,7 @@ pub mod metrics;
 pub mod mock;
 pub mod ops;
 pub mod queue;
+pub mod reconcile;
 pub mod replication;
 pub mod stock;
 pub mod stores;

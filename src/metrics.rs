@@ -47,6 +47,11 @@ pub struct Metrics {
     /// Dead letters held per store, read from the database (every instance reports it).
     pub queue_dead_letters: IntGaugeVec,
     pub dispatch_ready: IntGauge,
+    // reconciliation
+    /// Listings the last finished audit of a store found drifted (from the database).
+    pub drift_listings: IntGaugeVec,
+    pub reconcile_last_run_timestamp_seconds: prometheus::GaugeVec,
+    pub reconcile_reads: IntCounterVec,
     // process and slot health
     pub slot_lost: IntGauge,
     pub build_info: IntGaugeVec,
@@ -127,6 +132,16 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(compute.clone()))
+            .expect("unique metric");
+        let last_audit = prometheus::GaugeVec::new(
+            Opts::new(
+                "reconcile_last_run_timestamp_seconds",
+                "End of the last finished reconciliation audit per store, seconds since the Unix epoch",
+            ),
+            &["store"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(last_audit.clone()))
             .expect("unique metric");
         let start_time = prometheus::Gauge::new(
             "start_time_seconds",
@@ -264,6 +279,19 @@ impl Metrics {
                 &r,
                 "dispatch_ready",
                 "1 while this process's dispatcher reads the queue (0 while it cannot, or before it started)",
+            ),
+            drift_listings: gauge_vec(
+                &r,
+                "drift_listings",
+                "Listings the last finished reconciliation audit found showing another quantity than the database implies, per store",
+                &["store"],
+            ),
+            reconcile_last_run_timestamp_seconds: last_audit,
+            reconcile_reads: counter_vec(
+                &r,
+                "reconcile_reads_total",
+                "Marketplace reads of reconciliation per store and outcome (ok, rate_limited, refused, client_error, server_error, transport, malformed)",
+                &["store", "outcome"],
             ),
             slot_lost: gauge(
                 &r,

@@ -29,10 +29,9 @@ use uuid::Uuid;
 const TRENDYOL_SELLER: &str = "4001";
 const HB_MERCHANT: &str = "6a1f0a8e-0000-4000-8000-000000000004";
 
-/// Metrics the kit names that arrive with later work, not exported by this binary yet.
-/// (`stocksync_drift_listings` comes with reconciliation.) A name here may be missing from
-/// `/metrics`; when it is exported it is checked like any other.
-const NOT_YET_EXPORTED: &[&str] = &["stocksync_drift_listings"];
+/// Metrics the kit names that arrive with later work, not exported by this binary yet. A name
+/// here may be missing from `/metrics`; when it is exported it is checked like any other.
+const NOT_YET_EXPORTED: &[&str] = &[];
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -228,10 +227,15 @@ async fn every_metric_in_the_alert_rules_and_the_dashboard_is_exported() {
     let (url, _client, _ty, hb) = prepared(slot).await;
     let mock = mock().await;
     let http = free_addr();
-    let mut child = run_command(&url, slot, http, &mock, &[]).spawn().unwrap();
+    // Audits start a second after a store is first seen: the drift figures appear.
+    let audits = [("STOCKSYNC_RECONCILE_INTERVAL", "1s".to_string())];
+    let mut child = run_command(&url, slot, http, &mock, &audits)
+        .spawn()
+        .unwrap();
 
     // The workload: Trendyol pushes (requests, latency, items, limiter rules), the refused
-    // Hepsiburada store pauses with its entries pending (pause, depth, oldest age).
+    // Hepsiburada store pauses with its entries pending (pause, depth, oldest age), the
+    // Trendyol store is audited (drift, reads).
     let wanted: Vec<&String> = referenced
         .iter()
         .filter(|n| !NOT_YET_EXPORTED.contains(&n.as_str()))
@@ -274,6 +278,7 @@ async fn every_metric_in_the_alert_rules_and_the_dashboard_is_exported() {
                 "unexpected_status",
                 "push",
                 "status",
+                "read",
             ],
         ),
         (
@@ -300,6 +305,28 @@ async fn every_metric_in_the_alert_rules_and_the_dashboard_is_exported() {
                     .all(|c| c.is_ascii_alphanumeric() || "_-.:+".contains(c)),
             "{metric}{{{label}=\"{value}\"}}: a label value must be an id or a kind, not text"
         );
+        if metric.starts_with("stocksync_reconcile_reads_total") && label == "outcome" {
+            let outcomes: Vec<&str> = stocksync::reconcile::ReadOutcome::ALL
+                .iter()
+                .map(|o| o.as_str())
+                .collect();
+            assert_eq!(
+                outcomes,
+                [
+                    "ok",
+                    "rate_limited",
+                    "refused",
+                    "client_error",
+                    "server_error",
+                    "transport",
+                    "malformed"
+                ]
+            );
+            assert!(
+                outcomes.contains(&value.as_str()),
+                "{metric}{{outcome=\"{value}\"}} is outside its closed set {outcomes:?}"
+            );
+        }
         match label.as_str() {
             "store" => {
                 value

@@ -1,4 +1,5 @@
-//! The HTTP side: [`MarketplaceClient::push`] and [`MarketplaceClient::batch_status`].
+//! The HTTP side: [`MarketplaceClient::push`], [`MarketplaceClient::batch_status`] and
+//! [`MarketplaceClient::read_listings`].
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,7 @@ use reqwest::Method;
 
 use super::batch::parse_batch_status;
 use super::classify::{classify, clip};
+use super::read::{self, ListingPage, ReadFailure, ReadQuery};
 use super::{BatchStatus, PreparedRequest, Provider, PushOutcome, StoreCredentials};
 
 /// Longest response body kept in an [`Exchange`] (bytes).
@@ -214,6 +216,41 @@ impl MarketplaceClient {
         (status, exchange)
     }
 
+    /// Reads one page of listings, or listings by key (reconciliation). A 2xx body goes
+    /// through [`read::parse_listings`]; any other answer is [`ReadFailure::Refused`] with
+    /// the push classification of it; no answer is [`ReadFailure::Transport`]. Lock and
+    /// freeze reasons are masked of the credentials, as response bodies are.
+    pub async fn read_listings(
+        &self,
+        creds: &StoreCredentials,
+        query: &ReadQuery<'_>,
+    ) -> (Result<ListingPage, ReadFailure>, Exchange) {
+        let call = match self.build(creds, Target::Read(*query)) {
+            Ok(c) => c,
+            Err(why) => {
+                let refused = PushOutcome::AuthRejected {
+                    status: 0,
+                    message: why,
+                };
+                return (Err(ReadFailure::Refused(refused)), not_sent());
+            }
+        };
+        tracing::debug!(provider = %creds.provider, url = %call.url, "marketplace read");
+        let answer = self.send(call, None).await;
+        let result = match &answer.result {
+            Err(message) => Err(ReadFailure::Transport(message.clone())),
+            Ok((status, _, body)) if (200..300).contains(status) => {
+                read::parse_listings(creds.provider, query, body)
+                    .map(|page| redact_reasons(page, creds))
+                    .map_err(ReadFailure::Malformed)
+            }
+            Ok((status, headers, body)) => Err(ReadFailure::Refused(
+                classify(creds.provider, *status, headers, body).redacted(creds),
+            )),
+        };
+        (result, answer.exchange(creds))
+    }
+
     fn build(&self, creds: &StoreCredentials, target: Target<'_>) -> Result<Call, String> {
         let url = endpoint_url(&self.settings, creds.provider, &creds.seller_id, target)?;
         let (user, password) = match creds.provider {
@@ -256,7 +293,7 @@ impl MarketplaceClient {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 Method::POST
             }
-            Target::Status(_) => Method::GET,
+            Target::Status(_) | Target::Read(_) => Method::GET,
         };
         Ok(Call {
             method,
@@ -376,6 +413,19 @@ fn error_chain(e: &reqwest::Error) -> String {
     parts.join(": ")
 }
 
+/// Lock and freeze reasons are marketplace text: masked like a response body.
+fn redact_reasons(mut page: ListingPage, creds: &StoreCredentials) -> ListingPage {
+    for listing in &mut page.listings {
+        let flags = &mut listing.flags;
+        for reasons in [&mut flags.locked, &mut flags.frozen].into_iter().flatten() {
+            for reason in reasons.iter_mut() {
+                *reason = creds.redact(reason);
+            }
+        }
+    }
+    page
+}
+
 /// `s` cut to at most `limit` bytes on a character boundary.
 fn truncate_bytes(s: &str, limit: usize) -> String {
     if s.len() <= limit {
@@ -392,6 +442,7 @@ fn truncate_bytes(s: &str, limit: usize) -> String {
 enum Target<'a> {
     Push,
     Status(&'a str),
+    Read(ReadQuery<'a>),
 }
 
 /// The endpoint URL with every user-supplied segment percent-encoded.
@@ -422,6 +473,7 @@ fn endpoint_url(
             "/listings/merchantid/{seller}/stock-uploads/id/{}",
             segment(id).map_err(|why| format!("upload id {why}"))?
         ),
+        (provider, Target::Read(query)) => read::path(provider, &seller, &query),
     };
     Ok(format!("{base}{path}"))
 }

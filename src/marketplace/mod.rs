@@ -1,14 +1,16 @@
-//! Marketplace clients: one small API over Trendyol and Hepsiburada stock pushes.
+//! Marketplace clients: one small API over Trendyol and Hepsiburada stock pushes and reads.
 //!
 //! The wire contracts are in `/work/shared/docs/marketplace-contracts.md`. Everything
-//! except [`MarketplaceClient::push`] and [`MarketplaceClient::batch_status`] is pure:
+//! except [`MarketplaceClient::push`], [`MarketplaceClient::batch_status`] and
+//! [`MarketplaceClient::read_listings`] is pure:
 //!
 //! * [`prepare`] turns stock items into the exact bytes that will be sent (identical
 //!   items in identical order always give identical bytes, so the dispatcher can see
 //!   in advance whether Trendyol's 15-minute identical-body rule applies);
 //! * [`classify`] turns a push answer (status, headers, body) into a [`PushOutcome`];
 //! * [`parse_batch_status`] turns a Trendyol batch result / Hepsiburada upload status
-//!   into one [`ItemResult`] per request item, in request order.
+//!   into one [`ItemResult`] per request item, in request order;
+//! * [`read`] builds the reads of listings (reconciliation) and parses their answers.
 //!
 //! Credentials never appear in `Debug` output, logs, or [`Exchange::response_body`].
 //!
@@ -27,6 +29,7 @@
 mod batch;
 mod classify;
 mod client;
+pub mod read;
 
 use std::fmt;
 

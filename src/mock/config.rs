@@ -429,6 +429,8 @@ pub struct MockConfig {
     /// Oldest request records are dropped beyond this many.
     pub request_log_limit: usize,
     pub faults: Faults,
+    /// The read endpoints (paging, page window, variants, flags, per-minute cap).
+    pub reads: super::reads::ReadsConfig,
     /// User agents, status words, barcode normalisation (also settable at run time).
     pub behaviour: super::Behaviour,
 }
@@ -450,6 +452,7 @@ impl Default for MockConfig {
             require_json_content_type: true,
             request_log_limit: 100_000,
             faults: Faults::default(),
+            reads: super::reads::ReadsConfig::default(),
             behaviour: super::Behaviour::default(),
         }
     }

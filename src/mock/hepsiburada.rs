@@ -67,7 +67,7 @@ pub(crate) fn internal_error(note: &str) -> Response {
     )
 }
 
-fn gate(
+pub(crate) fn gate(
     shared: &Shared,
     inner: &mut Inner,
     merchant_id: &str,

@@ -10,6 +10,8 @@ use super::config::{Marketplace, RateLimit};
 pub(crate) enum Endpoint {
     Push,
     Status,
+    /// Listings read back (Trendyol stock read, Hepsiburada listings).
+    Read,
 }
 
 impl Endpoint {
@@ -17,6 +19,7 @@ impl Endpoint {
         match self {
             Endpoint::Push => "push",
             Endpoint::Status => "status",
+            Endpoint::Read => "read",
         }
     }
 }

@@ -8,6 +8,11 @@
 //! | Trendyol batch result | `GET /integration/product/sellers/{sellerId}/products/batch-requests/{batchRequestId}` |
 //! | Hepsiburada push | `POST /listings/merchantid/{merchantId}/stock-uploads` |
 //! | Hepsiburada upload status | `GET /listings/merchantid/{merchantId}/stock-uploads/id/{id}` |
+//! | Trendyol stock read | `GET /integration/product/sellers/{sellerId}/products/approved/inventory-and-price` |
+//! | Hepsiburada listings | `GET /listings/merchantid/{merchantId}` |
+//!
+//! The two reads, and the seller panel that changes stock without a push
+//! (`POST /_mock/edit`), are described in [`reads`].
 //!
 //! # What is enforced
 //!
@@ -74,8 +79,9 @@
 //! # Inspection and control (never faulted, never rate limited)
 //!
 //! `GET /_mock/state`, `GET /_mock/requests`, `POST /_mock/reset` (catalogues, batches,
-//! request log, limiter and identical-body memories, open-mode accounts; faults are
-//! kept), `GET|POST /_mock/faults` (the posted [`Faults`] replaces the current set),
+//! request log, limiter and identical-body memories, open-mode accounts, panel changes;
+//! faults are kept), `GET|POST /_mock/faults` (the posted [`Faults`] replaces the current
+//! set), `POST /_mock/edit` (the seller panel, [`PanelEdit`]),
 //! and an HTML page at `/` refreshing every 2 s. Credentials are never logged or shown.
 //! State-changing `/_mock/*` requests must carry `Content-Type: application/json` (`415`
 //! otherwise: no cross-site form posts) and at most 1 MiB of body (`413`).
@@ -87,6 +93,7 @@ mod faults;
 mod hepsiburada;
 mod limits;
 mod page;
+pub mod reads;
 mod state;
 mod trendyol;
 
@@ -116,6 +123,7 @@ pub use config::{
 };
 pub use hepsiburada::UNKNOWN_SKU_ERROR;
 pub use page::escape_html;
+pub use reads::{PanelEdit, ReadsConfig};
 pub use state::{AccountState, MockState, RequestRecord};
 pub use trendyol::{IDENTICAL_REQUEST_MESSAGE, UNKNOWN_BARCODE_REASON};
 
@@ -361,6 +369,14 @@ fn router(shared: Arc<Shared>) -> Router {
             "/listings/merchantid/{merchant_id}/stock-uploads/id/{id}",
             get(hepsiburada::upload_status),
         )
+        .route(
+            "/integration/product/sellers/{seller_id}/products/approved/inventory-and-price",
+            get(reads::trendyol_read),
+        )
+        .route(
+            "/listings/merchantid/{merchant_id}",
+            get(reads::hepsiburada_read),
+        )
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             marketplace_layer,
@@ -374,6 +390,7 @@ fn router(shared: Arc<Shared>) -> Router {
             "/_mock/faults",
             get(admin_get_faults).post(admin_set_faults),
         )
+        .route("/_mock/edit", post(reads::edit))
         .route(
             "/_mock/behaviour",
             get(admin_get_behaviour).post(admin_set_behaviour),
@@ -403,6 +420,12 @@ fn classify(path: &str) -> Option<(Marketplace, Endpoint, String)> {
         }
         ["listings", "merchantid", m, "stock-uploads", "id", _] => {
             Some((Marketplace::Hepsiburada, Endpoint::Status, m.to_string()))
+        }
+        ["integration", "product", "sellers", s, "products", "approved", "inventory-and-price"] => {
+            Some((Marketplace::Trendyol, Endpoint::Read, s.to_string()))
+        }
+        ["listings", "merchantid", m] => {
+            Some((Marketplace::Hepsiburada, Endpoint::Read, m.to_string()))
         }
         _ => None,
     }

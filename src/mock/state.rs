@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::behaviour::{Behaviour, ListingFlags};
 use super::config::{Faults, Marketplace, MockAccount, MockConfig};
 use super::limits::{IdenticalWindow, RateLimiter};
+use super::reads::ReadState;
 
 /// Snapshot of every account's catalogue (`GET /_mock/state`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -62,7 +63,8 @@ pub struct RequestRecord {
     pub time: String,
     /// `None` for paths that are no marketplace endpoint (answered 404).
     pub marketplace: Option<Marketplace>,
-    /// `"push"` or `"status"` (Trendyol batch result / Hepsiburada upload status).
+    /// `"push"`, `"status"` (Trendyol batch result / Hepsiburada upload status) or `"read"`
+    /// (Trendyol stock read / Hepsiburada listings).
     pub endpoint: Option<String>,
     pub seller_id: Option<String>,
     pub method: String,
@@ -172,6 +174,8 @@ pub(crate) struct Inner {
     pub next_seq: u64,
     pub limiter: RateLimiter,
     pub identical: IdenticalWindow,
+    /// The read endpoints' memory and the seller panel's changes.
+    pub reads: ReadState,
 }
 
 /// Why a request is not authenticated.
@@ -213,6 +217,7 @@ impl Shared {
             next_seq: 1,
             limiter: RateLimiter::new(config.rate_limit),
             identical: IdenticalWindow::new(config.identical_window),
+            reads: ReadState::default(),
         };
         Shared {
             behaviour: Mutex::new(config.behaviour.clone()),
@@ -286,6 +291,7 @@ impl Shared {
         inner.next_seq = 1;
         inner.limiter.clear();
         inner.identical.clear();
+        inner.reads.clear();
     }
 
     pub(crate) fn state(&self) -> MockState {

@@ -36,7 +36,11 @@ pub(crate) struct TyError {
     code: &'static str,
 }
 
-fn err(key: impl Into<String>, message: impl Into<String>, code: &'static str) -> TyError {
+pub(crate) fn err(
+    key: impl Into<String>,
+    message: impl Into<String>,
+    code: &'static str,
+) -> TyError {
     TyError {
         key: key.into(),
         message: message.into(),
@@ -168,7 +172,7 @@ fn unauthorized(e: &AuthError) -> Response {
 }
 
 /// User-Agent, credentials and rate limit, in that order.
-fn gate(
+pub(crate) fn gate(
     shared: &Shared,
     inner: &mut Inner,
     seller_id: &str,

@@ -70,6 +70,18 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Compare what each marketplace shows with the database (drift, missing and unknown
+    /// listings); exit code 1 while drift remains.
+    Reconcile {
+        #[arg(long)]
+        store: Option<uuid::Uuid>,
+        /// Enqueue a repair (reason RECONCILE) for every drifted listing; the running service
+        /// pushes it. Without it nothing is changed.
+        #[arg(long)]
+        fix: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-enqueue dead-lettered items and lift credential pauses.
     RetryFailed {
         #[arg(long)]
@@ -145,6 +157,9 @@ async fn execute(command: Command, config: Config) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Resync { store, wait } => cmd_resync(&config, store, wait).await,
+        Command::Reconcile { store, fix, json } => {
+            super::reconcile::command(&config, store, fix, json).await
+        }
         Command::RetryFailed { store } => {
             let mut client = connect(&config).await?;
             let n = super::resync::retry_failed(&mut client, store)

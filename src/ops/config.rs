@@ -311,6 +311,41 @@ pub mod keys {
         Integer,
         "warn when the slot's `safe_wal_size` falls under this many bytes",
     );
+    pub const RECONCILE_INTERVAL: Key = Key::new(
+        "reconcile_interval",
+        "STOCKSYNC_RECONCILE_INTERVAL",
+        "24h",
+        Duration,
+        "`run` audits each store against what its marketplace shows this often, one store at a time (`0s` = off; `stocksync reconcile` audits now)",
+    );
+    pub const RECONCILE_FIX: Key = Key::new(
+        "reconcile_fix",
+        "STOCKSYNC_RECONCILE_FIX",
+        "true",
+        Boolean,
+        "the periodic audit enqueues a repair (reason `RECONCILE`) for every drifted listing (never in dry run)",
+    );
+    pub const RECONCILE_READ_SHARE: Key = Key::new(
+        "reconcile_read_share",
+        "STOCKSYNC_RECONCILE_READ_SHARE",
+        "50%",
+        Text,
+        "part of the Trendyol read cap per minute reconciliation may use (`1%`..`100%`); batch-result polling keeps the rest",
+    );
+    pub const HEPSIBURADA_READS_PER_MINUTE: Key = Key::new(
+        "hepsiburada_reads_per_minute",
+        "STOCKSYNC_HEPSIBURADA_READS_PER_MINUTE",
+        "240",
+        Integer,
+        "requests per minute to Hepsiburada's listing reads (reconciliation; unpublished, about 240)",
+    );
+    pub const HEPSIBURADA_PAGE_LIMIT: Key = Key::new(
+        "hepsiburada_page_limit",
+        "STOCKSYNC_HEPSIBURADA_PAGE_LIMIT",
+        "100",
+        Integer,
+        "listings per Hepsiburada read (`limit`; its maximum is unconfirmed, clients use 100 to 2000)",
+    );
 }
 
 /// Every key, in the README's order.
@@ -348,6 +383,11 @@ pub const KEYS: &[Key] = &[
     keys::STREAMING,
     keys::HEARTBEAT_INTERVAL,
     keys::SAFE_WAL_SIZE_WARN,
+    keys::RECONCILE_INTERVAL,
+    keys::RECONCILE_FIX,
+    keys::RECONCILE_READ_SHARE,
+    keys::HEPSIBURADA_READS_PER_MINUTE,
+    keys::HEPSIBURADA_PAGE_LIMIT,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -453,6 +493,12 @@ pub struct Config {
     pub streaming: bool,
     pub heartbeat_interval: Duration,
     pub safe_wal_size_warn: i64,
+    pub reconcile_interval: Duration,
+    pub reconcile_fix: bool,
+    /// Percent of the Trendyol read cap reconciliation may use.
+    pub reconcile_read_share: u32,
+    pub hepsiburada_reads_per_minute: u32,
+    pub hepsiburada_page_limit: u32,
 }
 
 /// The merged values, typed; field names are the TOML keys.
@@ -502,6 +548,12 @@ struct Raw {
     #[serde(with = "humantime_serde")]
     heartbeat_interval: Duration,
     safe_wal_size_warn: i64,
+    #[serde(with = "humantime_serde")]
+    reconcile_interval: Duration,
+    reconcile_fix: bool,
+    reconcile_read_share: String,
+    hepsiburada_reads_per_minute: i64,
+    hepsiburada_page_limit: i64,
 }
 
 impl Config {
@@ -644,6 +696,17 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         values.insert(name, value);
     }
     Ok(values)
+}
+
+/// A percentage `1%`..`100%` (the `%` may be left out).
+fn percent(key: &'static Key, value: &str) -> Result<u32, ConfigError> {
+    let n: i64 = value
+        .trim()
+        .trim_end_matches('%')
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::invalid(key, value, "expected a percentage like 50%"))?;
+    in_range(key, n, 1, 100)
 }
 
 /// Checks a number's range, naming the key.
@@ -906,6 +969,21 @@ impl Raw {
                 0,
                 i64::MAX,
             )?,
+            reconcile_interval: self.reconcile_interval,
+            reconcile_fix: self.reconcile_fix,
+            reconcile_read_share: percent(&keys::RECONCILE_READ_SHARE, &self.reconcile_read_share)?,
+            hepsiburada_reads_per_minute: in_range(
+                &keys::HEPSIBURADA_READS_PER_MINUTE,
+                self.hepsiburada_reads_per_minute,
+                1,
+                100_000,
+            )?,
+            hepsiburada_page_limit: in_range(
+                &keys::HEPSIBURADA_PAGE_LIMIT,
+                self.hepsiburada_page_limit,
+                1,
+                10_000,
+            )?,
         })
     }
 }
@@ -1108,6 +1186,34 @@ mod tests {
             assert!(!e.contains("1234567890123456789"), "{e}");
         }
         assert!(errors[4].contains("line 1"), "{}", errors[4]);
+    }
+
+    #[test]
+    fn reconciliation_keys() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.reconcile_interval, Duration::from_secs(24 * 3600));
+        assert!(c.reconcile_fix);
+        assert_eq!(c.reconcile_read_share, 50);
+        assert_eq!(
+            (c.hepsiburada_reads_per_minute, c.hepsiburada_page_limit),
+            (240, 100)
+        );
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("STOCKSYNC_RECONCILE_INTERVAL", "0s"),
+                ("STOCKSYNC_RECONCILE_READ_SHARE", "20"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.reconcile_interval.is_zero());
+        assert_eq!(c.reconcile_read_share, 20);
+        for bad in ["0%", "101%", "half"] {
+            let err = Config::load_from(None, env(&[("STOCKSYNC_RECONCILE_READ_SHARE", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("STOCKSYNC_RECONCILE_READ_SHARE"), "{err}");
+        }
     }
 
     #[test]

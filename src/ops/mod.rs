@@ -9,6 +9,7 @@ pub mod history;
 pub mod http;
 pub mod logging;
 pub mod notify;
+pub mod reconcile;
 pub mod resync;
 pub mod service;
 pub mod setup;
@@ -39,6 +40,10 @@ pub fn limit_settings(config: &config::Config) -> crate::stores::LimitSettings {
     limits
         .per_minute
         .insert(ServiceGroup::TrendyolRead, config.trendyol_reads_per_minute);
+    limits.per_minute.insert(
+        ServiceGroup::HepsiburadaRead,
+        config.hepsiburada_reads_per_minute,
+    );
     limits
 }
 
@@ -73,6 +78,45 @@ pub fn user_agents(config: &config::Config) -> crate::marketplace::UserAgents {
         trendyol_integrator: config.trendyol_integrator.clone(),
         hepsiburada_default: config.hepsiburada_user_agent.clone(),
         hepsiburada_per_store: config.hepsiburada_user_agent_per_store.clone(),
+    }
+}
+
+/// Reconciliation's settings from the configuration: dispatch's limits, user agents and
+/// quantity rules, its share of the Trendyol read cap, all of the Hepsiburada listings cap.
+pub fn reconcile_settings(config: &config::Config) -> crate::reconcile::ReconcileSettings {
+    use crate::marketplace::ServiceGroup;
+    let dispatch = dispatch_settings(config);
+    let cap = |group| {
+        dispatch
+            .limits
+            .per_minute
+            .get(&group)
+            .copied()
+            .unwrap_or(u32::MAX)
+    };
+    let share =
+        u64::from(cap(ServiceGroup::TrendyolRead)) * u64::from(config.reconcile_read_share) / 100;
+    crate::reconcile::ReconcileSettings {
+        client: dispatch.client.clone(),
+        user_agents: dispatch.user_agents.clone(),
+        trendyol_reads_per_minute: u32::try_from(share).unwrap_or(u32::MAX).max(1),
+        hepsiburada_reads_per_minute: cap(ServiceGroup::HepsiburadaRead),
+        hepsiburada_page_limit: config.hepsiburada_page_limit,
+        rules: crate::stock::QuantityRules {
+            max_quantity: config.max_quantity,
+            safety_stock: config.safety_stock,
+        },
+        rules_per_store: config
+            .safety_stock_per_store
+            .keys()
+            .map(|store| (*store, dispatch.rules_for(*store)))
+            .collect(),
+        motion_window: config.flush_interval,
+        slot: config.slot.clone(),
+        capture_wait: std::time::Duration::from_secs(60),
+        interval: config.reconcile_interval,
+        fix: config.reconcile_fix && !config.dry_run,
+        limits: dispatch.limits,
     }
 }
 

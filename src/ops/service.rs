@@ -1,7 +1,8 @@
 //! The long-running parts of `stocksync run` besides capture: the HTTP endpoints, the
-//! dispatcher, the metrics refresher, the dashboard's history sampler and the slot heartbeat.
-//! Started together, stopped in order within a bound. Under a `Type=notify` systemd unit the
-//! service reports readiness, status, watchdog keep-alives and stopping (`notify.rs`).
+//! dispatcher, the periodic reconciliation audit, the metrics refresher, the dashboard's
+//! history sampler and the slot heartbeat. Started together, stopped in order within a bound.
+//! Under a `Type=notify` systemd unit the service reports readiness, status, watchdog
+//! keep-alives and stopping (`notify.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -120,6 +121,13 @@ impl Service {
                     progress.clone(),
                     shutdown.clone(),
                 )
+            }));
+        }
+        let reconcile = super::reconcile_settings(&config);
+        if !reconcile.interval.is_zero() {
+            let (db, shutdown) = (db.clone(), shutdown.clone());
+            tasks.push(supervisor.spawn("reconcile", move || {
+                crate::reconcile::periodic::run(db.clone(), reconcile.clone(), shutdown.clone())
             }));
         }
         Ok(Service {
@@ -355,6 +363,17 @@ async fn refresh_metrics(pool: Pool, config: Arc<Config>, shutdown: Cancellation
                     .set(p.oldest_age_seconds);
                 // A store with work shows its dead letters (0 until the next count says more).
                 m.queue_dead_letters.with_label_values(&[&store]);
+            }
+        }
+        if let Ok(audits) = crate::reconcile::journal::last_done(&**client).await {
+            m.drift_listings.reset();
+            m.reconcile_last_run_timestamp_seconds.reset();
+            for (store, drifted, ended) in audits {
+                let store = store.to_string();
+                m.drift_listings.with_label_values(&[&store]).set(drifted);
+                m.reconcile_last_run_timestamp_seconds
+                    .with_label_values(&[&store])
+                    .set(ended);
             }
         }
         let checkpointed = match crate::queue::checkpoint_lag(&**client, &config.slot).await {

@@ -8,7 +8,8 @@
 
 use tokio_postgres::Client;
 
-/// Numbered migrations of the `stock_sync` schema, in order.
+/// Numbered migrations of the `stock_sync` schema, in order. Numbers may leave gaps (each is
+/// applied when it is missing, whatever the others).
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "capture", include_str!("../../sql/001_capture.sql")),
     (2, "delivery", include_str!("../../sql/002_delivery.sql")),
@@ -32,6 +33,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "live_accounts",
         include_str!("../../sql/006_live_accounts.sql"),
     ),
+    (7, "reconcile", include_str!("../../sql/007_reconcile.sql")),
     (
         8,
         "queue_indexes",
@@ -382,8 +384,11 @@ pub async fn preflight(
             }
         }
     }
-    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
-    if !o.applied_migrations.contains(&latest) {
+    // Every migration, not only the last: numbers may leave gaps that are filled later.
+    if MIGRATIONS
+        .iter()
+        .any(|(version, _, _)| !o.applied_migrations.contains(version))
+    {
         problems.push(Problem::config(
             "schema stock_sync is missing or not up to date: run `stocksync setup`".into(),
         ));

@@ -21,6 +21,8 @@ pub struct Status {
     pub stores: Vec<StoreStatus>,
     pub dead_letters: Vec<DeadLetter>,
     pub pending_total: i64,
+    /// Each store's latest reconciliation audit and its next one.
+    pub reconcile: Vec<crate::reconcile::RunStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -143,7 +145,9 @@ pub async fn read(client: &Client, slot: &str) -> Result<Status, StatusError> {
             finished_at: d.finished_at,
         })
         .collect();
+    let reconcile = crate::reconcile::journal::summaries(client).await?;
     Ok(Status {
+        reconcile,
         slot: slot_status,
         server_lsn: lag.server_lsn,
         checkpoint_lsn: lag.checkpoint_lsn,
@@ -161,6 +165,8 @@ pub enum StatusError {
     Db(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Queue(#[from] queue::QueueError),
+    #[error(transparent)]
+    Reconcile(#[from] crate::reconcile::ReconcileError),
 }
 
 /// Human rendering for the terminal.
@@ -222,6 +228,39 @@ pub fn render(status: &Status) -> String {
             st.sent_last_hour,
             state
         ));
+    }
+    if !status.reconcile.is_empty() {
+        out.push_str(
+            "\nreconciliation (latest audit per store; `stocksync reconcile` audits now):\n",
+        );
+        let names: std::collections::HashMap<&str, &str> = status
+            .stores
+            .iter()
+            .filter_map(|s| Some((s.store_id.as_str(), s.name.as_deref()?)))
+            .collect();
+        for r in &status.reconcile {
+            let name = names.get(r.store_id.as_str()).copied().unwrap_or("");
+            let state = match (&r.state, &r.finished_at, &r.error) {
+                (None, _, _) => "not audited yet".to_string(),
+                (Some(s), _, Some(e)) => format!("{s}: {e}"),
+                (Some(s), Some(at), None) => format!("{s} {at}"),
+                (Some(s), None, None) => {
+                    format!("{s} since {}", r.started_at.as_deref().unwrap_or("-"))
+                }
+            };
+            out.push_str(&format!(
+                "  {} {:<20} {}: checked {}, {}; next audit {}\n",
+                r.store_id,
+                name,
+                state,
+                r.checked,
+                r.tally.summary(),
+                r.next_run_at.as_deref().unwrap_or("-"),
+            ));
+            for e in r.examples.iter().take(5) {
+                out.push_str(&format!("      {} {}\n", e.kind.as_str(), e.describe()));
+            }
+        }
     }
     if !status.dead_letters.is_empty() {
         out.push_str("\ndead letters (retry with `stocksync retry-failed [--store ID]`):\n");

@@ -1,15 +1,16 @@
 //! Supervision: `stocksync run` never stops working silently.
 //!
 //! Every long-running task (capture, dispatch — whose batch poller and pruning it watches
-//! itself —, the HTTP surface, the metrics refresher, the history sampler, the heartbeat)
+//! itself —, the periodic reconciliation audit, the HTTP surface, the metrics refresher, the
+//! history sampler, the heartbeat)
 //! runs under [`Supervisor::spawn`]. A panic, or an end before shutdown, is logged at `error`
 //! with the task's name, counted in `stocksync_task_restarts_total{task}`, and marks the task
 //! down (so `/readyz` fails); the task is started again after a backoff ([`RESTART`]).
 //!
 //! Restarting is safe for each of them: capture resumes from its checkpoint (the exactly-once
 //! rules in [`crate::capture`] hold across reconnects), dispatch's claims are fenced and the
-//! claims of a dead cycle are released as orphans, the others keep no state. What is *not*
-//! restarted: capture ending with an error it knows to be fatal (a lost slot, schema drift, a
+//! claims of a dead cycle are released as orphans, an audit left running resumes from its
+//! journal's last page, the others keep no state. What is *not* restarted: capture ending with an error it knows to be fatal (a lost slot, schema drift, a
 //! permanent refusal by the server) ends `run` with a non-zero exit code, so the orchestrator
 //! and the operator see it.
 

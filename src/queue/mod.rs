@@ -2,8 +2,9 @@
 //!
 //! Every statement on `stock_sync.queue`, `stock_sync.listing_state`,
 //! `stock_sync.capture_batches`, `stock_sync.stream_staging` and `stock_sync.checkpoint` lives
-//! in this module; capture, dispatch, reconciliation and the operator commands call the
-//! functions here and never write SQL on those tables themselves.
+//! in this module; capture, dispatch, reconciliation (`reconcile.rs`: pairs in motion,
+//! repairs, how far capture is) and the operator commands call the functions here and never
+//! write SQL on those tables themselves.
 //!
 //! # An entry's life
 //!
@@ -60,6 +61,7 @@ pub mod capture;
 mod claims;
 mod listings;
 mod reason;
+mod reconcile;
 
 pub use admin::{
     checkpoint_lag, dead_by_store, dead_letters, enqueue_all_listed, outstanding, pending_by_store,
@@ -76,6 +78,7 @@ pub use listings::{
     forget_told, item_accepted, item_failed, last_told, mark_in_doubt, mark_sent, sent_in_batch,
 };
 pub use reason::{Reason, UnknownReason};
+pub use reconcile::{checkpoint_reached, enqueue_pairs, in_motion};
 
 /// Where an entry is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
