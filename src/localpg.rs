@@ -157,8 +157,21 @@ impl LocalCluster {
         }
         hba.push_str("local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n");
         cluster.write(&format!("{data}/pg_hba.conf"), &hba)?;
-        cluster.start_server()?;
+        cluster
+            .start_server()
+            .map_err(|e| cluster.with_server_log(e))?;
         Ok(cluster)
+    }
+
+    /// `error` with the end of the server's log, which says why it did not start.
+    fn with_server_log(&self, error: LocalPgError) -> LocalPgError {
+        let log = fs::read_to_string(format!("{}/server.log", self.dir_str())).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(10).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        LocalPgError::Command {
+            step: "start the server".into(),
+            detail: format!("{error}; server log:\n{}", tail.join("\n")),
+        }
     }
 
     /// Stops and deletes the cluster when process `pid` exits, even by SIGKILL: a detached
@@ -378,7 +391,6 @@ static CA_COUNTER: AtomicU32 = AtomicU32::new(0);
 /// directory.
 #[derive(Debug, Clone)]
 pub struct TestCa {
-    dir: PathBuf,
     /// The CA's certificate (PEM): what `sslrootcert` names.
     pub cert: PathBuf,
     key: PathBuf,
@@ -396,7 +408,6 @@ impl TestCa {
         let ca = TestCa {
             cert: dir.join("ca.crt"),
             key: dir.join("ca.key"),
-            dir,
         };
         openssl(&[
             "req",
@@ -425,8 +436,11 @@ impl TestCa {
     /// Issues a server certificate for DNS name `host` only (no IP address: `verify-full`
     /// to 127.0.0.1 must fail), key mode 600.
     pub fn issue(&self, host: &str, cert: &Path, key: &Path) -> Result<(), LocalPgError> {
-        let csr = self.dir.join(format!("{host}.csr"));
-        let ext = self.dir.join(format!("{host}.ext"));
+        // Next to the key, not in the CA's directory: clusters of parallel tests are issued
+        // certificates at the same time, and a shared request file gave one of them another's
+        // certificate ("key values mismatch" at start).
+        let csr = key.with_extension("csr");
+        let ext = key.with_extension("ext");
         fs::write(
             &ext,
             format!(
@@ -462,7 +476,9 @@ impl TestCa {
             &self.cert.to_string_lossy(),
             "-CAkey",
             &self.key.to_string_lossy(),
-            "-CAcreateserial",
+            // A serial of its own per certificate (a shared serial file is another race).
+            "-set_serial",
+            &unique_serial().to_string(),
             "-days",
             "2",
             "-extfile",
@@ -512,6 +528,17 @@ fn is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+/// A certificate serial number no other certificate of these CAs has.
+fn unique_serial() -> u64 {
+    static ISSUED: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (u64::from(std::process::id()) << 40)
+        | (u64::from(nanos & 0xff_ffff) << 16)
+        | u64::from(ISSUED.fetch_add(1, Ordering::Relaxed) & 0xffff)
 }
 
 fn free_port() -> std::io::Result<u16> {
