@@ -155,3 +155,59 @@ async fn a_release_next_to_a_newer_pending_entry_supersedes_and_keeps_one_pendin
         .get(0);
     assert_eq!(pending, 1);
 }
+
+/// Instances killed one after the other can leave a pair in flight twice: the first died
+/// holding the entry, a change enqueued the pair again, and the next instance claimed that
+/// before the first one's claim counted as an orphan, then died too. Releasing both orphans
+/// keeps the newer one as the pair's pending entry and closes the older one; before, the
+/// release failed on the one-pending-per-pair index at every cycle and the store stalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_of_one_pair_released_together_leave_one_pending_entry() {
+    let (url, db, product, store) = one_pair("queue_twice").await;
+    let first = connect(&url).await;
+    let older = queue::claim(&first, store, "first", ClaimToken::new(), 10)
+        .await
+        .unwrap();
+    queue::enqueue_all_listed(&db, Reason::Resync, Some(store))
+        .await
+        .unwrap();
+    let second = connect(&url).await;
+    let newer = queue::claim(&second, store, "second", ClaimToken::new(), 10)
+        .await
+        .unwrap();
+    assert_eq!((older.len(), newer.len()), (1, 1));
+    drop((first, second));
+    eventually(Duration::from_secs(10), "both backends gone", || async {
+        let live: i64 = db
+            .query_one(
+                "SELECT count(*) FROM stock_sync.queue q JOIN pg_stat_activity a \
+                 ON a.pid = q.claimed_backend WHERE q.state = 'in_flight'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        live == 0
+    })
+    .await;
+    assert_eq!(
+        queue::release_orphans(&db, store, LONG_LEASE)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        entry(&db, older[0].id).await,
+        ("done".into(), Some("superseded".into()), None)
+    );
+    assert_eq!(entry(&db, newer[0].id).await.0, "pending");
+    let pending: i64 = db
+        .query_one(
+            "SELECT count(*) FROM stock_sync.queue WHERE product_id = $1 AND store_id = $2 AND state = 'pending'",
+            &[&product, &store],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 1);
+}

@@ -45,6 +45,7 @@ pub mod apilog;
 mod batches;
 mod build;
 mod outcome;
+mod retry;
 mod send;
 mod store_cycle;
 
@@ -66,6 +67,7 @@ use crate::metrics::metrics;
 use crate::queue::{self, QueueError, Reason};
 use crate::stock::QuantityRules;
 use crate::stores::{self, state as store_state, LimitSettings, StoreError};
+use retry::StoreRetries;
 
 /// Hepsiburada is said to keep at most five uploads per merchant in processing.
 pub const MAX_OPEN_HEPSIBURADA_BATCHES: i64 = 5;
@@ -299,7 +301,8 @@ pub async fn run(
 async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> bool {
     // Cancelled on shutdown, and when this lock connection is given up.
     let stop = shutdown.child_token();
-    let mut cycles: JoinSet<Uuid> = JoinSet::new();
+    let mut cycles: JoinSet<(Uuid, Result<(), DispatchError>)> = JoinSet::new();
+    let mut retries = StoreRetries::default();
     let mut active: HashSet<Uuid> = HashSet::new();
     let poller = tokio::spawn(batches::run(dispatcher.clone(), stop.clone()));
     let mut ticker = tokio::time::interval(dispatcher.settings.tick());
@@ -337,8 +340,12 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
         }
         while let Some(done) = cycles.try_join_next() {
             match done {
-                Ok(store) => {
+                Ok((store, result)) => {
                     active.remove(&store);
+                    match result {
+                        Ok(()) => retries.succeeded(store),
+                        Err(e) => retries.failed(store, &e),
+                    }
                 }
                 Err(e) => {
                     // A panicking cycle is a bug; its store may stay locked in this session,
@@ -370,24 +377,20 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
             if active.len() >= dispatcher.settings.concurrency {
                 break;
             }
-            if active.insert(store) {
+            if retries.may_run(&store) && active.insert(store) {
                 let dispatcher = dispatcher.clone();
                 let stop = stop.clone();
                 let done = cycle_done.clone();
                 cycles.spawn(async move {
-                    match store_cycle::run(&dispatcher, store, &stop).await {
-                        // Finished, or found another dispatcher working the store.
-                        Ok(full) => {
-                            dispatcher.progress.touched(store);
-                            if full {
-                                done.notify_one();
-                            }
-                        }
-                        Err(e) => {
-                            warn!(store = %store, error = %e, "store cycle failed; will retry")
+                    let result = store_cycle::run(&dispatcher, store, &stop).await;
+                    // Finished, or found another dispatcher working the store.
+                    if let Ok(full) = result {
+                        dispatcher.progress.touched(store);
+                        if full {
+                            done.notify_one();
                         }
                     }
-                    store
+                    (store, result.map(|_| ()))
                 });
             }
         }

@@ -116,7 +116,9 @@ WHERE id = ANY($2::bigint[]) AND state = 'in_flight' AND claim_token = $1
 /// Puts claimed entries back to pending: `$1` token (NULL: orphans, any token), `$2` ids,
 /// `$3` seconds to defer them (NULL = none), `$4` error text (NULL keeps the old one), `$5`
 /// attempts to add. An entry whose pair got a new pending entry meanwhile is closed as
-/// `superseded` (the pending one recomputes anyway). Pending rows are only read, never
+/// `superseded` (the pending one recomputes anyway), and so is every released entry but the
+/// newest of a pair: orphans of instances killed one after the other can hold a pair twice
+/// in flight, and only one of them may become its pending entry. Pending rows are only read, never
 /// locked: capture holds locks on pending rows while it may wait on the index entries this
 /// statement creates, so locking them here could deadlock. A capture committing a new pending
 /// entry between this statement's snapshot and its update makes it fail with a unique
@@ -134,6 +136,9 @@ WITH target AS (
     WHERE EXISTS (
         SELECT 1 FROM stock_sync.queue p
         WHERE p.state = 'pending' AND p.product_id = t.product_id AND p.store_id = t.store_id)
+       OR EXISTS (
+        SELECT 1 FROM target n
+        WHERE n.product_id = t.product_id AND n.store_id = t.store_id AND n.id > t.id)
 )
 UPDATE stock_sync.queue q
 SET state = CASE WHEN q.id IN (SELECT id FROM superseded) THEN 'done' ELSE 'pending' END,
