@@ -352,6 +352,7 @@ impl Audit<'_> {
         let t = self.target;
         let keys: Vec<String> = candidates.iter().map(|c| c.key.clone()).collect();
         let (groups, unreadable) = key_groups(t.provider, &keys);
+        let read_at = Instant::now();
         let mut fresh: HashMap<String, Listing> = HashMap::new();
         for group in groups {
             let page = reader.read(db, &ReadQuery::Keys(&group)).await?;
@@ -365,7 +366,10 @@ impl Audit<'_> {
         let rules = self.settings.rules_for(t.id);
         let truth = catalogue::truth(db, t.id, &products, &rules).await?;
         let settled = self.capture_settled(db).await?;
-        let moving = queue::in_motion(db, t.id, &products, self.settings.motion_window).await?;
+        // The motion window reaches back to the re-read, not only from now: a push accepted
+        // while capture was waited for is newer than what the read showed.
+        let window = self.settings.motion_window + read_at.elapsed();
+        let moving = queue::in_motion(db, t.id, &products, window).await?;
         for c in candidates {
             let want = truth.get(&c.product).copied().unwrap_or(0);
             let shown = match fresh.remove(&match_key(t.provider, &c.key)) {
