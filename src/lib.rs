@@ -24,8 +24,9 @@
 //! | [`ops`] | CLI, configuration, setup, status, HTTP, the service, the demo | everything |
 //!
 //! Shared by all: [`db`] (connection settings, TLS), [`locks`] (every advisory lock),
-//! [`backoff`] (every retry delay), [`metrics`] (the Prometheus registry), [`localpg`]
-//! (private clusters for tests, benchmarks and the demo).
+//! [`backoff`] (every retry delay), [`failures`] (background failures warned once per
+//! stretch), [`metrics`] (the Prometheus registry), [`localpg`] (private clusters for tests,
+//! benchmarks and the demo).
 
 pub mod backoff;
 pub mod capture;

@@ -21,6 +21,9 @@
 //! After the workload (or on Ctrl-C / SIGTERM) it waits up to 15 s for the marketplaces to
 //! converge, prints the result and exits 0 when every store converged, 1 otherwise. A second
 //! Ctrl-C skips the wait.
+//!
+//! This file runs the steps; the sample data is in [`catalogue`], the orders, cancellations
+//! and restocks in [`workload`], and the once-per-second table in [`screen`].
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
