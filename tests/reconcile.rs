@@ -1,8 +1,8 @@
 //! Reconciliation against the mock marketplace over real HTTP and a real PostgreSQL: the read
 //! endpoints to the contract, drift injected in the "seller panel" found exactly while a
 //! random workload runs, `--fix` and a second audit, listings that must not be repaired, the
-//! Trendyol scan past the page window, the periodic audit resumed after kill -9, and the read
-//! budget held while dispatch pushes.
+//! Trendyol scan past the page window, a push accepted during the confirming re-read, the
+//! periodic audit resumed after kill -9, and the read budget held while dispatch pushes.
 
 mod common;
 
@@ -20,7 +20,8 @@ use stocksync::marketplace::{
     ClientSettings, MarketplaceClient, Provider, PushOutcome, StoreCredentials,
 };
 use stocksync::mock::{
-    Marketplace, MockAccount, MockConfig, MockMarketplace, PanelEdit, ReadsConfig,
+    FaultScope, Faults, Marketplace, MockAccount, MockConfig, MockMarketplace, PanelEdit,
+    ReadsConfig,
 };
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -744,6 +745,121 @@ async fn the_trendyol_scan_crosses_the_page_window_through_next_page_token() {
         .unwrap()
         .get(0);
     assert_eq!(recorded as usize, reads.len());
+    mock.shutdown().await;
+}
+
+/// A push accepted after the confirming re-read is motion, not drift, however long the rest of
+/// the confirmation takes: every listing shows a panel edit, and while the second key group's
+/// read is held by the mock (6 s, sixty flush intervals), the database changes the first
+/// group's pairs and the service pushes them. The first group's re-read is stale by then; the
+/// audit must not count it as drift (nor repair a quantity the marketplace already shows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_accepted_after_the_confirming_reread_is_motion_not_drift() {
+    let slot = "rec_reread";
+    let count = 60;
+    let seller = "8201";
+    let (url, client, store, mock) =
+        store_in_sync(slot, seller, "M", count, ReadsConfig::default()).await;
+    // Reads are held 6 s below; the default test timeout (5 s) would cut them off.
+    let env = service_env(&url, slot, &mock, &[("STOCKSYNC_REQUEST_TIMEOUT", "20s")]);
+    let mut service = start_service(slot, &env);
+    let pushed = || {
+        mock.requests()
+            .iter()
+            .filter(|r| r.endpoint.as_deref() == Some("push") && r.status == 200)
+            .count()
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the first run's pushes are done",
+        || async { pushed() > 0 && queue_idle(&client).await },
+    )
+    .await;
+    let edits: Vec<PanelEdit> = (0..count)
+        .map(|i| {
+            PanelEdit::new(Marketplace::Trendyol, seller, &format!("M-{i:05}"))
+                .quantity(Some(100 + i as i64))
+        })
+        .collect();
+    panel(&mock, &edits).await;
+    mock.set_faults(Faults {
+        latency_ms: 6000,
+        scope: FaultScope::Read,
+        ..Faults::default()
+    });
+    let audit = {
+        let env = env.clone();
+        let store = store.to_string();
+        tokio::spawn(async move { reconcile(&env, &["--store", &store]).await })
+    };
+    let key_reads = || {
+        mock.requests()
+            .iter()
+            .filter(|r| r.note.as_deref() == Some("read barcodes"))
+            .count()
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the first key group is answered",
+        || async { key_reads() >= 1 },
+    )
+    .await;
+    assert_eq!(key_reads(), 1, "the second group is still held");
+    client
+        .execute(
+            "UPDATE product_stores SET sellable_quantity = sellable_quantity + 1000 WHERE store_id = $1",
+            &[&store],
+        )
+        .await
+        .unwrap();
+    let (code, json) = audit.await.unwrap();
+    let r = store_report(&json, store);
+    assert_eq!(
+        (r["drifted"].as_u64(), r["repaired"].as_u64()),
+        (Some(0), Some(0)),
+        "{r:#}"
+    );
+    assert!(r["in_motion"].as_u64().unwrap_or(0) >= 50, "{r:#}");
+    assert_eq!(code, 0, "{json:#}");
+    // The race really happened: the new quantities were accepted after the first key group
+    // was answered and before the second was.
+    let order: Vec<String> = mock
+        .requests()
+        .iter()
+        .filter_map(|r| match (r.endpoint.as_deref(), r.note.as_deref()) {
+            (Some("push"), _) if r.status == 200 => Some("push".to_string()),
+            (_, Some("read barcodes")) => Some("key read".to_string()),
+            _ => None,
+        })
+        .skip_while(|e| e == "push")
+        .collect();
+    assert_eq!(
+        order.first().map(String::as_str),
+        Some("key read"),
+        "{order:?}"
+    );
+    assert_eq!(
+        order.last().map(String::as_str),
+        Some("key read"),
+        "{order:?}"
+    );
+    assert!(
+        order[1..order.len() - 1].iter().all(|e| e == "push") && order.len() > 2,
+        "{order:?}"
+    );
+    for i in [0, 49] {
+        let key = format!("M-{i:05}");
+        shows(
+            &mock,
+            Marketplace::Trendyol,
+            seller,
+            &key,
+            (i % 7) as i64 + 1000,
+        )
+        .await;
+    }
+    assert_eq!(reconcile_entries(&client).await, 0, "nothing was repaired");
+    service.kill9();
     mock.shutdown().await;
 }
 

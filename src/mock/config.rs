@@ -317,13 +317,15 @@ impl fmt::Display for RateLimit {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FaultScope {
-    /// Push and status/batch-result endpoints of both marketplaces.
+    /// Every marketplace endpoint: push, status/batch result and read.
     #[default]
     All,
     /// Only the two push endpoints.
     Push,
     /// Only the Trendyol batch result and the Hepsiburada upload status.
     Status,
+    /// Only the two read endpoints (Trendyol stock read, Hepsiburada listings).
+    Read,
 }
 
 /// Injected faults. Set at start in [`MockConfig::faults`] and at run time with

@@ -46,6 +46,7 @@ pub(crate) fn plan(faults: &Faults, endpoint: Endpoint, now: DateTime<Utc>) -> F
         FaultScope::All => true,
         FaultScope::Push => endpoint == Endpoint::Push,
         FaultScope::Status => endpoint == Endpoint::Status,
+        FaultScope::Read => endpoint == Endpoint::Read,
     };
     if !applies {
         return FaultPlan::default();
@@ -217,5 +218,33 @@ impl Listener for MockListener {
 impl Connected<IncomingStream<'_, MockListener>> for ConnHandle {
     fn connect_info(stream: IncomingStream<'_, MockListener>) -> Self {
         stream.io().handle.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scope_limits_the_faults_to_its_endpoints() {
+        let now = Utc::now();
+        let held = |scope, endpoint| {
+            let faults = Faults {
+                latency_ms: 50,
+                scope,
+                ..Faults::default()
+            };
+            !plan(&faults, endpoint, now).latency.is_zero()
+        };
+        let endpoints = [Endpoint::Push, Endpoint::Status, Endpoint::Read];
+        for (scope, hit) in [
+            (FaultScope::All, [true, true, true]),
+            (FaultScope::Push, [true, false, false]),
+            (FaultScope::Status, [false, true, false]),
+            (FaultScope::Read, [false, false, true]),
+        ] {
+            let got = endpoints.map(|e| held(scope, e));
+            assert_eq!(got, hit, "{scope:?}");
+        }
     }
 }
