@@ -1,7 +1,7 @@
 //! Capture: committed row changes of `product_stores` and `product_set_items` become durable
 //! queue entries, exactly once across crashes and restarts.
 //!
-//! # Exactly-once rules (each is tested in `tests/capture.rs`)
+//! # Exactly-once rules (each is tested in `tests/suite/capture.rs`)
 //! 1. A WAL transaction is *captured* when its queue rows, its batch's `capture_batches` row
 //!    and the new checkpoint (its commit end LSN) are committed in one database transaction.
 //!    Nothing else counts. Many small WAL transactions share one such transaction (bounded by

@@ -168,19 +168,21 @@ WHERE id IN (
 "#;
 
 /// Marks claimed entries done: `$1` token, `$2` ids, `$3` outcome, `$4` the quantity each was
-/// sent or found equal to (NULL when none applies).
+/// sent or found equal to (NULL when none applies), in the order of `$2`.
 ///
 /// The token alone says the entry is still this cycle's claim (it is cleared on every move
-/// out of `in_flight`). A `state = 'in_flight'` test here let the planner read the claims
-/// through the small in-flight index, which its statistics believe holds a row or two, and
-/// join them to the 1000 ids in a nested loop: 500,000 comparisons per batch. Without it,
-/// each id is one primary-key probe.
+/// out of `in_flight`). The entries are found by primary key (`id = ANY`) and each takes its
+/// quantity by position, with no join: joined to `unnest($2, $4)`, the planner believed the
+/// token matched no row (statistics see it NULL everywhere) and scanned the whole queue
+/// once, then compared every claim with every id (1,000,000 comparisons for a batch of
+/// 1000): 250 ms a batch on an 80,000-row queue, growing with the queue. By position it is
+/// 1000 primary-key probes, about 16 ms.
 const FINISH_SQL: &str = r#"
 UPDATE stock_sync.queue q
-SET state = 'done', outcome = $3, finished_at = now(), sent_quantity = u.quantity,
+SET state = 'done', outcome = $3, finished_at = now(),
+    sent_quantity = ($4::int[])[array_position($2::bigint[], q.id)],
     claim_token = NULL
-FROM unnest($2::bigint[], $4::int[]) AS u(id, quantity)
-WHERE q.id = u.id AND q.claim_token = $1
+WHERE q.id = ANY($2::bigint[]) AND q.claim_token = $1
 "#;
 
 /// A claimed entry (`$2`, token `$1`) that failed for its own sake (`$3` error) too often.

@@ -33,7 +33,7 @@
 //! * Because `floor(floor(a / m) / k) = floor(a / (m * k))` for positive integers, a set is
 //!   evaluated by expanding it to its leaf (non-set) components with the item quantities
 //!   multiplied along the path, which is equal to evaluating the nested sets one by one.
-//!   `tests/common/reference.rs` implements the nested evaluation directly in Rust and is
+//!   `tests/suite/common/reference.rs` implements the nested evaluation directly in Rust and is
 //!   the oracle the tests compare the SQL with.
 //! * Out-of-stock components are **not** filtered out before the minimum: a set with one
 //!   component at 0 is 0 (filtering `sellable_quantity > 0` hid such components and oversold

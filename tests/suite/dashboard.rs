@@ -5,7 +5,7 @@
 //! after a short workload the charts of the last hour are drawn with that workload in them
 //! (a screenshot is kept in `target/test-artifacts/`).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -725,7 +725,8 @@ async fn hepsiburada_unknown_skus_are_element_errors() {
 #[tokio::test]
 async fn processing_delay_hides_results_until_it_elapses() {
     let cfg = MockConfig {
-        processing_delay: Duration::from_millis(600),
+        // Long enough that a loaded machine still reads both results before it elapses.
+        processing_delay: Duration::from_millis(3000),
         ..config()
     };
     let m = start(cfg).await;
@@ -749,7 +750,7 @@ async fn processing_delay_hides_results_until_it_elapses() {
     assert_eq!(st["status"], "InProgress");
     assert_eq!(st["total"], 1);
 
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let (_, batch) = ty_batch(&m, &ty_id).await;
     assert_eq!(batch["items"].as_array().unwrap().len(), 2);
     assert!(batch["lastModification"].as_i64() > batch["creationDate"].as_i64());

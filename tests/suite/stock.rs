@@ -1,9 +1,9 @@
 //! `stocksync::stock` against a real PostgreSQL: the rules case by case, a randomized
-//! comparison with the Rust reference (`tests/common/reference.rs`), and timing prints.
+//! comparison with the Rust reference (`tests/suite/common/reference.rs`), and timing prints.
 //!
 //! One private cluster per test binary, one database per test.
 
-mod common;
+use crate::common;
 
 use common::reference::Catalogue;
 use common::{connect, fresh_database};

@@ -2,7 +2,7 @@
 //! were taken over changes nothing), orphans (only claims whose backend is gone or whose lease
 //! ran out), and one pending entry per pair.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! marketplaces over real HTTP. Checks quantities (sets included), only-changed sends,
 //! inactive stores, credential pauses, item failures and the rate limits.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -736,7 +736,7 @@ async fn a_batch_with_unreadable_items_is_expired_and_its_listings_sent_again() 
         state == "expired"
     })
     .await;
-    eventually(Duration::from_secs(30), "MONT-1 sent again", || async {
+    eventually(Duration::from_secs(60), "MONT-1 sent again", || async {
         trendyol_pushes(mock)[before..]
             .iter()
             .any(|(_, r)| r.status == 200 && r.item_count == 1 && r.unchanged_items == 1)

@@ -4,7 +4,7 @@
 //! quantities, and nothing is sent twice. A store whose dispatcher loses its lock in the
 //! middle of a push is not sent twice either (claims are fenced).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

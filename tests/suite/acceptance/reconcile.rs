@@ -4,7 +4,7 @@
 //! Trendyol scan past the page window, a push accepted during the confirming re-read, the
 //! periodic audit resumed after kill -9, and the read budget held while dispatch pushes.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! stopping with exit code 2 and one sentence on permanent refusals (at start and while
 //! running) while waiting out a database it cannot reach.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::sync::Arc;

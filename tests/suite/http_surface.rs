@@ -3,7 +3,7 @@
 //! token, DNS rebinding (`Host`), no bodies, the header-read timeout and the connection cap,
 //! its own small pool, and no connection strings in `/readyz` or `/api/status`.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

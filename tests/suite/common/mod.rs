@@ -1,27 +1,57 @@
-//! Test harness: one private PostgreSQL cluster per test binary (started from the installed
-//! server binaries, `wal_level=logical`), a fresh database per test, and helpers to run
-//! `stocksync` pieces against it. The cluster is removed when the test process exits.
+//! Test harness: one private PostgreSQL cluster per suite (started from the installed server
+//! binaries, `wal_level=logical`), a fresh database per test, and helpers to run `stocksync`
+//! pieces against it. Clusters are removed when the test process exits.
 //!
-//! The cluster is shared without a lock (its methods take `&self`), so a test that panics
-//! cannot poison it for the others. Random workloads draw from [`seed`]: fixed per test
-//! binary and printed, overridden with `STOCKSYNC_TEST_SEED`, so a red run can be replayed.
+//! A suite is a module of this test binary (`capture`, `reliability`, ...), named by the
+//! innermost module in the test's name, which libtest gives the thread running it. Each suite keeps its
+//! own cluster, as when every suite was a binary of its own: walsenders read only their
+//! suite's WAL, and the slot and connection limits are per suite. Code running off a test
+//! thread (a spawned task) gets the `shared` suite.
+//!
+//! A cluster is shared without a lock (its methods take `&self`), so a test that panics
+//! cannot poison it for the others. Random workloads draw from [`seed`]: fixed per suite and
+//! printed into the test's output, overridden with `STOCKSYNC_TEST_SEED`, so a red run can be
+//! replayed.
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use stocksync::db::DbConfig;
 use stocksync::localpg::{ClusterOptions, LocalCluster};
 use tokio_postgres::Client;
 
-pub const APP_SCHEMA: &str = include_str!("../../sql/app_schema.sql");
+pub const APP_SCHEMA: &str = include_str!("../../../sql/app_schema.sql");
 
-static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
 static DB_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// The shared cluster of this test binary.
+/// The suite of the running test: the innermost module in its name (`reliability` for
+/// `acceptance::reliability::large_transaction_converges_with_bounded_memory`).
+pub fn suite() -> String {
+    let thread = std::thread::current();
+    match thread.name().and_then(|name| name.rsplit("::").nth(1)) {
+        Some(suite) => suite.to_string(),
+        None => "shared".to_string(),
+    }
+}
+
+/// The cluster of the running test's suite, started on first use.
 pub fn cluster() -> &'static LocalCluster {
-    CLUSTER.get_or_init(|| {
+    static CLUSTERS: Mutex<Option<HashMap<String, &'static OnceLock<LocalCluster>>>> =
+        Mutex::new(None);
+    // The map lock is held only to find the suite's slot, never while a cluster starts
+    // (a panic there must not block the other suites); `OnceLock` makes one start per suite.
+    let slot: &'static OnceLock<LocalCluster> = {
+        let mut clusters = CLUSTERS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        clusters
+            .get_or_insert_with(HashMap::new)
+            .entry(suite())
+            .or_insert_with(|| Box::leak(Box::new(OnceLock::new())))
+    };
+    slot.get_or_init(|| {
         let cluster = LocalCluster::start(ClusterOptions::default())
             .expect("start a private PostgreSQL cluster");
         cluster
@@ -31,24 +61,22 @@ pub fn cluster() -> &'static LocalCluster {
     })
 }
 
-/// The seed of this test binary's random workloads: `STOCKSYNC_TEST_SEED`, else a value
-/// fixed per test binary. Printed once, so every run can be replayed.
+/// The seed of the running test's random workloads: `STOCKSYNC_TEST_SEED`, else a value fixed
+/// per suite. Printed into the test's output (shown when it fails), so every run can be
+/// replayed.
 pub fn seed() -> u64 {
-    static SEED: OnceLock<u64> = OnceLock::new();
-    *SEED.get_or_init(|| {
-        let binary = env!("CARGO_CRATE_NAME");
-        let seed = std::env::var("STOCKSYNC_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            // FNV-1a of the binary's name: fixed, and different per binary.
-            .unwrap_or_else(|| {
-                binary.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-                })
-            });
-        println!("{binary}: test seed {seed} (replay with STOCKSYNC_TEST_SEED={seed})");
-        seed
-    })
+    let suite = suite();
+    let seed = std::env::var("STOCKSYNC_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        // FNV-1a of the suite's name: fixed, and different per suite.
+        .unwrap_or_else(|| {
+            suite.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
+        });
+    println!("{suite}: test seed {seed} (replay with STOCKSYNC_TEST_SEED={seed})");
+    seed
 }
 
 /// A new database with the application schema; returns its URL.

@@ -1,7 +1,7 @@
 //! Change capture against a real PostgreSQL: which pairs are enqueued, first run, skipping
 //! what was captured, schema drift, and the kill -9 loop.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

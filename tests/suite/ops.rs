@@ -2,7 +2,7 @@
 //! and `retry-failed` against a real database (no service running: each command works on
 //! the database alone).
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 

@@ -4,7 +4,7 @@
 //! flags, application rows of other shapes, the per-minute caps, and readiness when dispatch
 //! stalls.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -13,7 +13,7 @@
 //! * the Dockerfile parses and copies everything the build reads (no container engine here:
 //!   this is a parse check, see [`dockerfile_parses_and_copies_what_the_build_reads`]).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::net::UnixDatagram;
