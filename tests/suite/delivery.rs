@@ -705,23 +705,23 @@ async fn a_batch_with_unreadable_items_is_expired_and_its_listings_sent_again() 
     .await;
     let before = trendyol_pushes(mock).len();
 
+    // One statement: the poller must not read the batch before the listing names it.
     let batch: i64 = stack
         .client
         .query_one(
-            "INSERT INTO stock_sync.batches (store_id, provider, batch_ref, items, next_poll_at)
-             VALUES ($1, 'TRENDYOL', 'hand-edited', '{\"not\": \"items\"}', now()) RETURNING id",
-            &[&s.trendyol],
+            "WITH b AS (
+                 INSERT INTO stock_sync.batches (store_id, provider, batch_ref, items, next_poll_at)
+                 VALUES ($1, 'TRENDYOL', 'hand-edited', '{\"not\": \"items\"}', now()) RETURNING id
+             ), l AS (
+                 UPDATE stock_sync.listing_state SET sent_quantity = 50, sent_batch_id = (SELECT id FROM b)
+                 WHERE store_id = $1 AND product_id = $2
+             )
+             SELECT id FROM b",
+            &[&s.trendyol, &s.mont],
         )
         .await
         .unwrap()
         .get(0);
-    stack
-        .exec(
-            "UPDATE stock_sync.listing_state SET sent_quantity = 50, sent_batch_id = $3
-             WHERE store_id = $1 AND product_id = $2",
-            &[&s.trendyol, &s.mont, &batch],
-        )
-        .await;
 
     eventually(Duration::from_secs(30), "the batch expired", || async {
         let state: String = stack
@@ -736,7 +736,7 @@ async fn a_batch_with_unreadable_items_is_expired_and_its_listings_sent_again() 
         state == "expired"
     })
     .await;
-    eventually(Duration::from_secs(60), "MONT-1 sent again", || async {
+    eventually(Duration::from_secs(30), "MONT-1 sent again", || async {
         trendyol_pushes(mock)[before..]
             .iter()
             .any(|(_, r)| r.status == 200 && r.item_count == 1 && r.unchanged_items == 1)

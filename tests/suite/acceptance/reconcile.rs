@@ -311,6 +311,51 @@ fn example_keys(report: &Value, kind: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// For a failed drift count: the history of every drifted listing the test did not inject
+/// (its queue entries, `listing_state`, the API log rows naming its key) and the service's
+/// log lines naming its product, so a false drift can be told from a real one.
+async fn unexpected_drift(
+    client: &Client,
+    service: &Service,
+    store: Uuid,
+    report: &Value,
+    injected: &[&str],
+) -> String {
+    let log = std::fs::read_to_string(&service.log).unwrap_or_default();
+    let mut out = String::new();
+    for example in report["examples"].as_array().unwrap() {
+        let key = example["key"].as_str().unwrap_or_default();
+        if example["kind"] != "drifted" || injected.contains(&key) {
+            continue;
+        }
+        let Some(product) = example["product_id"]
+            .as_str()
+            .and_then(|p| p.parse::<Uuid>().ok())
+        else {
+            continue;
+        };
+        let calls = client
+            .query(
+                "SELECT format('%s %s status=%s %sms batch=%s ok=%s err=%s', created_at, type, \
+                        status_code, duration_ms, batch_id, success, error_message) \
+                 FROM stock_sync.api_log WHERE store_id = $1 AND request_body LIKE '%' || $2 || '%' \
+                 ORDER BY id",
+                &[&store, &key],
+            )
+            .await
+            .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
+            .unwrap_or_else(|e| e.to_string());
+        let product_text = product.to_string();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&product_text)).collect();
+        out += &format!(
+            "{key} ({product}):\n{}\napi_log:\n{calls}\nservice log:\n{}\n",
+            pair_history(client, store, product).await,
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        );
+    }
+    out
+}
+
 fn set(keys: &[&str]) -> BTreeSet<String> {
     keys.iter().map(|k| k.to_string()).collect()
 }
@@ -514,7 +559,19 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
     }
     assert_eq!(code, 1, "drift remains: {json:#}");
     let a = store_report(&json, ty_a);
-    assert_eq!(a["drifted"], 3, "{a:#}");
+    assert_eq!(
+        a["drifted"],
+        3,
+        "{a:#}\n{}",
+        unexpected_drift(
+            &client,
+            &service,
+            ty_a,
+            a,
+            &["QB-00000", "QB-00001", "QB-00002"]
+        )
+        .await
+    );
     assert_eq!(
         example_keys(a, "drifted"),
         set(&["QB-00000", "QB-00001", "QB-00002"])
@@ -525,10 +582,18 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
         example_keys(a, "missing_at_marketplace"),
         set(&["QB-00004"])
     );
-    assert!(
-        example_keys(a, "unknown_to_database").contains("GHOST-1"),
-        "{a:#}"
-    );
+    // The report keeps 5 examples per kind, and listings the workload deleted are unknown to
+    // the database too: the audit's journal holds every finding.
+    let ghost: i64 = client
+        .query_one(
+            "SELECT count(*) FROM stock_sync.reconcile_drift \
+             WHERE store_id = $1 AND kind = 'unknown_to_database' AND key = 'GHOST-1'",
+            &[&ty_a],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ghost, 1, "{a:#}");
     assert_eq!(a["repaired"], 0);
     let h = store_report(&json, hb);
     assert_eq!(h["drifted"], 4, "{h:#}");
@@ -573,7 +638,15 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
     assert_eq!(
         (a["drifted"].as_u64(), a["repaired"].as_u64()),
         (Some(3), Some(3)),
-        "{a:#}"
+        "{a:#}\n{}",
+        unexpected_drift(
+            &client,
+            &service,
+            ty_a,
+            a,
+            &["QB-00000", "QB-00001", "QB-00002"]
+        )
+        .await
     );
     let h = store_report(&json, hb);
     assert_eq!(

@@ -105,31 +105,6 @@ fn spawn_clients(
         .collect()
 }
 
-/// What the database says about one pair: its queue entries and `listing_state` row.
-async fn pair_history(client: &Client, store: uuid::Uuid, product: uuid::Uuid) -> String {
-    let entries = client
-        .query(
-            "SELECT format('%s %s %s reason=%s prio=%s sent=%s attempts=%s enq=%s fin=%s err=%s', \
-                    id, state, outcome, reason, priority, sent_quantity, attempts, enqueued_at, finished_at, last_error) \
-             FROM stock_sync.queue WHERE store_id = $1 AND product_id = $2 ORDER BY id",
-            &[&store, &product],
-        )
-        .await
-        .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
-        .unwrap_or_else(|e| e.to_string());
-    let listing = client
-        .query_opt(
-            "SELECT format('accepted=%s (batch %s) sent=%s (batch %s) in_doubt=%s', \
-                    accepted_quantity, accepted_batch_id, sent_quantity, sent_batch_id, in_doubt) \
-             FROM stock_sync.listing_state WHERE store_id = $1 AND product_id = $2",
-            &[&store, &product],
-        )
-        .await
-        .map(|r| r.map(|r| r.get::<_, String>(0)).unwrap_or_default())
-        .unwrap_or_else(|e| e.to_string());
-    format!("{entries}\nlisting_state: {listing}")
-}
-
 /// Waits until the queue is idle and the oracle agrees with the mock; panics with the
 /// differences, the seed and the service's log otherwise. Returns the pairs checked.
 async fn converged(rig: &mut Rig, seed: u64, timeout: Duration) -> usize {

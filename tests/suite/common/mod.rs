@@ -3,10 +3,10 @@
 //! pieces against it. Clusters are removed when the test process exits.
 //!
 //! A suite is a module of this test binary (`capture`, `reliability`, ...), named by the
-//! innermost module in the test's name, which libtest gives the thread running it. Each suite keeps its
-//! own cluster, as when every suite was a binary of its own: walsenders read only their
-//! suite's WAL, and the slot and connection limits are per suite. Code running off a test
-//! thread (a spawned task) gets the `shared` suite.
+//! innermost module in the test's name, which libtest gives the thread running it. Each suite
+//! keeps its own cluster, as when every suite was a binary of its own: walsenders read only
+//! their suite's WAL, and the slot and connection limits are per suite. Code running off a
+//! test thread (a spawned task) gets the `shared` suite.
 //!
 //! A cluster is shared without a lock (its methods take `&self`), so a test that panics
 //! cannot poison it for the others. Random workloads draw from [`seed`]: fixed per suite and

@@ -16,15 +16,31 @@ pub struct Stack {
     pub url: String,
     pub client: Client,
     pub mock: MockMarketplace,
+    slot: String,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Stack {
+    /// Stops the service and the mock. Returns once the server has released the slot: its
+    /// walsender outlives the connection a little, and a command run next (`check`, a second
+    /// service) must find the slot free.
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
         self.mock.shutdown().await;
+        eventually(Duration::from_secs(20), "the slot released", || async {
+            !self
+                .client
+                .query_one(
+                    "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&self.slot],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        })
+        .await;
     }
 
     pub async fn exec(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) {
@@ -86,6 +102,7 @@ pub async fn start(
         url,
         client,
         mock,
+        slot: prefix.to_string(),
         shutdown,
         task,
     }
