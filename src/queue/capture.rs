@@ -10,7 +10,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{PgLsn, ToSql, Type};
 use tokio_postgres::{Client, Statement};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::admin::enqueue_all_listed;
@@ -201,6 +201,24 @@ LIMIT $1
 /// One row per capture batch: its LSN span `[$1, $2)` (first commit, last end), and per
 /// transaction its xid (`$3`) and commit LSN (`$5`). The span's exclusion constraint rejects
 /// a second capture of any transaction (SQLSTATE 23P01).
+/// Whether every transaction `$1` (32-bit xids, as pgoutput names them) is visible to a
+/// snapshot taken now. The walsender sends a commit once its WAL record is written, which is
+/// a moment before the transaction is visible to other sessions; a dispatcher that read the
+/// quantity in that moment would see the old one and close the entry as unchanged, losing
+/// the change. Each xid gets the epoch of the snapshot's xmax (the one before when the xid
+/// is above xmax's low half: it was assigned before the wrap).
+const ALL_VISIBLE_SQL: &str = r#"
+SELECT coalesce(bool_and(txid_visible_in_snapshot(
+           (((txid_snapshot_xmax(s.snap) >> 32)
+             - CASE WHEN x > (txid_snapshot_xmax(s.snap) & 4294967295) THEN 1 ELSE 0 END) << 32) | x,
+           s.snap)), true)
+FROM unnest($1::bigint[]) AS x, (SELECT txid_current_snapshot() AS snap) s
+"#;
+
+/// How long capture waits between looks while a committed transaction is not visible yet
+/// (it becomes so within microseconds, longer only on a starved server).
+const VISIBILITY_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
 const CAPTURE_BATCH_SQL: &str = r#"
 INSERT INTO stock_sync.capture_batches
     (lsns, transactions, row_changes, xids, commit_lsns, last_commit_time)
@@ -433,7 +451,11 @@ impl CaptureWriter {
 
     async fn begin(&mut self) -> Result<(), tokio_postgres::Error> {
         if !self.in_transaction {
-            self.client.batch_execute("BEGIN").await?;
+            // Explicit: the visibility wait takes a new snapshot per statement, which a
+            // server defaulting to repeatable read would not give.
+            self.client
+                .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                .await?;
             self.in_transaction = true;
         }
         Ok(())
@@ -628,6 +650,12 @@ impl CaptureWriter {
         } else {
             advance.await?;
         }
+        // Rows this batch enqueued become visible to dispatch at COMMIT; the changes they
+        // stand for must be visible by then, or dispatch may read the quantities before them.
+        if !transactions.is_empty() {
+            let xids: Vec<i64> = transactions.iter().map(|t| i64::from(t.xid)).collect();
+            self.wait_until_visible(&xids).await?;
+        }
         let before_commit = Instant::now();
         self.client.batch_execute("COMMIT").await?;
         self.in_transaction = false;
@@ -637,6 +665,29 @@ impl CaptureWriter {
             total_ms = started.elapsed().as_secs_f64() * 1000.0,
             "capture transaction written"
         );
+        Ok(())
+    }
+
+    /// Waits until every transaction `xids` is visible to new snapshots (see
+    /// [`ALL_VISIBLE_SQL`]). Read committed: each look takes a new snapshot.
+    async fn wait_until_visible(&self, xids: &[i64]) -> Result<(), tokio_postgres::Error> {
+        let started = Instant::now();
+        let mut warned = false;
+        while !self
+            .client
+            .query_one(ALL_VISIBLE_SQL, &[&xids])
+            .await?
+            .get::<_, bool>(0)
+        {
+            if !warned && started.elapsed() >= std::time::Duration::from_secs(5) {
+                warn!(
+                    xids = ?xids,
+                    "captured transactions are still not visible to other sessions after 5 s; waiting"
+                );
+                warned = true;
+            }
+            tokio::time::sleep(VISIBILITY_POLL).await;
+        }
         Ok(())
     }
 

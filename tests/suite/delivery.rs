@@ -690,19 +690,8 @@ async fn a_batch_with_unreadable_items_is_expired_and_its_listings_sent_again() 
     .await;
     let mock = &stack.mock;
     wait_quantity(mock, TRENDYOL_SELLER, "MONT-1", 50).await;
-    eventually(Duration::from_secs(30), "first results read", || async {
-        let polling: i64 = stack
-            .client
-            .query_one(
-                "SELECT count(*) FROM stock_sync.batches WHERE state = 'polling'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        polling == 0
-    })
-    .await;
+    // Nothing else pending or polling: the resend must be a push of its own.
+    settled(&stack).await;
     let before = trendyol_pushes(mock).len();
 
     // One statement: the poller must not read the batch before the listing names it.
