@@ -1,7 +1,7 @@
 //! Capture: committed row changes of `product_stores` and `product_set_items` become durable
 //! queue entries, exactly once across crashes and restarts.
 //!
-//! # Exactly-once rules (each is tested in `tests/suite/capture.rs`)
+//! # Exactly-once rules (tested in `tests/suite/capture.rs`, except where rule 7 says)
 //! 1. A WAL transaction is *captured* when its queue rows, its batch's `capture_batches` row
 //!    and the new checkpoint (its commit end LSN) are committed in one database transaction.
 //!    Nothing else counts. Many small WAL transactions share one such transaction (bounded by
@@ -32,6 +32,12 @@
 //!    commit was not captured is streamed again from its start (rule 3 drops one whose
 //!    commit was). A streamed transaction with no published change (capture's own large
 //!    writes come back so) is not logged.
+//! 7. Queue rows become visible no earlier than the changes they stand for: the server sends
+//!    a commit once its WAL record is written, a moment before other sessions can see the
+//!    transaction, so capture commits a batch only after every one of its transactions is
+//!    visible to a new snapshot. Otherwise dispatch could read the old quantity and close the
+//!    entry as unchanged. (Not tested deterministically: the window is microseconds wide; it
+//!    was seen under load in the reconciliation suite.)
 //!
 //! First run (no checkpoint for the slot): every listed pair is enqueued in the same
 //! transaction that writes the first checkpoint (the slot's `confirmed_flush_lsn`).
