@@ -198,9 +198,6 @@ SELECT DISTINCT component_product_id FROM product_set_items
 LIMIT $1
 "#;
 
-/// One row per capture batch: its LSN span `[$1, $2)` (first commit, last end), and per
-/// transaction its xid (`$3`) and commit LSN (`$5`). The span's exclusion constraint rejects
-/// a second capture of any transaction (SQLSTATE 23P01).
 /// Whether every transaction `$1` (32-bit xids, as pgoutput names them) is visible to a
 /// snapshot taken now. The walsender sends a commit once its WAL record is written, which is
 /// a moment before the transaction is visible to other sessions; a dispatcher that read the
@@ -219,6 +216,9 @@ FROM unnest($1::bigint[]) AS x, (SELECT txid_current_snapshot() AS snap) s
 /// (it becomes so within microseconds, longer only on a starved server).
 const VISIBILITY_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// One row per capture batch: its LSN span `[$1, $2)` (first commit, last end), and per
+/// transaction its xid (`$3`) and commit LSN (`$5`). The span's exclusion constraint rejects
+/// a second capture of any transaction (SQLSTATE 23P01).
 const CAPTURE_BATCH_SQL: &str = r#"
 INSERT INTO stock_sync.capture_batches
     (lsns, transactions, row_changes, xids, commit_lsns, last_commit_time)
@@ -630,9 +630,9 @@ impl CaptureWriter {
         let position = position.to_string();
         let advance_params: [&(dyn ToSql + Sync); 2] = [&self.slot, &position];
         let advance = self.client.execute(&self.advance, &advance_params);
+        let xids: Vec<i64> = transactions.iter().map(|t| i64::from(t.xid)).collect();
         if let (Some(first), Some(last)) = (transactions.first(), transactions.last()) {
             let span = (PgLsn::from(first.commit_lsn), PgLsn::from(last.end_lsn));
-            let xids: Vec<i64> = transactions.iter().map(|t| i64::from(t.xid)).collect();
             let commit_lsns: Vec<PgLsn> =
                 transactions.iter().map(|t| t.commit_lsn.into()).collect();
             let row_changes: i32 = transactions.iter().map(|t| t.row_changes).sum();
@@ -652,8 +652,7 @@ impl CaptureWriter {
         }
         // Rows this batch enqueued become visible to dispatch at COMMIT; the changes they
         // stand for must be visible by then, or dispatch may read the quantities before them.
-        if !transactions.is_empty() {
-            let xids: Vec<i64> = transactions.iter().map(|t| i64::from(t.xid)).collect();
+        if !xids.is_empty() {
             self.wait_until_visible(&xids).await?;
         }
         let before_commit = Instant::now();
