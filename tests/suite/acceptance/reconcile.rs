@@ -545,6 +545,8 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
     )
     .await;
 
+    // The drift injected in Trendyol A above.
+    let injected_a = ["QB-00000", "QB-00001", "QB-00002"];
     let (code, json) = reconcile(&env, &[]).await;
     for r in json["stores"].as_array().unwrap() {
         println!(
@@ -563,19 +565,9 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
         a["drifted"],
         3,
         "{a:#}\n{}",
-        unexpected_drift(
-            &client,
-            &service,
-            ty_a,
-            a,
-            &["QB-00000", "QB-00001", "QB-00002"]
-        )
-        .await
+        unexpected_drift(&client, &service, ty_a, a, &injected_a).await
     );
-    assert_eq!(
-        example_keys(a, "drifted"),
-        set(&["QB-00000", "QB-00001", "QB-00002"])
-    );
+    assert_eq!(example_keys(a, "drifted"), set(&injected_a));
     assert_eq!(example_keys(a, "unknown"), set(&["QB-00003"]));
     assert_eq!(a["missing_at_marketplace"], 1, "{a:#}");
     assert_eq!(
@@ -635,14 +627,7 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
         (a["drifted"].as_u64(), a["repaired"].as_u64()),
         (Some(3), Some(3)),
         "{a:#}\n{}",
-        unexpected_drift(
-            &client,
-            &service,
-            ty_a,
-            a,
-            &["QB-00000", "QB-00001", "QB-00002"]
-        )
-        .await
+        unexpected_drift(&client, &service, ty_a, a, &injected_a).await
     );
     let h = store_report(&json, hb);
     assert_eq!(

@@ -14,7 +14,7 @@
 //! replayed.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,8 @@ pub fn suite() -> String {
 
 /// The cluster of the running test's suite, started on first use.
 pub fn cluster() -> &'static LocalCluster {
-    static CLUSTERS: Mutex<Option<HashMap<String, &'static OnceLock<LocalCluster>>>> =
-        Mutex::new(None);
+    static CLUSTERS: Mutex<BTreeMap<String, &'static OnceLock<LocalCluster>>> =
+        Mutex::new(BTreeMap::new());
     // The map lock is held only to find the suite's slot, never while a cluster starts
     // (a panic there must not block the other suites); `OnceLock` makes one start per suite.
     let slot: &'static OnceLock<LocalCluster> = {
@@ -47,7 +47,6 @@ pub fn cluster() -> &'static LocalCluster {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         clusters
-            .get_or_insert_with(HashMap::new)
             .entry(suite())
             .or_insert_with(|| Box::leak(Box::new(OnceLock::new())))
     };

@@ -402,15 +402,16 @@ pub async fn queue_idle(client: &Client) -> bool {
         .query_one(
             // One probe per state, each through its partial index: counting both states
             // read the whole queue, 60 ms a poll at 80,000 rows.
-            "SELECT (SELECT count(*) FROM (SELECT 1 FROM stock_sync.queue WHERE state = 'pending' \
-                         AND store_id NOT IN (SELECT store_id FROM stock_sync.store_state WHERE paused_reason IS NOT NULL) LIMIT 1) p) \
-                  + (SELECT count(*) FROM (SELECT 1 FROM stock_sync.queue WHERE state = 'in_flight' \
-                         AND store_id NOT IN (SELECT store_id FROM stock_sync.store_state WHERE paused_reason IS NOT NULL) LIMIT 1) f) \
-                  + (SELECT count(*) FROM stock_sync.batches WHERE state = 'polling')",
+            "WITH paused AS (SELECT store_id FROM stock_sync.store_state WHERE paused_reason IS NOT NULL) \
+             SELECT EXISTS (SELECT 1 FROM stock_sync.queue WHERE state = 'pending' \
+                                AND store_id NOT IN (SELECT store_id FROM paused)) \
+                 OR EXISTS (SELECT 1 FROM stock_sync.queue WHERE state = 'in_flight' \
+                                AND store_id NOT IN (SELECT store_id FROM paused)) \
+                 OR EXISTS (SELECT 1 FROM stock_sync.batches WHERE state = 'polling')",
             &[],
         )
         .await;
-    matches!(row, Ok(r) if r.get::<_, i64>(0) == 0)
+    matches!(row, Ok(r) if !r.get::<_, bool>(0))
 }
 
 /// `STOCKSYNC_STREAMING` for the service, when the test run sets it (`on` or `off`): the
