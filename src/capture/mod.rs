@@ -36,8 +36,9 @@
 //!    a commit once its WAL record is written, a moment before other sessions can see the
 //!    transaction, so capture commits a batch only after every one of its transactions is
 //!    visible to a new snapshot. Otherwise dispatch could read the old quantity and close the
-//!    entry as unchanged. (Not tested deterministically: the window is microseconds wide; it
-//!    was seen under load in the reconciliation suite.)
+//!    entry as unchanged. The check ([`crate::queue::visibility`]) is tested on open
+//!    transactions and, for every epoch, on snapshots; the race itself is microseconds wide
+//!    and was seen only under load in the reconciliation suite.
 //!
 //! First run (no checkpoint for the slot): every listed pair is enqueued in the same
 //! transaction that writes the first checkpoint (the slot's `confirmed_flush_lsn`).

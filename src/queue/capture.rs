@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::admin::enqueue_all_listed;
+use super::visibility::current_snapshot;
 use super::Reason;
 use crate::metrics::metrics;
 use crate::replication::Lsn;
@@ -196,20 +197,6 @@ const DISCARD_ALL_STAGED_SQL: &str = "DELETE FROM stock_sync.stream_staging WHER
 const COMPONENTS_SQL: &str = r#"
 SELECT DISTINCT component_product_id FROM product_set_items
 LIMIT $1
-"#;
-
-/// Whether every transaction `$1` (32-bit xids, as pgoutput names them) is visible to a
-/// snapshot taken now. The walsender sends a commit once its WAL record is written, which is
-/// a moment before the transaction is visible to other sessions; a dispatcher that read the
-/// quantity in that moment would see the old one and close the entry as unchanged, losing
-/// the change. Each xid gets the epoch of the snapshot's xmax (the one before when the xid
-/// is above xmax's low half: it was assigned before the wrap).
-const ALL_VISIBLE_SQL: &str = r#"
-SELECT coalesce(bool_and(txid_visible_in_snapshot(
-           (((txid_snapshot_xmax(s.snap) >> 32)
-             - CASE WHEN x > (txid_snapshot_xmax(s.snap) & 4294967295) THEN 1 ELSE 0 END) << 32) | x,
-           s.snap)), true)
-FROM unnest($1::bigint[]) AS x, (SELECT txid_current_snapshot() AS snap) s
 "#;
 
 /// How long capture waits between looks while a committed transaction is not visible yet
@@ -630,7 +617,8 @@ impl CaptureWriter {
         let position = position.to_string();
         let advance_params: [&(dyn ToSql + Sync); 2] = [&self.slot, &position];
         let advance = self.client.execute(&self.advance, &advance_params);
-        let xids: Vec<i64> = transactions.iter().map(|t| i64::from(t.xid)).collect();
+        let xids: Vec<u32> = transactions.iter().map(|t| t.xid).collect();
+        let logged_xids: Vec<i64> = xids.iter().map(|&x| i64::from(x)).collect();
         if let (Some(first), Some(last)) = (transactions.first(), transactions.last()) {
             let span = (PgLsn::from(first.commit_lsn), PgLsn::from(last.end_lsn));
             let commit_lsns: Vec<PgLsn> =
@@ -639,7 +627,7 @@ impl CaptureWriter {
             let log_params: [&(dyn ToSql + Sync); 6] = [
                 &span.0,
                 &span.1,
-                &xids,
+                &logged_xids,
                 &row_changes,
                 &commit_lsns,
                 &last.commit_time,
@@ -668,16 +656,11 @@ impl CaptureWriter {
     }
 
     /// Waits until every transaction `xids` is visible to new snapshots (see
-    /// [`ALL_VISIBLE_SQL`]). Read committed: each look takes a new snapshot.
-    async fn wait_until_visible(&self, xids: &[i64]) -> Result<(), tokio_postgres::Error> {
+    /// [`super::visibility`]). Read committed: each look takes a new snapshot.
+    async fn wait_until_visible(&self, xids: &[u32]) -> Result<(), tokio_postgres::Error> {
         let started = Instant::now();
         let mut warned = false;
-        while !self
-            .client
-            .query_one(ALL_VISIBLE_SQL, &[&xids])
-            .await?
-            .get::<_, bool>(0)
-        {
+        while !current_snapshot(&self.client).await?.all_visible(xids) {
             if !warned && started.elapsed() >= std::time::Duration::from_secs(5) {
                 warn!(
                     xids = ?xids,

@@ -62,6 +62,7 @@ mod claims;
 mod listings;
 mod reason;
 mod reconcile;
+pub mod visibility;
 
 pub use admin::{
     checkpoint_lag, dead_by_store, dead_letters, enqueue_all_listed, outstanding, pending_by_store,
@@ -79,6 +80,7 @@ pub use listings::{
 };
 pub use reason::{Reason, UnknownReason};
 pub use reconcile::{checkpoint_reached, enqueue_pairs, in_motion};
+pub use visibility::{current_snapshot, Snapshot};
 
 /// Where an entry is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -211,3 +211,42 @@ async fn orphans_of_one_pair_released_together_leave_one_pending_entry() {
         .get(0);
     assert_eq!(pending, 1);
 }
+
+/// Capture commits its queue rows only once the captured transactions are visible. A
+/// transaction whose xid is above the snapshot's xmax (an older one still runs) is not
+/// visible yet, and becomes so when it completes, whatever the older one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_is_visible_only_once_it_has_completed() {
+    let url = fresh_database("visibility");
+    let observer = connect(&url).await;
+    let (mut older, mut newer) = (connect(&url).await, connect(&url).await);
+    let older = older.transaction().await.unwrap();
+    let newer = newer.transaction().await.unwrap();
+    let mut xids = Vec::new();
+    for tx in [&older, &newer] {
+        let txid: i64 = tx
+            .query_one("SELECT txid_current()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        // pgoutput names transactions by the low 32 bits.
+        xids.push(txid as u32);
+    }
+    let (older_xid, newer_xid) = (xids[0], xids[1]);
+    let visible = |xid: u32| {
+        let observer = &observer;
+        async move {
+            queue::current_snapshot(observer)
+                .await
+                .unwrap()
+                .all_visible(&[xid])
+        }
+    };
+    assert!(!visible(older_xid).await);
+    assert!(!visible(newer_xid).await, "above xmax while the older runs");
+    newer.commit().await.unwrap();
+    assert!(visible(newer_xid).await);
+    assert!(!visible(older_xid).await);
+    older.commit().await.unwrap();
+    assert!(visible(older_xid).await);
+}
