@@ -7,13 +7,15 @@ use std::time::Duration;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::{Outcome, QueueError, Reason};
+use super::{QueueError, Reason};
 
 /// Of products `$2` in store `$1`, those in motion: a pending or in-flight entry, a push
-/// whose item result is still open (`sent_quantity`), or a push sent (`$4` outcome) or
-/// accepted within the last `$3` seconds. Each branch is answered by an index: the pending
-/// pair index, the in-flight and finished partial indexes (few rows each), the
-/// `listing_state` primary key.
+/// whose item result is still open (`sent_quantity`), an entry closed (whatever its outcome)
+/// or a push accepted within the last `$3` seconds. An entry closed as `unchanged` counts: the
+/// quantity it computed equalled what the marketplace was told, so a truth computed before it
+/// (the pair changed and changed back while capture was waited for) is out of date. Each
+/// branch is answered by an index: the pending pair index, the in-flight and finished
+/// partial indexes (few rows each), the `listing_state` primary key.
 const IN_MOTION_SQL: &str = r#"
 SELECT u.product_id FROM unnest($2::uuid[]) AS u(product_id)
 WHERE EXISTS (SELECT 1 FROM stock_sync.queue q
@@ -21,7 +23,7 @@ WHERE EXISTS (SELECT 1 FROM stock_sync.queue q
    OR u.product_id IN (SELECT q.product_id FROM stock_sync.queue q
                        WHERE q.state = 'in_flight' AND q.store_id = $1)
    OR u.product_id IN (SELECT q.product_id FROM stock_sync.queue q
-                       WHERE q.state = 'done' AND q.store_id = $1 AND q.outcome = $4
+                       WHERE q.state = 'done' AND q.store_id = $1
                          AND q.finished_at > now() - make_interval(secs => $3::float8))
    OR EXISTS (SELECT 1 FROM stock_sync.listing_state l
               WHERE l.store_id = $1 AND l.product_id = u.product_id
@@ -48,8 +50,8 @@ SELECT COALESCE((SELECT lsn >= $2::text::pg_lsn FROM stock_sync.checkpoint WHERE
 "#;
 
 /// Which of `products` (store `store`) are in motion: a pending or in-flight entry, an open
-/// item result, or a push sent or accepted within `window` (the marketplace may not show
-/// it yet).
+/// item result, or an entry closed or a push accepted within `window` (see
+/// [`IN_MOTION_SQL`]).
 pub async fn in_motion(
     db: &impl GenericClient,
     store: Uuid,
@@ -60,15 +62,7 @@ pub async fn in_motion(
         return Ok(HashSet::new());
     }
     Ok(db
-        .query(
-            IN_MOTION_SQL,
-            &[
-                &store,
-                &products,
-                &window.as_secs_f64(),
-                &Outcome::Sent.as_str(),
-            ],
-        )
+        .query(IN_MOTION_SQL, &[&store, &products, &window.as_secs_f64()])
         .await?
         .iter()
         .map(|r| r.get(0))

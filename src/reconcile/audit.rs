@@ -366,8 +366,9 @@ impl Audit<'_> {
         let rules = self.settings.rules_for(t.id);
         let truth = catalogue::truth(db, t.id, &products, &rules).await?;
         let settled = self.capture_settled(db).await?;
-        // The motion window reaches back to the re-read, not only from now: a push accepted
-        // while capture was waited for is newer than what the read showed.
+        // The motion window reaches back to the re-read, not only from now: a push accepted,
+        // or an entry closed, while capture was waited for is newer than what the read showed
+        // (and than the truth).
         let window = self.settings.motion_window + read_at.elapsed();
         let moving = queue::in_motion(db, t.id, &products, window).await?;
         for c in candidates {

@@ -19,8 +19,8 @@
 //!    computed after that read, and capture is waited for until its checkpoint passes the
 //!    server's WAL position at that moment, so every change the truth saw is in the queue;
 //!    then a pair *in motion* (a pending or in-flight entry, a push whose item result is
-//!    open, or a push sent or accepted within `flush_interval`) is set apart, never counted
-//!    as drift.
+//!    open, or an entry closed or a push accepted since `flush_interval` before the re-read)
+//!    is set apart, never counted as drift.
 //! 5. **Repair** (with `fix`): each drifted pair gets a `RECONCILE` entry (priority 55) and
 //!    its last accepted quantity is forgotten, so the only-changed rule cannot skip the
 //!    repair; the running service pushes it as usual (limits, identical-body rule, batch

@@ -270,6 +270,7 @@ async fn mock_read_endpoints_follow_the_contract() {
 
 /// `stocksync reconcile --json` (the real binary) with `args`; its exit code and JSON.
 async fn reconcile(env: &[(String, String)], args: &[&str]) -> (i32, Value) {
+    println!("reconcile {args:?} from {}", chrono::Utc::now());
     let out = tokio::process::Command::new(binary())
         .arg("reconcile")
         .arg("--json")
@@ -336,8 +337,9 @@ async fn unexpected_drift(
         };
         let calls = client
             .query(
-                "SELECT format('%s %s status=%s %sms batch=%s ok=%s err=%s', created_at, type, \
-                        status_code, duration_ms, batch_id, success, error_message) \
+                "SELECT format('%s %s status=%s %sms batch=%s ok=%s err=%s item=%s', created_at, type, \
+                        status_code, duration_ms, batch_id, success, error_message, \
+                        substring(request_body FROM ('\\{[^{}]*\"' || $2 || '\"[^{}]*\\}'))) \
                  FROM stock_sync.api_log WHERE store_id = $1 AND request_body LIKE '%' || $2 || '%' \
                  ORDER BY id",
                 &[&store, &key],
@@ -484,6 +486,7 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
     );
     // Quiet products QB-i / qsku-i in Trendyol A and Hepsiburada: sellable 10 + i.
     quiet_products(&client, &[ty_a, hb], 10, "QB", "qsku", |i| 10 + i as i32).await;
+    journal_stock_changes(&client).await;
     setup(&url, slot, slot).await;
     let mock = start_mock(mock_config(Duration::from_secs(2))).await;
     let env = service_env(&url, slot, &mock, &[]);
@@ -547,6 +550,7 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
 
     // The drift injected in Trendyol A above.
     let injected_a = ["QB-00000", "QB-00001", "QB-00002"];
+    let injected_hb = ["qsku-00000", "qsku-00001", "qsku-00002", "qsku-00006"];
     let (code, json) = reconcile(&env, &[]).await;
     for r in json["stores"].as_array().unwrap() {
         println!(
@@ -584,11 +588,13 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
     );
     assert_eq!(a["repaired"], 0);
     let h = store_report(&json, hb);
-    assert_eq!(h["drifted"], 4, "{h:#}");
     assert_eq!(
-        example_keys(h, "drifted"),
-        set(&["qsku-00000", "qsku-00001", "qsku-00002", "qsku-00006"])
+        h["drifted"],
+        4,
+        "{h:#}\n{}",
+        unexpected_drift(&client, &service, hb, h, &injected_hb).await
     );
+    assert_eq!(example_keys(h, "drifted"), set(&injected_hb));
     assert_eq!(h["not_repairable"], 3, "{h:#}");
     assert_eq!(
         example_keys(h, "not_repairable"),
@@ -596,8 +602,10 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
     );
     let b = store_report(&json, ty_b);
     assert_eq!(
-        b["drifted"], 0,
-        "no false positive in the busy store: {b:#}"
+        b["drifted"],
+        0,
+        "no false positive in the busy store: {b:#}\n{}",
+        unexpected_drift(&client, &service, ty_b, b, &[]).await
     );
     for report in json["stores"].as_array().unwrap() {
         let sum: u64 = [
@@ -633,7 +641,8 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
     assert_eq!(
         (h["drifted"].as_u64(), h["repaired"].as_u64()),
         (Some(4), Some(4)),
-        "{h:#}"
+        "{h:#}\n{}",
+        unexpected_drift(&client, &service, hb, h, &injected_hb).await
     );
     assert_eq!(
         reconcile_entries(&client).await,
@@ -699,6 +708,118 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
         "{a:#}"
     );
     assert_eq!(example_keys(a, "drifted"), set(&["QB-00005"]));
+    service.kill9();
+    mock.shutdown().await;
+}
+
+/// A pair changes and changes back while the audit waits for capture: its entry closes as
+/// unchanged before the motion check, so the truth the audit computed in between is out of
+/// date. That is motion, not drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_that_changed_and_changed_back_while_capture_was_waited_for_is_motion() {
+    let slot = "rec_back";
+    let seller = "8202";
+    let (url, client, store, mock) =
+        store_in_sync(slot, seller, "N", 5, ReadsConfig::default()).await;
+    let env = service_env(&url, slot, &mock, &[]);
+    let mut service = start_service(slot, &env);
+    // Capture streams and the first run's entries are closed.
+    eventually(
+        Duration::from_secs(60),
+        "the first run's pushes are done",
+        || async {
+            let streaming: bool = client
+                .query_one(
+                    "SELECT COALESCE((SELECT active FROM pg_replication_slots WHERE slot_name = $1), false) \
+                     AND EXISTS (SELECT 1 FROM stock_sync.queue WHERE reason = 'INITIAL_SYNC')",
+                    &[&slot],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            streaming && queue_idle(&client).await
+        },
+    )
+    .await;
+    let product: Uuid = client
+        .query_one("SELECT id FROM products WHERE barcode = 'N-00001'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let change = |delta: i32| {
+        let client = &client;
+        async move {
+            client
+                .execute(
+                    "UPDATE product_stores SET sellable_quantity = sellable_quantity + $3 \
+                     WHERE store_id = $1 AND product_id = $2",
+                    &[&store, &product, &delta],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // Capture cannot commit while this transaction holds its log table: it falls behind.
+    let mut holder = connect(&url).await;
+    let hold = holder.transaction().await.unwrap();
+    hold.batch_execute("LOCK TABLE stock_sync.capture_batches IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    change(3).await;
+    let audit = {
+        let env = env.clone();
+        let store = store.to_string();
+        tokio::spawn(async move { reconcile(&env, &["--store", &store]).await })
+    };
+    // The audit has computed its truth (1 + 3 against the 1 shown) and waits for capture.
+    eventually(
+        Duration::from_secs(60),
+        "the audit waiting for capture",
+        || async {
+            client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+                     WHERE query LIKE '%lsn >= $2::text::pg_lsn%' AND pid <> pg_backend_pid())",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        },
+    )
+    .await;
+    change(-3).await;
+    hold.commit().await.unwrap();
+    let (code, json) = audit.await.unwrap();
+    let r = store_report(&json, store);
+    assert_eq!(
+        (r["drifted"].as_u64(), r["in_motion"].as_u64()),
+        (Some(0), Some(1)),
+        "{r:#}\n{}",
+        pair_history(&client, store, product).await
+    );
+    assert_eq!(code, 0, "{json:#}");
+    // The pair's entry closed as unchanged (nothing was pushed: the marketplace shows 1).
+    eventually(Duration::from_secs(30), "the entry closed", || {
+        queue_idle(&client)
+    })
+    .await;
+    let outcomes: Vec<String> = client
+        .query(
+            "SELECT outcome FROM stock_sync.queue WHERE store_id = $1 AND product_id = $2 \
+             AND reason <> 'INITIAL_SYNC' ORDER BY id",
+            &[&store, &product],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !outcomes.is_empty() && outcomes.iter().all(|o| o == "unchanged"),
+        "{outcomes:?}"
+    );
+    shows(&mock, Marketplace::Trendyol, seller, "N-00001", 1).await;
     service.kill9();
     mock.shutdown().await;
 }
@@ -1106,17 +1227,15 @@ async fn reads_stay_within_their_budget_while_dispatch_pushes() {
     )
     .await;
     due_now(&client, ty).await;
-    let clients: Vec<_> = (0..2)
-        .map(|i| {
-            tokio::spawn(run_client(
-                url.clone(),
-                catalogue.clone(),
-                seed + 1 + i,
-                100_000,
-                Duration::from_millis(50),
-            ))
-        })
-        .collect();
+    // A steady trickle of changes (about 5 transactions a second) keeps dispatch pushing to
+    // the store while it is audited; more would only cost the machine.
+    let workload = tokio::spawn(run_client(
+        url.clone(),
+        catalogue.clone(),
+        seed + 1,
+        100_000,
+        Duration::from_millis(400),
+    ));
     let mut command = tokio::process::Command::new(binary())
         .args(["reconcile", "--store", &hb.to_string()])
         .env_clear()
@@ -1136,9 +1255,7 @@ async fn reads_stay_within_their_budget_while_dispatch_pushes() {
     )
     .await;
     let _ = command.kill().await;
-    for c in &clients {
-        c.abort();
-    }
+    workload.abort();
     assert!(
         busiest_minute(&client, ty, &["trendyol.inventory-read"]).await <= 20,
         "Trendyol reads within the share"

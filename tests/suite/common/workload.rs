@@ -457,13 +457,57 @@ pub async fn pair_history(client: &Client, store: uuid::Uuid, product: uuid::Uui
         .unwrap_or_else(|e| e.to_string());
     let listing = client
         .query_opt(
-            "SELECT format('accepted=%s (batch %s) sent=%s (batch %s) in_doubt=%s', \
-                    accepted_quantity, accepted_batch_id, sent_quantity, sent_batch_id, in_doubt) \
+            "SELECT format('accepted=%s at %s (batch %s) sent=%s (batch %s) in_doubt=%s', \
+                    accepted_quantity, accepted_at, accepted_batch_id, sent_quantity, sent_batch_id, in_doubt) \
              FROM stock_sync.listing_state WHERE store_id = $1 AND product_id = $2",
             &[&store, &product],
         )
         .await
         .map(|r| r.map(|r| r.get::<_, String>(0)).unwrap_or_default())
         .unwrap_or_else(|e| e.to_string());
-    format!("{entries}\nlisting_state: {listing}")
+    let stock = client
+        .query_opt(
+            "SELECT format('%s sellable=%s committed=%s', p.product_type, ps.sellable_quantity, ps.committed_quantity) \
+             FROM products p LEFT JOIN product_stores ps ON ps.product_id = p.id AND ps.store_id = $1 \
+             WHERE p.id = $2",
+            &[&store, &product],
+        )
+        .await
+        .map(|r| r.map(|r| r.get::<_, String>(0)).unwrap_or_default())
+        .unwrap_or_else(|e| e.to_string());
+    // Present only where the test keeps it (see `journal_stock_changes`).
+    let journal = client
+        .query(
+            "SELECT format('xid %s at %s: %s -> %s; captured in batch %s at %s (commit %s)', \
+                    j.xid, j.at, j.old_quantity, j.new_quantity, c.batch_id, c.captured_at, c.commit_lsn) \
+             FROM test_stock_journal j \
+             LEFT JOIN stock_sync.captured_transactions c ON c.xid = j.xid % 4294967296 \
+             WHERE j.store_id = $1 AND j.product_id = $2 ORDER BY j.id",
+            &[&store, &product],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default();
+    format!("{entries}\nlisting_state: {listing}\nnow: {stock}\nchanges:\n{journal}")
+}
+
+/// Test-only: every change of `product_stores.sellable_quantity` is journaled with its
+/// transaction's xid, so a drift's history shows which capture batch carried each change.
+pub async fn journal_stock_changes(client: &Client) {
+    client
+        .batch_execute(
+            "CREATE TABLE test_stock_journal (id bigserial PRIMARY KEY, xid bigint, at timestamptz, \
+                 store_id uuid, product_id uuid, old_quantity int, new_quantity int);
+             CREATE FUNCTION test_journal_stock() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO test_stock_journal (xid, at, store_id, product_id, old_quantity, new_quantity)
+                 VALUES (txid_current(), clock_timestamp(), COALESCE(NEW.store_id, OLD.store_id),
+                         COALESCE(NEW.product_id, OLD.product_id), OLD.sellable_quantity, NEW.sellable_quantity);
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER test_journal_stock AFTER INSERT OR UPDATE OR DELETE ON product_stores
+                 FOR EACH ROW EXECUTE FUNCTION test_journal_stock();",
+        )
+        .await
+        .unwrap();
 }
