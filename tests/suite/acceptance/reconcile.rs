@@ -779,7 +779,8 @@ async fn a_pair_that_changed_and_changed_back_while_capture_was_waited_for_is_mo
             client
                 .query_one(
                     "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
-                     WHERE query LIKE '%lsn >= $2::text::pg_lsn%' AND pid <> pg_backend_pid())",
+                     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                       AND query LIKE '%lsn >= $2::text::pg_lsn%')",
                     &[],
                 )
                 .await
