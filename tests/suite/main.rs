@@ -21,7 +21,6 @@ mod deploy;
 mod errors;
 mod ha;
 mod http_surface;
-mod live_accounts;
 mod marketplace_clients;
 mod mock_marketplace;
 mod ops;
