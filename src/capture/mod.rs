@@ -37,8 +37,9 @@
 //!    transaction, so capture commits a batch only after every one of its transactions is
 //!    visible to a new snapshot. Otherwise dispatch could read the old quantity and close the
 //!    entry as unchanged. The check ([`crate::queue::visibility`]) is tested on open
-//!    transactions and, for every epoch, on snapshots; the race itself is microseconds wide
-//!    and was seen only under load in the reconciliation suite.
+//!    transactions and, for every epoch, on snapshots; the race itself is not reproduced by a
+//!    test (on an idle server the window is microseconds wide; under load in the read-budget
+//!    test capture was seen waiting up to about 50 ms).
 //!
 //! First run (no checkpoint for the slot): every listed pair is enqueued in the same
 //! transaction that writes the first checkpoint (the slot's `confirmed_flush_lsn`).

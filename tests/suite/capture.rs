@@ -179,39 +179,40 @@ async fn wait_caught_up(client: &Client, slot: &str) {
         .await
         .unwrap()
         .get(0);
-    let caught_up = || async {
+    // Where capture stands, for a red run: the checkpoint, the slot, its walsender, the sessions.
+    let explain = || async {
         client
             .query_one(
-                "SELECT coalesce((SELECT lsn FROM stock_sync.checkpoint WHERE slot_name = $1) >= $2::text::pg_lsn, false)",
-                &[&slot, &target],
+                "SELECT format('checkpoint %s; slot %s; walsender %s; sessions: %s', \
+                   (SELECT lsn FROM stock_sync.checkpoint WHERE slot_name = $1), \
+                   (SELECT format('active %s confirmed %s restart %s', active, confirmed_flush_lsn, restart_lsn) \
+                      FROM pg_replication_slots WHERE slot_name = $1), \
+                   (SELECT format('%s sent %s', r.state, r.sent_lsn) FROM pg_stat_replication r \
+                      JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1), \
+                   (SELECT string_agg(format('%s %s/%s [%s]', pid, wait_event_type, wait_event, left(query, 80)), '; ') \
+                      FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()))",
+                &[&slot],
             )
             .await
-            .unwrap()
-            .get::<_, bool>(0)
+            .map(|r| r.get(0))
+            .unwrap_or_else(|e| e.to_string())
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !caught_up().await {
-        if std::time::Instant::now() > deadline {
-            // Where capture stands, for a red run: the slot, the walsender, the sessions.
-            let state: String = client
+    eventually_explained(
+        Duration::from_secs(30),
+        &format!("checkpoint to reach the current WAL position {target}"),
+        || async {
+            client
                 .query_one(
-                    "SELECT format('checkpoint %s; slot %s; walsender %s; sessions: %s', \
-                       (SELECT lsn FROM stock_sync.checkpoint WHERE slot_name = $1), \
-                       (SELECT format('active %s confirmed %s restart %s', active, confirmed_flush_lsn, restart_lsn) \
-                          FROM pg_replication_slots WHERE slot_name = $1), \
-                       (SELECT format('%s sent %s', state, sent_lsn) FROM pg_stat_replication \
-                          WHERE application_name = $1 LIMIT 1), \
-                       (SELECT string_agg(format('%s %s/%s [%s]', pid, wait_event_type, wait_event, left(query, 80)), '; ') \
-                          FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()))",
-                    &[&slot],
+                    "SELECT coalesce((SELECT lsn FROM stock_sync.checkpoint WHERE slot_name = $1) >= $2::text::pg_lsn, false)",
+                    &[&slot, &target],
                 )
                 .await
-                .map(|r| r.get(0))
-                .unwrap_or_else(|e| e.to_string());
-            panic!("capture did not reach {target} in 30 s: {state}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+                .unwrap()
+                .get::<_, bool>(0)
+        },
+        explain,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

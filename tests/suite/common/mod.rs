@@ -112,10 +112,26 @@ pub async fn setup(url: &str, slot: &str, publication: &str) {
 }
 
 /// Polls `check` until it returns true or `timeout` passes; panics with `what` on timeout.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
+{
+    eventually_explained(timeout, what, check, || async { String::new() }).await
+}
+
+/// [`eventually`], and on timeout the panic also carries what `explain` reports (the state of
+/// whatever was waited for, so a red run shows why).
+pub async fn eventually_explained<F, Fut, E, EFut>(
+    timeout: Duration,
+    what: &str,
+    mut check: F,
+    explain: E,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+    E: FnOnce() -> EFut,
+    EFut: std::future::Future<Output = String>,
 {
     let start = Instant::now();
     loop {
@@ -123,7 +139,11 @@ where
             return;
         }
         if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for: {what}");
+            let explanation = explain().await;
+            if explanation.is_empty() {
+                panic!("timed out after {timeout:?} waiting for: {what}");
+            }
+            panic!("timed out after {timeout:?} waiting for: {what}: {explanation}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
