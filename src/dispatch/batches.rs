@@ -11,7 +11,10 @@
 //!
 //! Polls are leased by moving `next_poll_at` forward in the claiming statement, and a batch
 //! is finished only while still `polling` under a row lock, so instances can share this
-//! work and a crash mid-poll only means polling again.
+//! work and a crash mid-poll only means polling again (when the lease ends). A poll that
+//! fails on the database, or that a stopping poller skips, gives its lease back once the
+//! database answers again (the next poller of the process does it), so a server restart does
+//! not hold results back for a whole lease.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +67,17 @@ RETURNING b.id, b.store_id, b.provider, b.batch_ref, b.items::text,
 const SCHEDULE_SQL: &str = r#"
 UPDATE stock_sync.batches SET next_poll_at = now() + make_interval(secs => $2::float8)
 WHERE id = $1 AND state = 'polling'
+"#;
+
+/// Gives back the leases of batches whose poll failed after [`DUE_SQL`] leased them (a lost
+/// connection, a restarting server), or that were not polled because the poller stopped:
+/// they are polled again after the gap a pending result gets, not when the lease ends. A lease taken since by another poller (`polls` moved on) is
+/// left alone.
+const GIVE_BACK_SQL: &str = r#"
+UPDATE stock_sync.batches b
+SET next_poll_at = LEAST(b.next_poll_at, now() + make_interval(secs => l.gap))
+FROM unnest($1::bigint[], $2::int[], $3::float8[]) AS l(id, polls, gap)
+WHERE b.id = l.id AND b.polls = l.polls AND b.state = 'polling'
 "#;
 
 /// Locks a batch for finishing; only a batch still polling is finished (once).
@@ -140,6 +154,38 @@ struct DueBatch {
     polls: i32,
 }
 
+/// Leases a poller of this process took and did not finish: its poll failed, or it was
+/// stopped first (the lock connection broke). (batch id, `polls` at the lease.) Only the
+/// poller adds and removes; the lock is never held across an await.
+#[derive(Default)]
+pub(super) struct UnfinishedLeases(std::sync::Mutex<Vec<(i64, i32)>>);
+
+impl UnfinishedLeases {
+    fn add(&self, batch: &DueBatch) {
+        let mut leases = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        leases.push((batch.id, batch.polls));
+    }
+
+    /// Gives the leases back ([`GIVE_BACK_SQL`]); kept for the next tick if the database
+    /// still fails.
+    async fn give_back(&self, d: &Dispatcher, db: &Client) -> Result<(), DispatchError> {
+        let leases = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = leases.iter().map(|(id, _)| *id).collect();
+        let polls: Vec<i32> = leases.iter().map(|(_, polls)| *polls).collect();
+        let gaps: Vec<f64> = polls
+            .iter()
+            .map(|&p| next_poll_gap(d, p).as_secs_f64())
+            .collect();
+        db.execute(GIVE_BACK_SQL, &[&ids, &polls, &gaps]).await?;
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.retain(|lease| !leases.contains(lease));
+        Ok(())
+    }
+}
+
 /// Polls due batches until `stop`.
 pub(super) async fn run(d: Arc<Dispatcher>, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(TICK);
@@ -156,6 +202,7 @@ pub(super) async fn run(d: Arc<Dispatcher>, stop: CancellationToken) {
 
 async fn poll_due(d: &Dispatcher, stop: &CancellationToken) -> Result<(), DispatchError> {
     let mut db = d.pool.get().await?;
+    d.unfinished_polls.give_back(d, &db).await?;
     let due: Vec<DueBatch> = db
         .query(DUE_SQL, &[&POLL_LEASE.as_secs_f64()])
         .await?
@@ -172,10 +219,12 @@ async fn poll_due(d: &Dispatcher, stop: &CancellationToken) -> Result<(), Dispat
         .collect();
     for batch in due {
         if stop.is_cancelled() {
-            break;
+            d.unfinished_polls.add(&batch);
+            continue;
         }
         if let Err(e) = poll_one(d, &mut db, &batch).await {
             warn!(batch = batch.id, batch_ref = %batch.batch_ref, error = %e, "reading a batch result failed; will retry");
+            d.unfinished_polls.add(&batch);
         }
     }
     Ok(())

@@ -240,6 +240,9 @@ pub(crate) struct Dispatcher {
     /// Holds the per-store advisory locks; they vanish with it if the process dies.
     pub locks: tokio_postgres::Client,
     pub progress: Arc<Progress>,
+    /// Batch polls leased and not finished; outlives the lock connection, which a server
+    /// restart takes down with the poll.
+    unfinished_polls: Arc<batches::UnfinishedLeases>,
 }
 
 /// Reconnecting the lock connection: from half a second, doubling to 30 s (an outage of the
@@ -267,6 +270,7 @@ pub async fn run(
     }
     let client = MarketplaceClient::new(settings.client.clone());
     let mut reconnect = RECONNECT.start();
+    let unfinished_polls = Arc::new(batches::UnfinishedLeases::default());
     loop {
         let locks = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -281,6 +285,7 @@ pub async fn run(
                     client: client.clone(),
                     locks,
                     progress: progress.clone(),
+                    unfinished_polls: unfinished_polls.clone(),
                 });
                 if run_with(dispatcher, &shutdown).await {
                     return;

@@ -749,6 +749,126 @@ async fn a_batch_with_unreadable_items_is_expired_and_its_listings_sent_again() 
     stack.stop().await;
 }
 
+/// A poll that fails on the database after it leased its batch (here its connection is
+/// terminated while it waits to finish the batch) gives the lease back: the batch is polled
+/// again after the usual gap, not left until its 30-second lease runs out (what a server
+/// restart used to cost every batch being polled at that moment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_that_fails_on_the_database_gives_its_lease_back() {
+    let s = seed_ids();
+    let stack = start(
+        "delivery_poll_lease",
+        mock_config(),
+        &[],
+        async |c: &Client| load_seed(c, &s).await,
+    )
+    .await;
+    let mock = &stack.mock;
+    wait_quantity(mock, TRENDYOL_SELLER, "MONT-1", 50).await;
+    settled(&stack).await;
+    // The batch result is held at the marketplace long enough to lock the row meanwhile.
+    mock.set_faults(Faults {
+        latency_ms: 3000,
+        scope: stocksync::mock::FaultScope::Status,
+        ..Faults::default()
+    });
+    // A batch the marketplace does not know: its poll ends by expiring it.
+    let batch: i64 = stack
+        .client
+        .query_one(
+            "INSERT INTO stock_sync.batches (store_id, provider, batch_ref, items, next_poll_at) \
+             VALUES ($1, 'TRENDYOL', 'unknown-to-the-marketplace', '[]', now()) RETURNING id",
+            &[&s.trendyol],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let lease = || async {
+        stack
+            .client
+            .query_one(
+                "SELECT polls, next_poll_at FROM stock_sync.batches WHERE id = $1",
+                &[&batch],
+            )
+            .await
+            .unwrap()
+    };
+    eventually(Duration::from_secs(10), "the poll leased", || async {
+        lease().await.get::<_, i32>(0) == 1
+    })
+    .await;
+    let leased_until: chrono::DateTime<chrono::Utc> = lease().await.get(1);
+    let mut holder = connect(&stack.url).await;
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let tx = holder.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM stock_sync.batches WHERE id = $1 FOR UPDATE",
+        &[&batch],
+    )
+    .await
+    .unwrap();
+    let blocked_poller = || async {
+        stack
+            .client
+            .query_opt(
+                // Its own database: a slot being created anywhere in the cluster waits for
+                // the holder's transaction too.
+                "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)) \
+                   AND datname = current_database() AND backend_type = 'client backend'",
+                &[&holder_pid],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, i32>(0))
+    };
+    eventually(
+        Duration::from_secs(20),
+        "the poller waiting for the row",
+        || async { blocked_poller().await.is_some() },
+    )
+    .await;
+    let poller = blocked_poller().await.unwrap();
+    stack
+        .client
+        .execute("SELECT pg_terminate_backend($1)", &[&poller])
+        .await
+        .unwrap();
+    mock.set_faults(Faults::default());
+    tx.rollback().await.unwrap();
+    eventually(Duration::from_secs(60), "the batch expired", || async {
+        let state: String = stack
+            .client
+            .query_one(
+                "SELECT state FROM stock_sync.batches WHERE id = $1",
+                &[&batch],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        state == "expired"
+    })
+    .await;
+    let row = stack
+        .client
+        .query_one(
+            "SELECT polls, finished_at FROM stock_sync.batches WHERE id = $1",
+            &[&batch],
+        )
+        .await
+        .unwrap();
+    let finished_at: chrono::DateTime<chrono::Utc> = row.get(1);
+    assert_eq!(row.get::<_, i32>(0), 2, "polled once more");
+    assert!(
+        finished_at < leased_until,
+        "polled again only when the lease ran out ({leased_until}): finished at {finished_at}"
+    );
+    stack.stop().await;
+}
+
 /// Capture holds its leader lock for as long as it streams. A store whose dispatch lock key
 /// equals the slot's key must still be dispatched: the two locks have classes of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
