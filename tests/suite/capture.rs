@@ -172,49 +172,6 @@ async fn checkpoint(client: &Client, slot: &str) -> Option<String> {
         .map(|r| r.get(0))
 }
 
-/// Waits until capture's checkpoint has passed everything committed so far.
-async fn wait_caught_up(client: &Client, slot: &str) {
-    let target: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    // Where capture stands, for a red run: the checkpoint, the slot, its walsender, the sessions.
-    let explain = || async {
-        client
-            .query_one(
-                "SELECT format('checkpoint %s; slot %s; walsender %s; sessions: %s', \
-                   (SELECT lsn FROM stock_sync.checkpoint WHERE slot_name = $1), \
-                   (SELECT format('active %s confirmed %s restart %s', active, confirmed_flush_lsn, restart_lsn) \
-                      FROM pg_replication_slots WHERE slot_name = $1), \
-                   (SELECT format('%s sent %s', r.state, r.sent_lsn) FROM pg_stat_replication r \
-                      JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1), \
-                   (SELECT string_agg(format('%s %s/%s [%s]', pid, wait_event_type, wait_event, left(query, 80)), '; ') \
-                      FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()))",
-                &[&slot],
-            )
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or_else(|e| e.to_string())
-    };
-    eventually_explained(
-        Duration::from_secs(30),
-        &format!("checkpoint to reach the current WAL position {target}"),
-        || async {
-            client
-                .query_one(
-                    "SELECT coalesce((SELECT lsn FROM stock_sync.checkpoint WHERE slot_name = $1) >= $2::text::pg_lsn, false)",
-                    &[&slot, &target],
-                )
-                .await
-                .unwrap()
-                .get::<_, bool>(0)
-        },
-        explain,
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_example_enqueues_products_and_every_set_containing_them() {
     let url = fresh_database("capture_seed");
@@ -243,7 +200,7 @@ async fn seed_example_enqueues_products_and_every_set_containing_them() {
         )
         .await
         .unwrap();
-    wait_caught_up(&client, "stock_sync").await;
+    capture_caught_up(&client, "stock_sync").await;
     let got = pending(&client).await;
     let want: BTreeMap<_, _> = [
         ((c.eldiven, c.store), "ORDER_CREATED".to_string()),
@@ -260,7 +217,7 @@ async fn seed_example_enqueues_products_and_every_set_containing_them() {
         .execute("UPDATE product_stores SET committed_quantity = committed_quantity + 1 WHERE product_id = $1", &[&c.mont])
         .await
         .unwrap();
-    wait_caught_up(&client, "stock_sync").await;
+    capture_caught_up(&client, "stock_sync").await;
     assert!(
         pending(&client).await.is_empty(),
         "no-op update enqueued work"
@@ -274,7 +231,7 @@ async fn seed_example_enqueues_products_and_every_set_containing_them() {
         )
         .await
         .unwrap();
-    wait_caught_up(&client, "stock_sync").await;
+    capture_caught_up(&client, "stock_sync").await;
     let got: BTreeSet<_> = pending(&client).await.into_keys().collect();
     assert_eq!(
         got,
@@ -296,7 +253,7 @@ async fn seed_example_enqueues_products_and_every_set_containing_them() {
         )
         .await
         .unwrap();
-    wait_caught_up(&client, "stock_sync").await;
+    capture_caught_up(&client, "stock_sync").await;
     let got: BTreeSet<_> = pending(&client).await.into_keys().collect();
     assert_eq!(
         got,
@@ -324,7 +281,7 @@ async fn seed_example_enqueues_products_and_every_set_containing_them() {
         )
         .await
         .unwrap();
-    wait_caught_up(&client, "stock_sync").await;
+    capture_caught_up(&client, "stock_sync").await;
     let r = client
         .query_one(
             "SELECT count(*), min(enqueued_at), max(priority), max(reason) FROM stock_sync.queue WHERE state = 'pending' AND product_id = $1",
@@ -344,7 +301,7 @@ async fn seed_example_enqueues_products_and_every_set_containing_them() {
         .execute("TRUNCATE product_set_items", &[])
         .await
         .unwrap();
-    wait_caught_up(&client, "stock_sync").await;
+    capture_caught_up(&client, "stock_sync").await;
     let got: BTreeSet<_> = pending(&client).await.into_keys().collect();
     assert_eq!(
         got,
@@ -426,7 +383,7 @@ async fn bulk_rig(slot: &str, streaming: bool) -> (String, Client, Catalogue, Ve
         checkpoint(&client, slot).await.is_some()
     })
     .await;
-    wait_caught_up(&client, slot).await;
+    capture_caught_up(&client, slot).await;
     clear_queue(&client).await;
     (url, client, c, bulk, running)
 }
@@ -480,7 +437,7 @@ async fn streamed_transactions_are_staged_until_commit_and_dropped_on_abort() {
         "nothing enqueued before the commit"
     );
     tx.commit().await.unwrap();
-    wait_caught_up(&client, "stream_slot").await;
+    capture_caught_up(&client, "stream_slot").await;
     let got = pending(&client).await;
     assert_eq!(
         got.len(),
@@ -529,7 +486,7 @@ async fn streamed_transactions_are_staged_until_commit_and_dropped_on_abort() {
         )
         .await
         .unwrap();
-    wait_caught_up(&client, "stream_slot").await;
+    capture_caught_up(&client, "stream_slot").await;
     assert_eq!(staged(&client).await, 0, "the abort deleted the staging");
     assert_eq!(
         pending(&client).await.into_keys().collect::<Vec<_>>(),
@@ -561,7 +518,7 @@ async fn streamed_transactions_are_staged_until_commit_and_dropped_on_abort() {
     .await
     .unwrap();
     tx.commit().await.unwrap();
-    wait_caught_up(&client, "stream_slot").await;
+    capture_caught_up(&client, "stream_slot").await;
     let got: BTreeSet<_> = pending(&client).await.into_keys().collect();
     let want: BTreeSet<_> = [
         (c.unrelated, c.store),
@@ -595,7 +552,7 @@ async fn without_streaming_a_large_transaction_arrives_at_commit() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(staged(&client).await, 0, "protocol 1 stages nothing");
     tx.commit().await.unwrap();
-    wait_caught_up(&client, "nostream_slot").await;
+    capture_caught_up(&client, "nostream_slot").await;
     assert_eq!(pending(&client).await.len(), bulk.len());
     running.stop().await.expect("clean stop");
 }
@@ -617,7 +574,7 @@ async fn restart_skips_captured_transactions_and_resumes() {
             .await
             .unwrap();
     }
-    wait_caught_up(&client, "restart_slot").await;
+    capture_caught_up(&client, "restart_slot").await;
     running.stop().await.unwrap();
     let logged: i64 = client
         .query_one("SELECT count(*) FROM stock_sync.captured_transactions", &[])
@@ -635,7 +592,7 @@ async fn restart_skips_captured_transactions_and_resumes() {
             .unwrap();
     }
     let running = start_capture(&url, "restart_slot");
-    wait_caught_up(&client, "restart_slot").await;
+    capture_caught_up(&client, "restart_slot").await;
     running.stop().await.expect("no double capture");
     let logged: i64 = client
         .query_one("SELECT count(*) FROM stock_sync.captured_transactions", &[])
@@ -683,7 +640,7 @@ async fn dropping_a_read_column_stops_capture_with_a_clear_error_and_adding_one_
         .execute("UPDATE product_stores SET sellable_quantity = 3, shelf = 'A1' WHERE product_id = $1 AND store_id = $2", &[&c.unrelated, &c.store])
         .await
         .unwrap();
-    wait_caught_up(&client, "drift_slot").await;
+    capture_caught_up(&client, "drift_slot").await;
     assert!(pending(&client).await.contains_key(&(c.unrelated, c.store)));
 
     client
@@ -882,7 +839,7 @@ async fn kill_nine_loop_loses_nothing_and_captures_nothing_twice() {
     }
     // Final run to catch up, then a clean stop.
     let mut child = spawn(kills);
-    wait_caught_up(&client, "kill_slot").await;
+    capture_caught_up(&client, "kill_slot").await;
     unsafe_sigterm(&child);
     let status = child.wait().unwrap();
     assert!(status.success(), "clean shutdown after SIGTERM: {status:?}");
@@ -965,7 +922,7 @@ async fn kill_nine_in_a_streamed_transaction_and_in_its_commit_captures_it_once(
             .expect("spawn stocksync run")
     };
     let mut child = spawn();
-    wait_caught_up(&client, "kill_stream").await;
+    capture_caught_up(&client, "kill_stream").await;
     let mut writer = connect(&url).await;
     let captured = |xid: i64| {
         let client = &client;
@@ -1011,7 +968,7 @@ async fn kill_nine_in_a_streamed_transaction_and_in_its_commit_captures_it_once(
     )
     .await;
     tx.commit().await.unwrap();
-    wait_caught_up(&client, "kill_stream").await;
+    capture_caught_up(&client, "kill_stream").await;
     assert_eq!(captured(first).await, 1);
     assert_eq!(pending(&client).await.len(), bulk.len());
     assert_eq!(staged(&client).await, 0);
@@ -1054,7 +1011,7 @@ async fn kill_nine_in_a_streamed_transaction_and_in_its_commit_captures_it_once(
     lock.rollback().await.unwrap();
     assert_eq!(captured(second).await, 0, "the killed commit left nothing");
     child = spawn();
-    wait_caught_up(&client, "kill_stream").await;
+    capture_caught_up(&client, "kill_stream").await;
     assert_eq!(
         captured(second).await,
         1,

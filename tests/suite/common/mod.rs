@@ -149,6 +149,54 @@ pub async fn eventually_explained<F, Fut, E, EFut>(
     }
 }
 
+/// Waits until capture has durably captured everything committed so far: the slot's
+/// confirmed position has reached the current WAL position. Capture confirms only what it has
+/// committed (its checkpoint) or, idle, a keepalive's position; it persists such an idle
+/// position as its checkpoint at the next keepalive, which a quiet server sends only every
+/// half `wal_sender_timeout` (30 s here), so the checkpoint row is not the signal to wait on.
+pub async fn capture_caught_up(client: &tokio_postgres::Client, slot: &str) {
+    let target: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Where capture stands, for a red run: the checkpoint, the slot, its walsender, the sessions.
+    let explain = || async {
+        client
+            .query_one(
+                "SELECT format('checkpoint %s; slot %s; walsender %s; sessions: %s', \
+                   (SELECT lsn FROM stock_sync.checkpoint WHERE slot_name = $1), \
+                   (SELECT format('active %s confirmed %s restart %s', active, confirmed_flush_lsn, restart_lsn) \
+                      FROM pg_replication_slots WHERE slot_name = $1), \
+                   (SELECT format('%s sent %s', r.state, r.sent_lsn) FROM pg_stat_replication r \
+                      JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1), \
+                   (SELECT string_agg(format('%s %s/%s [%s]', pid, wait_event_type, wait_event, left(query, 80)), '; ') \
+                      FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()))",
+                &[&slot],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or_else(|e| e.to_string())
+    };
+    eventually_explained(
+        Duration::from_secs(30),
+        &format!("capture to confirm the current WAL position {target}"),
+        || async {
+            client
+                .query_one(
+                    "SELECT coalesce((SELECT confirmed_flush_lsn FROM pg_replication_slots \
+                       WHERE slot_name = $1) >= $2::text::pg_lsn, false)",
+                    &[&slot, &target],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        },
+        explain,
+    )
+    .await;
+}
+
 pub fn uuid() -> uuid::Uuid {
     uuid::Uuid::new_v4()
 }

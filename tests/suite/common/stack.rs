@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::workload::queue_idle;
-use super::{connect, eventually, fresh_database, setup};
+use super::{capture_caught_up, connect, eventually, fresh_database, setup};
 
 pub struct Stack {
     pub url: String,
@@ -111,24 +111,7 @@ pub async fn start(
 /// Capture has passed everything committed so far and dispatch has decided about every
 /// entry (none pending or in flight, but those of paused stores; no open batch result).
 pub async fn settled(stack: &Stack) {
-    let wal: String = stack
-        .client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    eventually(Duration::from_secs(60), "capture caught up", || async {
-        stack
-            .client
-            .query_one(
-                "SELECT COALESCE(bool_and(lsn >= $1::text::pg_lsn), false) FROM stock_sync.checkpoint",
-                &[&wal],
-            )
-            .await
-            .unwrap()
-            .get::<_, bool>(0)
-    })
-    .await;
+    capture_caught_up(&stack.client, &stack.slot).await;
     eventually(Duration::from_secs(60), "the queue settled", || async {
         queue_idle(&stack.client).await
     })
