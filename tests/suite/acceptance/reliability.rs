@@ -442,6 +442,11 @@ async fn live_account_faults_in_sequence_converge_and_leak_nothing() {
             ("STOCKSYNC_HTTP_ADDR", http.as_str()),
             ("STOCKSYNC_FORBIDDEN_BACKOFF", "1s"),
             ("STOCKSYNC_REQUEST_TIMEOUT", "2s"),
+            // A 429 whose Retry-After is garbage waits one rate window: 2 s, not the
+            // default 10 s, for each of the four such phases (the mock allows 50 in 10 s;
+            // 8 in any 2 s is at most 40).
+            ("STOCKSYNC_RATE_LIMIT_REQUESTS", "8"),
+            ("STOCKSYNC_RATE_LIMIT_WINDOW", "2s"),
         ],
     )
     .await;
