@@ -71,8 +71,8 @@ WHERE id = $1 AND state = 'polling'
 
 /// Gives back the leases of batches whose poll failed after [`DUE_SQL`] leased them (a lost
 /// connection, a restarting server), or that were not polled because the poller stopped:
-/// they are polled again after the gap a pending result gets, not when the lease ends. A lease taken since by another poller (`polls` moved on) is
-/// left alone.
+/// they are polled again after the gap a pending result gets, not when the lease ends. A
+/// lease taken since by another poller (`polls` moved on) is left alone.
 const GIVE_BACK_SQL: &str = r#"
 UPDATE stock_sync.batches b
 SET next_poll_at = LEAST(b.next_poll_at, now() + make_interval(secs => l.gap))

@@ -772,6 +772,13 @@ async fn a_poll_that_fails_on_the_database_gives_its_lease_back() {
         scope: stocksync::mock::FaultScope::Status,
         ..Faults::default()
     });
+    // Ready before the batch exists: the row is locked within the poll's 3 s.
+    let mut holder = connect(&stack.url).await;
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     // A batch the marketplace does not know: its poll ends by expiring it.
     let batch: i64 = stack
         .client
@@ -798,12 +805,6 @@ async fn a_poll_that_fails_on_the_database_gives_its_lease_back() {
     })
     .await;
     let leased_until: chrono::DateTime<chrono::Utc> = lease().await.get(1);
-    let mut holder = connect(&stack.url).await;
-    let holder_pid: i32 = holder
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
     let tx = holder.transaction().await.unwrap();
     tx.execute(
         "SELECT 1 FROM stock_sync.batches WHERE id = $1 FOR UPDATE",
