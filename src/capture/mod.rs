@@ -36,7 +36,7 @@
 //!    a commit once its WAL record is written, a moment before other sessions can see the
 //!    transaction, so capture commits a batch only after every one of its transactions is
 //!    visible to a new snapshot. Otherwise dispatch could read the old quantity and close the
-//!    entry as unchanged. The check ([`crate::queue::visibility`]) is tested on open
+//!    entry as unchanged. The check ([`crate::queue::Snapshot`]) is tested on open
 //!    transactions and, for every epoch, on snapshots; the race itself is not reproduced by a
 //!    test (on an idle server the window is microseconds wide; under load in the read-budget
 //!    test capture was seen waiting up to about 50 ms).

@@ -62,7 +62,7 @@ mod claims;
 mod listings;
 mod reason;
 mod reconcile;
-pub mod visibility;
+mod visibility;
 
 pub use admin::{
     checkpoint_lag, dead_by_store, dead_letters, enqueue_all_listed, outstanding, pending_by_store,

@@ -841,15 +841,8 @@ async fn kill_nine_loop_loses_nothing_and_captures_nothing_twice() {
     // confirmed up to the end by a killed run, and a SIGTERM before the process handles it
     // would end it like a kill.
     let mut child = spawn(kills);
-    eventually(Duration::from_secs(30), "the final run streams", || async {
-        client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = 'kill_slot' AND active_pid IS NOT NULL)",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, bool>(0)
+    eventually(Duration::from_secs(30), "the final run streams", || {
+        slot_active(&client, "kill_slot")
     })
     .await;
     capture_caught_up(&client, "kill_slot").await;

@@ -411,14 +411,8 @@ async fn dashboard_charts_the_last_hour_after_a_workload() {
     let mock = mock_refusing_hepsiburada(ty_seller, hb_merchant).await;
     let http_addr = free_addr();
     let (shutdown, service) = start_service(&url, slot, http_addr, &mock);
-    eventually(Duration::from_secs(30), "the service streams", || async {
-        count(
-            &client,
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
-            &[&slot],
-        )
-        .await
-            == 1
+    eventually(Duration::from_secs(30), "the service streams", || {
+        slot_active(&client, slot)
     })
     .await;
 

@@ -241,15 +241,8 @@ async fn run_stops_with_exit_2_on_permanent_refusals_and_waits_out_outages() {
     // (SQLSTATE 28000) and run stops with exit 2 instead of retrying forever.
     let user_url = format!("postgres://perm_user:right-pass@127.0.0.1:{port}/{dbname}");
     let child = run_binary(&user_url, "perm");
-    eventually(Duration::from_secs(30), "capture streams", || async {
-        admin
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'perm' AND active",
-                &[],
-            )
-            .await
-            .unwrap()
-            .is_some()
+    eventually(Duration::from_secs(30), "capture streams", || {
+        slot_active(&admin, "perm")
     })
     .await;
     let started = Instant::now();

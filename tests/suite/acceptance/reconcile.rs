@@ -728,16 +728,15 @@ async fn a_pair_that_changed_and_changed_back_while_capture_was_waited_for_is_mo
         Duration::from_secs(60),
         "the first run's pushes are done",
         || async {
-            let streaming: bool = client
+            let first_run: bool = client
                 .query_one(
-                    "SELECT COALESCE((SELECT active FROM pg_replication_slots WHERE slot_name = $1), false) \
-                     AND EXISTS (SELECT 1 FROM stock_sync.queue WHERE reason = 'INITIAL_SYNC')",
-                    &[&slot],
+                    "SELECT EXISTS (SELECT 1 FROM stock_sync.queue WHERE reason = 'INITIAL_SYNC')",
+                    &[],
                 )
                 .await
                 .unwrap()
                 .get(0);
-            streaming && queue_idle(&client).await
+            slot_active(&client, slot).await && first_run && queue_idle(&client).await
         },
     )
     .await;

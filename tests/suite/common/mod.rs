@@ -149,6 +149,18 @@ pub async fn eventually_explained<F, Fut, E, EFut>(
     }
 }
 
+/// Whether a process streams from `slot` now.
+pub async fn slot_active(client: &tokio_postgres::Client, slot: &str) -> bool {
+    client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active)",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Waits until capture has durably captured everything committed so far: the slot's
 /// confirmed position has reached the current WAL position. Capture confirms only what it has
 /// committed (its checkpoint) or, idle, a keepalive's position; it persists such an idle

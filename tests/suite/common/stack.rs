@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::workload::queue_idle;
-use super::{capture_caught_up, connect, eventually, fresh_database, setup};
+use super::{capture_caught_up, connect, eventually, fresh_database, setup, slot_active};
 
 pub struct Stack {
     pub url: String,
@@ -30,15 +30,7 @@ impl Stack {
         let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
         self.mock.shutdown().await;
         eventually(Duration::from_secs(20), "the slot released", || async {
-            !self
-                .client
-                .query_one(
-                    "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&self.slot],
-                )
-                .await
-                .unwrap()
-                .get::<_, bool>(0)
+            !slot_active(&self.client, &self.slot).await
         })
         .await;
     }

@@ -443,51 +443,49 @@ pub fn soak_scale() -> u64 {
         .max(1)
 }
 
-/// What the database says about one pair: its queue entries and `listing_state` row.
+/// What the database says about one pair: its queue entries, `listing_state` row, stock and
+/// (where the test keeps it) the journal of its changes.
 pub async fn pair_history(client: &Client, store: uuid::Uuid, product: uuid::Uuid) -> String {
-    let entries = client
-        .query(
-            "SELECT format('%s %s %s reason=%s prio=%s sent=%s attempts=%s enq=%s fin=%s err=%s', \
-                    id, state, outcome, reason, priority, sent_quantity, attempts, enqueued_at, finished_at, last_error) \
-             FROM stock_sync.queue WHERE store_id = $1 AND product_id = $2 ORDER BY id",
-            &[&store, &product],
-        )
-        .await
-        .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
-        .unwrap_or_else(|e| e.to_string());
-    let listing = client
-        .query_opt(
-            "SELECT format('accepted=%s at %s (batch %s) sent=%s (batch %s) in_doubt=%s', \
-                    accepted_quantity, accepted_at, accepted_batch_id, sent_quantity, sent_batch_id, in_doubt) \
-             FROM stock_sync.listing_state WHERE store_id = $1 AND product_id = $2",
-            &[&store, &product],
-        )
-        .await
-        .map(|r| r.map(|r| r.get::<_, String>(0)).unwrap_or_default())
-        .unwrap_or_else(|e| e.to_string());
-    let stock = client
-        .query_opt(
-            "SELECT format('%s sellable=%s committed=%s', p.product_type, ps.sellable_quantity, ps.committed_quantity) \
-             FROM products p LEFT JOIN product_stores ps ON ps.product_id = p.id AND ps.store_id = $1 \
-             WHERE p.id = $2",
-            &[&store, &product],
-        )
-        .await
-        .map(|r| r.map(|r| r.get::<_, String>(0)).unwrap_or_default())
-        .unwrap_or_else(|e| e.to_string());
-    // Present only where the test keeps it (see `journal_stock_changes`).
-    let journal = client
-        .query(
-            "SELECT format('xid %s at %s: %s -> %s; captured in batch %s at %s (commit %s)', \
-                    j.xid, j.at, j.old_quantity, j.new_quantity, c.batch_id, c.captured_at, c.commit_lsn) \
-             FROM test_stock_journal j \
-             LEFT JOIN stock_sync.captured_transactions c ON c.xid = j.xid % 4294967296 \
-             WHERE j.store_id = $1 AND j.product_id = $2 ORDER BY j.id",
-            &[&store, &product],
-        )
-        .await
-        .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
-        .unwrap_or_default();
+    // The rows of a one-column `format()` query about the pair, a line each.
+    let lines = |sql: &'static str| async move {
+        client.query(sql, &[&store, &product]).await.map(|rows| {
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    };
+    let entries = lines(
+        "SELECT format('%s %s %s reason=%s prio=%s sent=%s attempts=%s enq=%s fin=%s err=%s', \
+                id, state, outcome, reason, priority, sent_quantity, attempts, enqueued_at, finished_at, last_error) \
+         FROM stock_sync.queue WHERE store_id = $1 AND product_id = $2 ORDER BY id",
+    )
+    .await
+    .unwrap_or_else(|e| e.to_string());
+    let listing = lines(
+        "SELECT format('accepted=%s at %s (batch %s) sent=%s (batch %s) in_doubt=%s', \
+                accepted_quantity, accepted_at, accepted_batch_id, sent_quantity, sent_batch_id, in_doubt) \
+         FROM stock_sync.listing_state WHERE store_id = $1 AND product_id = $2",
+    )
+    .await
+    .unwrap_or_else(|e| e.to_string());
+    let stock = lines(
+        "SELECT format('%s sellable=%s committed=%s', p.product_type, ps.sellable_quantity, ps.committed_quantity) \
+         FROM products p LEFT JOIN product_stores ps ON ps.product_id = p.id AND ps.store_id = $1 \
+         WHERE p.id = $2",
+    )
+    .await
+    .unwrap_or_else(|e| e.to_string());
+    // Absent (an error) unless the test keeps it (see `journal_stock_changes`).
+    let journal = lines(
+        "SELECT format('xid %s at %s: %s -> %s; captured in batch %s at %s (commit %s)', \
+                j.xid, j.at, j.old_quantity, j.new_quantity, c.batch_id, c.captured_at, c.commit_lsn) \
+         FROM test_stock_journal j \
+         LEFT JOIN stock_sync.captured_transactions c ON c.xid = j.xid % 4294967296 \
+         WHERE j.store_id = $1 AND j.product_id = $2 ORDER BY j.id",
+    )
+    .await
+    .unwrap_or_default();
     format!("{entries}\nlisting_state: {listing}\nnow: {stock}\nchanges:\n{journal}")
 }
 
