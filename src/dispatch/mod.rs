@@ -316,7 +316,8 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
     let mut last_prune: Option<tokio::time::Instant> = None;
     let mut pruning: Option<tokio::task::JoinHandle<()>> = None;
     let mut last_statistics_check: Option<tokio::time::Instant> = None;
-    let mut statistics: Option<tokio::task::JoinHandle<()>> = None;
+    let mut statistics: Option<tokio::task::JoinHandle<Result<(), DispatchError>>> = None;
+    let mut statistics_failures = FailureLog::new("checking the queue's planner statistics");
     let mut due_failures = FailureLog::new("reading due stores");
     // A cycle that claimed a full batch wakes the loop when it ends: a store with a backlog
     // (an initial sync, a resync) starts its next cycle at once instead of at the next tick
@@ -341,6 +342,12 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
         if let Some(done) = pruning.take_if(|p| p.is_finished()) {
             if let Err(e) = done.await {
                 error!(error = %e, "pruning panicked; it runs again in an hour");
+            }
+        }
+        if let Some(done) = statistics.take_if(|s| s.is_finished()) {
+            match done.await {
+                Ok(result) => _ = statistics_failures.track(result),
+                Err(e) => error!(error = %e, "the statistics check panicked; it runs again"),
             }
         }
         while let Some(done) = cycles.try_join_next() {
@@ -400,7 +407,7 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
             }
         }
         if last_statistics_check.is_none_or(|at| at.elapsed() >= STATISTICS_CHECK_EVERY)
-            && statistics.as_ref().is_none_or(|s| s.is_finished())
+            && statistics.is_none()
         {
             last_statistics_check = Some(tokio::time::Instant::now());
             let dispatcher = dispatcher.clone();
@@ -456,21 +463,18 @@ async fn resync_reopened_stores(d: &Dispatcher) -> Result<(), DispatchError> {
 }
 
 /// Keeps the planner's picture of the queue current (see [`queue::refresh_statistics`]).
-async fn refresh_statistics(d: &Dispatcher) {
-    let result = match d.pool.get().await {
-        Ok(db) => queue::refresh_statistics(&**db).await,
-        Err(e) => return debug!(error = %e, "statistics check skipped: no connection"),
-    };
-    match result {
-        Ok(tables) if tables.is_empty() => {}
-        Ok(tables) => info!(
+/// Runs every second; the loop reports a failure once per stretch, because a check that
+/// alone keeps failing (an `ANALYZE` held up by a lock, say) leaves plans to go stale.
+async fn refresh_statistics(d: &Dispatcher) -> Result<(), DispatchError> {
+    let db = d.pool.get().await?;
+    let tables = queue::refresh_statistics(&**db).await?;
+    if !tables.is_empty() {
+        info!(
             tables = %tables.join(", "),
             "changed more than their planner statistics knew; analysed"
-        ),
-        // Only an unreachable or failing database gets here, which the due-store check
-        // already reports (once per stretch); this one runs every second.
-        Err(e) => debug!(error = %e, "cannot check or refresh the queue's statistics"),
+        );
     }
+    Ok(())
 }
 
 /// Retention of finished entries, batches, the API log and the limiters' records.
