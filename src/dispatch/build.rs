@@ -1,6 +1,12 @@
 //! Building a batch: the claimed entries' quantities (one set-based statement,
 //! [`crate::stock`]), their marketplace keys, and what the marketplace was last told, sorted
 //! into what is sent and what is closed without a request.
+//!
+//! Rules, in order: a listing the marketplace fulfils itself is never sent; a listing that
+//! is gone is told 0, under the key it was last told if its product row went with it (no
+//! key and never told: `no_key`); a quantity equal to the last told is not sent; two
+//! products whose keys the marketplace spells the same ([`match_key`]) name one listing, and
+//! neither is sent while that lasts (`duplicate_key`, recorded for `status`).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -11,6 +17,7 @@ use uuid::Uuid;
 
 use super::apilog::{self, kind, Entry};
 use super::DispatchError;
+use crate::marketplace::read::match_key;
 use crate::marketplace::{Provider, StockItem};
 use crate::metrics::metrics;
 use crate::queue::{self, Claim};
@@ -28,6 +35,8 @@ FROM products p WHERE p.id = ANY($1::uuid[])
 #[derive(Debug, Clone)]
 pub(super) struct Outgoing {
     pub claim: Claim,
+    /// The key it is sent under, as the database spells it (or as it was last told, for a
+    /// product whose row is gone).
     pub key: String,
     pub quantity: i32,
 }
@@ -37,12 +46,96 @@ pub(super) struct Outgoing {
 pub(super) struct Plan {
     /// Equal to what the marketplace was last told: closed as `unchanged`.
     pub unchanged: Vec<(Claim, i32)>,
-    /// No barcode / sku, or no product row: closed as `no_key` (reported).
+    /// No barcode / sku, or no product row, and never told: closed as `no_key` (reported).
     pub without_key: Vec<Claim>,
-    /// Another product of this batch has the same key: closed as `duplicate_key` (reported).
+    /// Another product listed in the store names the same listing at the marketplace:
+    /// closed as `duplicate_key` (reported, recorded in `key_collisions`), not sent.
     pub duplicate_key: Vec<(Claim, String)>,
+    /// The marketplace keeps the listing's stock itself: closed, never sent.
+    pub fulfilled: Vec<Claim>,
     /// To send, in claim order.
     pub outgoing: Vec<Outgoing>,
+}
+
+/// A product's key in the store and whether it is still listed there.
+#[derive(Debug, Clone, Default)]
+pub(super) struct CurrentKey {
+    /// Barcode (Trendyol) or sku (Hepsiburada); `None` when empty or the product row is gone.
+    pub key: Option<String>,
+    pub listed: bool,
+}
+
+/// Current keys of `products` in `store` (absent: no product row).
+pub(super) async fn current_keys(
+    db: &impl GenericClient,
+    store_id: Uuid,
+    provider: Provider,
+    products: &[Uuid],
+) -> Result<HashMap<Uuid, CurrentKey>, DispatchError> {
+    let mut keys = HashMap::with_capacity(products.len());
+    for r in db.query(PRODUCT_KEYS_SQL, &[&products, &store_id]).await? {
+        let key: Option<String> = match provider {
+            Provider::Trendyol => r.get(1),
+            Provider::Hepsiburada => r.get(2),
+        };
+        let current = CurrentKey {
+            key: key.filter(|k| !k.trim().is_empty()),
+            listed: r.get(3),
+        };
+        keys.insert(r.get::<_, Uuid>(0), current);
+    }
+    Ok(keys)
+}
+
+/// Of `keyed` (product, key) listed in `store`, the products whose key names the same
+/// listing at the marketplace as another product listed there — within `keyed`, or a
+/// product told under that spelling or already recorded as colliding (and still keyed so)
+/// — each with the others it collides with.
+pub(super) async fn collisions(
+    db: &impl GenericClient,
+    store_id: Uuid,
+    provider: Provider,
+    keyed: &[(Uuid, String)],
+) -> Result<HashMap<Uuid, Vec<Uuid>>, DispatchError> {
+    let mut by_form: HashMap<String, HashSet<Uuid>> = HashMap::new();
+    for (product, key) in keyed {
+        by_form
+            .entry(match_key(provider, key))
+            .or_default()
+            .insert(*product);
+    }
+    let forms: Vec<&str> = by_form.keys().map(String::as_str).collect();
+    let candidates = queue::key_candidates(db, store_id, &forms).await?;
+    let others: Vec<Uuid> = candidates
+        .iter()
+        .filter(|(p, form)| !by_form.get(form).is_some_and(|ps| ps.contains(p)))
+        .map(|(p, _)| *p)
+        .collect();
+    // A candidate counts only while it is still listed under a key spelt the same.
+    let current = current_keys(db, store_id, provider, &others).await?;
+    for (product, form) in candidates {
+        let Some(CurrentKey {
+            key: Some(key),
+            listed: true,
+        }) = current.get(&product)
+        else {
+            continue;
+        };
+        if match_key(provider, key) == form {
+            if let Some(products) = by_form.get_mut(&form) {
+                products.insert(product);
+            }
+        }
+    }
+    let mut colliding = HashMap::new();
+    for products in by_form.values().filter(|ps| ps.len() > 1) {
+        for (product, _) in keyed.iter().filter(|(p, _)| products.contains(p)) {
+            let mut with: Vec<Uuid> = products.iter().copied().filter(|p| p != product).collect();
+            with.sort_unstable();
+            colliding.insert(*product, with);
+        }
+    }
+    Ok(colliding)
 }
 
 /// Computes the claims' quantities and sorts them.
@@ -80,47 +173,73 @@ pub(super) async fn plan(
         }
         quantity_of.insert(q.product_id, q.quantity);
     }
-    let mut keys: HashMap<Uuid, Option<String>> = HashMap::with_capacity(product_ids.len());
-    for r in db
-        .query(PRODUCT_KEYS_SQL, &[&product_ids, &store_id])
-        .await?
-    {
-        let id: Uuid = r.get(0);
-        let key: Option<String> = match provider {
-            Provider::Trendyol => r.get(1),
-            Provider::Hepsiburada => r.get(2),
-        };
-        keys.insert(id, key.filter(|k| !k.trim().is_empty()));
-        // A listing that was deleted is told 0 (a set's quantity would otherwise still be
-        // computed from its components).
-        if !r.get::<_, bool>(3) {
-            quantity_of.insert(id, 0);
-        }
-    }
+    let keys = current_keys(db, store_id, provider, &product_ids).await?;
     let told = queue::last_told(db, store_id, &product_ids).await?;
 
     let mut plan = Plan::default();
-    let mut keys_in_request: HashSet<String> = HashSet::new();
+    let mut keyed: Vec<(Claim, String, i32)> = Vec::with_capacity(claims.len());
     for claim in claims {
-        let quantity = quantity_of.get(&claim.product_id).copied().unwrap_or(0);
-        let Some(key) = keys.get(&claim.product_id).cloned().flatten() else {
-            plan.without_key.push(claim);
+        let current = keys.get(&claim.product_id).cloned().unwrap_or_default();
+        let told = told.get(&claim.product_id).cloned().unwrap_or_default();
+        if told.fulfilled_by_marketplace {
+            plan.fulfilled.push(claim);
             continue;
+        }
+        // A deleted listing is told 0 (a set's quantity would otherwise still be computed
+        // from its components), under the key it was last told if its product row went too.
+        let quantity = if current.listed {
+            quantity_of.get(&claim.product_id).copied().unwrap_or(0)
+        } else {
+            0
         };
-        if told.get(&claim.product_id).copied().flatten() == Some(quantity) {
+        let key = match (current.key, told.key) {
+            (Some(key), _) => key,
+            (None, Some(told_key)) if !current.listed => told_key,
+            _ => {
+                plan.without_key.push(claim);
+                continue;
+            }
+        };
+        if told.quantity == Some(quantity) {
             plan.unchanged.push((claim, quantity));
             continue;
         }
-        if !keys_in_request.insert(key.clone()) {
-            plan.duplicate_key.push((claim, key));
-            continue;
-        }
-        plan.outgoing.push(Outgoing {
-            claim,
-            key,
-            quantity,
-        });
+        keyed.push((claim, key, quantity));
     }
+    let pairs: Vec<(Uuid, String)> = keyed
+        .iter()
+        .map(|(c, key, _)| (c.product_id, key.clone()))
+        .collect();
+    let colliding = collisions(db, store_id, provider, &pairs).await?;
+    let mut recorded: Vec<(Uuid, String, String)> = Vec::new();
+    let mut clear: Vec<Uuid> = Vec::new();
+    for (claim, key, quantity) in keyed {
+        match colliding.get(&claim.product_id) {
+            Some(with) => {
+                let form = match_key(provider, &key);
+                let names: Vec<String> = with.iter().map(Uuid::to_string).collect();
+                recorded.push((claim.product_id, key.clone(), form.clone()));
+                plan.duplicate_key.push((
+                    claim,
+                    format!("{key}, one listing {form:?} with {}", names.join(", ")),
+                ));
+            }
+            None => {
+                clear.push(claim.product_id);
+                plan.outgoing.push(Outgoing {
+                    claim,
+                    key,
+                    quantity,
+                });
+            }
+        }
+    }
+    let rows: Vec<(Uuid, &str, &str)> = recorded
+        .iter()
+        .map(|(p, k, f)| (*p, k.as_str(), f.as_str()))
+        .collect();
+    queue::record_key_collisions(db, store_id, &rows).await?;
+    queue::clear_key_collisions(db, store_id, &clear).await?;
     Ok(plan)
 }
 

@@ -384,6 +384,9 @@ async fn run_with(dispatcher: Arc<Dispatcher>, shutdown: &CancellationToken) -> 
             if let Err(e) = resync_reopened_stores(&dispatcher).await {
                 warn!(error = %e, "cannot check for stores that can be sent to again");
             }
+            if let Err(e) = recheck_key_collisions(&dispatcher).await {
+                warn!(error = %e, "cannot look again at listings whose keys collided");
+            }
         }
         for store in due {
             if active.len() >= dispatcher.settings.concurrency {
@@ -458,6 +461,50 @@ async fn resync_reopened_stores(d: &Dispatcher) -> Result<(), DispatchError> {
         store_state::clear_gated(&*tx, store).await?;
         tx.commit().await?;
         info!(store = %store, previously = %was, pairs, "store can be sent to again; its listings are enqueued");
+    }
+    Ok(())
+}
+
+/// Products held back because their keys named one listing with another product's are
+/// looked at again (the `products` table is not replicated, so a fixed barcode is noticed
+/// only here): those that no longer collide are forgotten and their pairs enqueued.
+async fn recheck_key_collisions(d: &Dispatcher) -> Result<(), DispatchError> {
+    let db = d.pool.get().await?;
+    let recorded = queue::key_collisions(&**db).await?;
+    if recorded.is_empty() {
+        return Ok(());
+    }
+    let providers: HashMap<Uuid, Provider> = stores::row::sendable_stores(&**db)
+        .await?
+        .into_iter()
+        .map(|s| (s.id, s.provider))
+        .collect();
+    let mut by_store: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    for c in recorded {
+        by_store.entry(c.store_id).or_default().push(c.product_id);
+    }
+    for (store, products) in by_store {
+        // A store that cannot be sent to keeps its record until it can.
+        let Some(&provider) = providers.get(&store) else {
+            continue;
+        };
+        let current = build::current_keys(&**db, store, provider, &products).await?;
+        let keyed: Vec<(Uuid, String)> = current
+            .iter()
+            .filter(|(_, c)| c.listed)
+            .filter_map(|(p, c)| Some((*p, c.key.clone()?)))
+            .collect();
+        let still = build::collisions(&**db, store, provider, &keyed).await?;
+        let resolved: Vec<Uuid> = products
+            .into_iter()
+            .filter(|p| !still.contains_key(p))
+            .collect();
+        if resolved.is_empty() {
+            continue;
+        }
+        queue::clear_key_collisions(&**db, store, &resolved).await?;
+        let pairs = queue::enqueue_pairs(&**db, store, &resolved, Reason::Resync).await?;
+        info!(store = %store, pairs, "listings whose keys collided no longer do; enqueued");
     }
     Ok(())
 }

@@ -3,13 +3,13 @@
 //! | answer | queue | store |
 //! | --- | --- | --- |
 //! | accepted | `sent` (batch to poll, sent quantities, one transaction) | success; a probe lifts a 403 pause |
-//! | 429 | released | waits Retry-After (a hint past `max_retry_after` is ignored) or a window |
+//! | 429 | released | waits Retry-After (a hint past `max_retry_after`, or of zero or in the past, is ignored) or a window |
 //! | 401, unusable credentials | released | paused until the credentials change |
 //! | 403 | released | paused; probes itself after `forbidden_backoff`, doubling to an hour |
 //! | identical body | released, deferred a window | — |
 //! | 400 | split in halves; a lone item fails (retried, dead-lettered at `max_attempts`) | — |
 //! | 413 | split in halves | at most half as many items per request from now on (at least 50) |
-//! | 5xx, no answer | released | backs off ([`STORE_BACKOFF`]) |
+//! | 5xx, no answer, no connection | released | backs off ([`STORE_BACKOFF`]) |
 //! | anything else (3xx, 404, 405, 408, 409, 415, 422, ...) | released, no attempt counted | backs off as for a 5xx |
 //!
 //! Only a 400 may split a batch and count attempts towards dead letters: a wrong base URL or
@@ -26,7 +26,7 @@ use super::send::Sent;
 use super::store_cycle::Cycle;
 use super::DispatchError;
 use crate::backoff::BackoffPolicy;
-use crate::marketplace::PushOutcome;
+use crate::marketplace::{throttle_wait, PushOutcome, Throttle};
 use crate::metrics::metrics;
 use crate::queue::{self, Claim, Outcome, Release};
 use crate::stores::gates;
@@ -71,7 +71,7 @@ pub(super) fn label(outcome: &PushOutcome) -> &'static str {
         PushOutcome::TooLarge { .. } => "413",
         PushOutcome::Unexpected { .. } => "unexpected",
         PushOutcome::ServerError { .. } => "5xx",
-        PushOutcome::Transport { .. } => "error",
+        PushOutcome::Transport { .. } | PushOutcome::NotDelivered { .. } => "error",
     }
 }
 
@@ -89,7 +89,9 @@ pub(super) fn message(outcome: &PushOutcome) -> Option<String> {
         | PushOutcome::ServerError { status, message } => Some(format!("{status}: {message}")),
         PushOutcome::Forbidden { message } => Some(format!("403: {message}")),
         PushOutcome::TooLarge { message } => Some(format!("413: {message}")),
-        PushOutcome::Transport { message } => Some(message.clone()),
+        PushOutcome::Transport { message } | PushOutcome::NotDelivered { message } => {
+            Some(message.clone())
+        }
     }
 }
 
@@ -114,7 +116,8 @@ impl Cycle<'_> {
         } = sent;
         let settings = &self.d.settings;
         // Only a body the marketplace may have taken counts for the identical-body rule; a
-        // lost answer (transport) may hide an accepted one, so it keeps counting.
+        // lost answer (transport) may hide an accepted one, so it keeps counting, while a
+        // connection never made (`NotDelivered`) carried no body at all.
         if !matches!(
             outcome,
             PushOutcome::Accepted { .. } | PushOutcome::Transport { .. }
@@ -134,7 +137,9 @@ impl Cycle<'_> {
             match &outcome {
                 PushOutcome::Forbidden { .. } => {}
                 // No answer says nothing about the block: the next probe decides.
-                PushOutcome::ServerError { .. } | PushOutcome::Transport { .. } => {
+                PushOutcome::ServerError { .. }
+                | PushOutcome::Transport { .. }
+                | PushOutcome::NotDelivered { .. } => {
                     self.forbidden(db, &error, false).await?;
                     queue::release(db, self.token, &ids, Release::default()).await?;
                     return Ok(GroupEnd::StopStore);
@@ -154,11 +159,15 @@ impl Cycle<'_> {
                 GroupEnd::Next
             }
             PushOutcome::RateLimited { retry_after } => {
-                let hint = retry_after.filter(|w| *w <= settings.max_retry_after);
-                if hint.is_none() && retry_after.is_some() {
+                let throttle = throttle_wait(
+                    retry_after,
+                    settings.limits.rate_limit_window,
+                    settings.max_retry_after,
+                );
+                if let Throttle::HintTooLong(_) = throttle {
                     warn!(store = %self.store_id, "the marketplace asked for a wait longer than STOCKSYNC_MAX_RETRY_AFTER; ignoring it");
                 }
-                let wait = hint.unwrap_or(settings.limits.rate_limit_window);
+                let wait = throttle.wait();
                 warn!(store = %self.store_id, wait_s = wait.as_secs_f64(), "marketplace throttled the store (429)");
                 let message = format!(
                     "429 from the marketplace; retrying in {:.1} s",
@@ -227,7 +236,9 @@ impl Cycle<'_> {
                 self.store_failed(db, &ids, Problem::UnexpectedStatus, &error)
                     .await?
             }
-            PushOutcome::ServerError { .. } | PushOutcome::Transport { .. } => {
+            PushOutcome::ServerError { .. }
+            | PushOutcome::Transport { .. }
+            | PushOutcome::NotDelivered { .. } => {
                 self.store_failed(db, &ids, Problem::ServerError, &error)
                     .await?
             }

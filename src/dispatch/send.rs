@@ -1,4 +1,6 @@
-//! Sending one group (at most a batch): the identical-body rule (re-order, else defer), the
+//! Sending one group (at most a batch): the identical-body rule (Trendyol's: re-order, else
+//! defer; it concerns bodies the marketplace received, a request that never
+//! left does not count, see [`super::outcome`]), the
 //! rate window, then — recorded before the request leaves — the pairs marked in doubt, the
 //! request counted for the limits and the claims' lease renewed; then the push and its API
 //! log row.
@@ -10,7 +12,8 @@ use super::apilog::{self, kind, Entry};
 use super::build::{ids_and_quantities, stock_items, Outgoing};
 use super::store_cycle::Cycle;
 use super::DispatchError;
-use crate::marketplace::{prepare, Exchange, PreparedRequest, PushOutcome};
+use crate::marketplace::read::match_key;
+use crate::marketplace::{prepare, Exchange, PreparedRequest, Provider, PushOutcome};
 use crate::queue::{self, Outcome, Release};
 use crate::stores::RequestKind;
 
@@ -47,11 +50,16 @@ impl Cycle<'_> {
         let ids: Vec<i64> = group.iter().map(|o| o.claim.id).collect();
         let mut request = prepare(self.store.provider, &stock_items(&group));
         let mut rotations = 0;
-        while let Some(wait) = self
-            .limiter
-            .identical_body_wait(db, &request.body_sha256)
-            .await?
-        {
+        // The identical-body rule is Trendyol's; Hepsiburada takes a repeated body.
+        let identical_rule = self.store.provider == Provider::Trendyol;
+        while identical_rule {
+            let Some(wait) = self
+                .limiter
+                .identical_body_wait(db, &request.body_sha256)
+                .await?
+            else {
+                break;
+            };
             if group.len() < 2 || rotations >= MAX_ROTATIONS.min(group.len() - 1) {
                 self.limiter.waited("identical_body");
                 debug!(store = %self.store_id, wait_s = wait.as_secs_f64(), "identical body sent recently; deferring");
@@ -87,10 +95,17 @@ impl Cycle<'_> {
         if self.claimed_at.elapsed() > self.d.settings.claim_lease() / 4 {
             queue::renew(db, self.token, &ids).await?;
         }
-        queue::mark_in_doubt(db, self.store_id, &products).await?;
+        let keys: Vec<&str> = group.iter().map(|o| o.key.as_str()).collect();
+        let forms: Vec<String> = keys
+            .iter()
+            .map(|k| match_key(self.store.provider, k))
+            .collect();
+        let forms: Vec<&str> = forms.iter().map(String::as_str).collect();
+        queue::mark_leaving(db, self.store_id, &products, &keys, &forms).await?;
+        let body_sha256 = identical_rule.then_some(request.body_sha256.as_str());
         let request_id = self
             .limiter
-            .record(db, endpoint, RequestKind::Push, Some(&request.body_sha256))
+            .record(db, endpoint, RequestKind::Push, body_sha256)
             .await?;
         let (outcome, exchange) = self.d.client.push(&self.store.creds, &request).await;
         let sent = Sent {

@@ -151,9 +151,18 @@ impl Cycle<'_> {
             .iter()
             .map(|(c, key)| (c, format!("{} ({key})", c.product_id)))
             .collect();
-        let why = "another product of this store has the same marketplace key";
+        let why = "another product listed in this store names the same listing at the marketplace \
+                   (the same key, or one the marketplace spells the same); neither is sent until \
+                   the data is fixed";
         self.skip(db, &duplicates, Outcome::DuplicateKey, why)
             .await?;
+        // Not a problem to report on every change: `status` lists such listings.
+        if !plan.fulfilled.is_empty() {
+            let ids: Vec<i64> = plan.fulfilled.iter().map(|c| c.id).collect();
+            let outcome = Outcome::FulfilledByMarketplace;
+            queue::finish(db, self.token, &ids, outcome, &vec![None; ids.len()]).await?;
+            self.count_items(outcome.as_str(), ids.len());
+        }
         if plan.outgoing.is_empty() {
             return Ok(());
         }

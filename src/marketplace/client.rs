@@ -129,6 +129,9 @@ impl MarketplaceClient {
         let answer = self.send(call, Some(request.body.clone())).await;
         let outcome = match &answer.result {
             Ok((status, headers, body)) => classify(creds.provider, *status, headers, body),
+            Err(message) if !answer.left => PushOutcome::NotDelivered {
+                message: message.clone(),
+            },
             Err(message) => PushOutcome::Transport {
                 message: message.clone(),
             },
@@ -311,8 +314,13 @@ impl MarketplaceClient {
         if let Some(body) = body {
             req = req.body(body);
         }
+        // A connection that was never made (refused, DNS, TLS handshake) carried no body.
+        let mut left = true;
         let result = match req.send().await {
-            Err(e) => Err(describe(&e, self.settings.timeout)),
+            Err(e) => {
+                left = !e.is_connect();
+                Err(describe(&e, self.settings.timeout))
+            }
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let headers = resp.headers().clone();
@@ -327,6 +335,7 @@ impl MarketplaceClient {
                             status: Some(status),
                             duration: started.elapsed(),
                             result: Err(e),
+                            left,
                         }
                     }
                 }
@@ -336,6 +345,7 @@ impl MarketplaceClient {
             status: result.as_ref().ok().map(|(s, _, _)| *s),
             duration: started.elapsed(),
             result,
+            left,
         }
     }
 }
@@ -347,6 +357,8 @@ struct Answer {
     status: Option<u16>,
     duration: Duration,
     result: Received,
+    /// The request may have reached the server (false only when no connection was made).
+    left: bool,
 }
 
 impl Answer {

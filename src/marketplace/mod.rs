@@ -32,6 +32,7 @@ mod client;
 pub mod read;
 
 use std::fmt;
+use std::time::Duration;
 
 use base64::Engine;
 use serde::Serialize;
@@ -426,9 +427,12 @@ pub enum PushOutcome {
     Unexpected { status: u16, message: String },
     /// 5xx.
     ServerError { status: u16, message: String },
-    /// No usable answer: timeout, connection refused/reset, a 2xx without valid JSON
-    /// or without an id.
+    /// No usable answer: timeout, connection reset, a 2xx without valid JSON or without an
+    /// id. The request may have reached the marketplace (and been applied).
     Transport { message: String },
+    /// The request never left: the connection could not be made (refused, DNS, TLS
+    /// handshake). The marketplace cannot have seen the body.
+    NotDelivered { message: String },
 }
 
 impl PushOutcome {
@@ -469,6 +473,45 @@ impl PushOutcome {
             PushOutcome::Transport { message } => PushOutcome::Transport {
                 message: r(message),
             },
+            PushOutcome::NotDelivered { message } => PushOutcome::NotDelivered {
+                message: r(message),
+            },
+        }
+    }
+}
+
+/// How long a 429 holds the caller back: the marketplace's hint when it names a moment
+/// still ahead and no further than `longest`, else `floor` (the rate window). A hint of
+/// zero (`Retry-After: 0`, a date or reset time already past) would mean retrying at once
+/// into the same throttle, so it counts as no hint.
+pub fn throttle_wait(
+    retry_after: Option<Duration>,
+    floor: Duration,
+    longest: Duration,
+) -> Throttle {
+    match retry_after {
+        Some(hint) if hint.is_zero() => Throttle::Floor(floor),
+        Some(hint) if hint > longest => Throttle::HintTooLong(floor),
+        Some(hint) => Throttle::Hint(hint),
+        None => Throttle::Floor(floor),
+    }
+}
+
+/// The wait a 429 asks for, and where it came from (for the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// The marketplace's own hint.
+    Hint(Duration),
+    /// No usable hint: none, zero or in the past.
+    Floor(Duration),
+    /// A hint further away than allowed, ignored for the floor.
+    HintTooLong(Duration),
+}
+
+impl Throttle {
+    pub fn wait(self) -> Duration {
+        match self {
+            Throttle::Hint(d) | Throttle::Floor(d) | Throttle::HintTooLong(d) => d,
         }
     }
 }

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "queue_indexes",
         include_str!("../../sql/008_queue_indexes.sql"),
     ),
+    (
+        9,
+        "listing_keys",
+        include_str!("../../sql/009_listing_keys.sql"),
+    ),
 ];
 
 /// The application tables stocksync reads through the slot.

@@ -1,5 +1,6 @@
 //! `stock_sync.listing_state`: what each marketplace was told per (store, product), so only
-//! changes are sent, and which pairs are in doubt.
+//! changes are sent; which pairs are in doubt; the key each was told under (so a pair whose
+//! product row is gone can still be told 0); which listings the marketplace fulfils itself.
 
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
@@ -11,6 +12,16 @@ const MARK_IN_DOUBT_SQL: &str = r#"
 INSERT INTO stock_sync.listing_state AS l (store_id, product_id, in_doubt)
 SELECT $1, u.product_id, true FROM unnest($2::uuid[]) AS u(product_id)
 ON CONFLICT (store_id, product_id) DO UPDATE SET in_doubt = true
+"#;
+
+/// Before a push leaves: its pairs are in doubt, and the key each is sent under (with its
+/// marketplace spelling) is what the listing is known as from now on.
+const MARK_LEAVING_SQL: &str = r#"
+INSERT INTO stock_sync.listing_state AS l (store_id, product_id, in_doubt, told_key, told_key_form)
+SELECT $1, u.product_id, true, u.key, u.form
+FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u(product_id, key, form)
+ON CONFLICT (store_id, product_id) DO UPDATE
+SET in_doubt = true, told_key = EXCLUDED.told_key, told_key_form = EXCLUDED.told_key_form
 "#;
 
 /// After a push was accepted: what was sent, per product, and by which batch.
@@ -56,12 +67,26 @@ WHERE store_id = $1 AND product_id = ANY($2::uuid[]) AND sent_batch_id = $3
 "#;
 
 /// The quantity the marketplace was last told (a push whose item result is still unknown
-/// counts) per product of a store; NULL while a request's fate is in doubt.
+/// counts) per product of a store, NULL while a request's fate is in doubt; the key it was
+/// told under; whether the marketplace fulfils the listing itself.
 const LAST_TOLD_SQL: &str = r#"
 SELECT product_id,
-       CASE WHEN in_doubt THEN NULL ELSE COALESCE(sent_quantity, accepted_quantity) END
+       CASE WHEN in_doubt THEN NULL ELSE COALESCE(sent_quantity, accepted_quantity) END,
+       told_key,
+       fulfilled_by_marketplace
 FROM stock_sync.listing_state
 WHERE store_id = $1 AND product_id = ANY($2::uuid[])
+"#;
+
+/// Listings of store `$1` the marketplace fulfils itself (`$3`) or no longer does, as a read
+/// or a refusal showed.
+const MARK_FULFILLED_SQL: &str = r#"
+INSERT INTO stock_sync.listing_state AS l
+    (store_id, product_id, fulfilled_by_marketplace, fulfilled_seen_at)
+SELECT $1, u.product_id, $3, now() FROM unnest($2::uuid[]) AS u(product_id)
+ON CONFLICT (store_id, product_id) DO UPDATE
+SET fulfilled_by_marketplace = EXCLUDED.fulfilled_by_marketplace, fulfilled_seen_at = now()
+WHERE l.fulfilled_by_marketplace IS DISTINCT FROM EXCLUDED.fulfilled_by_marketplace
 "#;
 
 /// Reconciliation saw the marketplace show something else: nothing is known to be told any
@@ -80,6 +105,36 @@ pub async fn mark_in_doubt(
 ) -> Result<(), QueueError> {
     db.execute(MARK_IN_DOUBT_SQL, &[&store, &products]).await?;
     Ok(())
+}
+
+/// Marks pairs in doubt and records the key each is about to be sent under (`forms`: the
+/// same keys in the marketplace's spelling), before the request leaves.
+pub async fn mark_leaving(
+    db: &impl GenericClient,
+    store: Uuid,
+    products: &[Uuid],
+    keys: &[&str],
+    forms: &[&str],
+) -> Result<(), QueueError> {
+    db.execute(MARK_LEAVING_SQL, &[&store, &products, &keys, &forms])
+        .await?;
+    Ok(())
+}
+
+/// Records whether the marketplace fulfils these listings itself (it keeps their stock, so
+/// dispatch never pushes them). Returns the rows that changed.
+pub async fn mark_fulfilled_by_marketplace(
+    db: &impl GenericClient,
+    store: Uuid,
+    products: &[Uuid],
+    fulfilled: bool,
+) -> Result<u64, QueueError> {
+    if products.is_empty() {
+        return Ok(0);
+    }
+    Ok(db
+        .execute(MARK_FULFILLED_SQL, &[&store, &products, &fulfilled])
+        .await?)
 }
 
 /// Records an accepted push: `quantities[i]` sent for `products[i]` in `batch_id`.
@@ -143,17 +198,35 @@ pub async fn sent_in_batch(
         .collect())
 }
 
-/// What the marketplace was last told per product (`None` while in doubt; absent when never).
+/// What is known of one listing at the marketplace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Told {
+    /// The quantity last told; `None` while a request's fate is in doubt or nothing is known.
+    pub quantity: Option<i32>,
+    /// The key it was last sent under (kept when the product row goes).
+    pub key: Option<String>,
+    /// The marketplace keeps this listing's stock itself (Hepsiburada `isFulfilledByHB`).
+    pub fulfilled_by_marketplace: bool,
+}
+
+/// What is known of each listing of `products` in `store` (absent: never sent nor read).
 pub async fn last_told(
     db: &impl GenericClient,
     store: Uuid,
     products: &[Uuid],
-) -> Result<std::collections::HashMap<Uuid, Option<i32>>, QueueError> {
+) -> Result<std::collections::HashMap<Uuid, Told>, QueueError> {
     Ok(db
         .query(LAST_TOLD_SQL, &[&store, &products])
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| {
+            let told = Told {
+                quantity: r.get(1),
+                key: r.get(2),
+                fulfilled_by_marketplace: r.get(3),
+            };
+            (r.get(0), told)
+        })
         .collect())
 }
 

@@ -1,6 +1,6 @@
 //! The queue: the durable state machine between capture and the marketplaces.
 //!
-//! Every statement on `stock_sync.queue`, `stock_sync.listing_state`,
+//! Every statement on `stock_sync.queue`, `stock_sync.listing_state`, `stock_sync.key_collisions`,
 //! `stock_sync.capture_batches`, `stock_sync.stream_staging` and `stock_sync.checkpoint` lives
 //! in this module; capture, dispatch, reconciliation (`reconcile.rs`: pairs in motion,
 //! repairs, how far capture is) and the operator commands call the functions here and never
@@ -18,7 +18,8 @@
 //!          ▼                                         ▼
 //!      ┌─────────┐ ─────────────────────────▶ ┌───────────┐  finish: sent, unchanged,
 //!      │ pending │                            │ in_flight │  dry_run, no_key, ─────────┐
-//!      └─────────┘ ◀───────────────────────── └───────────┘  duplicate_key            │
+//!      └─────────┘ ◀───────────────────────── └───────────┘  duplicate_key,            │
+//!          │                                       │    │  fulfilled_by_marketplace    │
 //!          │        release: 429, 5xx, shutdown,   │    │                              ▼
 //!          │        identical body, a retry delay; │    │ dead_letter           ┌──────────┐
 //!          │        release_orphans (the claim's   │    └──────────────────────▶│   dead   │
@@ -59,6 +60,7 @@
 mod admin;
 pub mod capture;
 mod claims;
+mod keys;
 mod listings;
 mod reason;
 mod reconcile;
@@ -75,8 +77,12 @@ pub use claims::{
     release_unfinished, renew, requeue_failed_items, stale_claim_stores, Claim, ClaimToken,
     Release, RequeuedItem,
 };
+pub use keys::{
+    clear_key_collisions, key_candidates, key_collisions, record_key_collisions, KeyCollision,
+};
 pub use listings::{
-    forget_told, item_accepted, item_failed, last_told, mark_in_doubt, mark_sent, sent_in_batch,
+    forget_told, item_accepted, item_failed, last_told, mark_fulfilled_by_marketplace,
+    mark_in_doubt, mark_leaving, mark_sent, sent_in_batch, Told,
 };
 pub use reason::{Reason, UnknownReason};
 pub use reconcile::{checkpoint_reached, enqueue_pairs, in_motion};
@@ -113,8 +119,11 @@ pub enum Outcome {
     DryRun,
     /// The product has no marketplace key (barcode / sku) or no row.
     NoKey,
-    /// Another product of the store has the same marketplace key.
+    /// Another product of the store names the same listing at the marketplace (the same key,
+    /// or one the marketplace spells the same): neither is pushed while it lasts.
     DuplicateKey,
+    /// The marketplace keeps this listing's stock itself (Hepsiburada `isFulfilledByHB`).
+    FulfilledByMarketplace,
     /// The store is inactive or has `send_stock = false`.
     StoreInactive,
     /// The store's type is not a marketplace stocksync serves.
@@ -137,6 +146,7 @@ impl Outcome {
             Outcome::DryRun => "dry_run",
             Outcome::NoKey => "no_key",
             Outcome::DuplicateKey => "duplicate_key",
+            Outcome::FulfilledByMarketplace => "fulfilled_by_marketplace",
             Outcome::StoreInactive => "store_inactive",
             Outcome::StoreTypeIgnored => "store_type_ignored",
             Outcome::StoreMissing => "store_missing",

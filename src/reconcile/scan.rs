@@ -30,7 +30,7 @@ const MAX_TRIES: u32 = 5;
 /// 429s for one read before the audit gives up: the marketplace sees traffic we do not
 /// (another tool on the account), and an audit can wait for the next interval.
 const MAX_THROTTLED: u32 = 20;
-/// A 429 without a usable `Retry-After` waits this long.
+/// A 429 without a usable `Retry-After` (none, zero, in the past) waits this long.
 const THROTTLE_WAIT: Duration = Duration::from_secs(10);
 
 /// The `outcome` label of `stocksync_reconcile_reads_total`.
@@ -176,7 +176,9 @@ impl<'a> Reader<'a> {
                     }
                     self.limiter.waited("rate_limit");
                     self.pause(
+                        // Zero (a date already past) would retry into the same throttle.
                         retry_after
+                            .filter(|w| !w.is_zero())
                             .unwrap_or(THROTTLE_WAIT)
                             .min(Duration::from_secs(300)),
                     )

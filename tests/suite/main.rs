@@ -16,6 +16,7 @@ mod acceptance;
 mod capture;
 mod dashboard;
 mod delivery;
+mod delivery_edges;
 mod demo;
 mod deploy;
 mod errors;
