@@ -557,10 +557,11 @@ async fn without_streaming_a_large_transaction_arrives_at_commit() {
     running.stop().await.expect("clean stop");
 }
 
-/// Rule 8 with streaming: a set item committed while a streamed transaction runs makes one of
-/// its already staged products a component; the transaction's commit enqueues that set (and
-/// the set above it). A set item deleted meanwhile enqueued its set at its own commit, and the
-/// transaction's commit does not: the set's quantity no longer depends on the component.
+/// Rule 8 (capture's module doc) with streaming: a set item committed while a streamed
+/// transaction runs makes one of its already staged products a component; the transaction's
+/// commit enqueues that set (and the set above it). A set item deleted meanwhile enqueued its
+/// set at its own commit, and the transaction's commit does not: the set's quantity no longer
+/// depends on the component.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_transaction_expands_to_the_sets_at_its_commit() {
     compositions_change_while_a_large_transaction_runs("compose_stream_slot", true).await;
