@@ -23,15 +23,16 @@
 //!    server streams a transaction while it runs once its decoded changes outgrow
 //!    `logical_decoding_work_mem`) is staged, not enqueued: its seeds are kept per
 //!    subtransaction and written to `stock_sync.stream_staging` by COPY every
-//!    `spill_threshold` seeds, outside the queue and invisible to dispatch. Its Stream Commit
-//!    moves them into the queue (with the seeds still in memory, its TRUNCATEs and the set
-//!    expansion) in the database transaction that writes its `capture_batches` row and the
-//!    checkpoint (rule 1), and deletes them once that committed; a Stream Abort of the
-//!    transaction or of a subtransaction deletes what that one staged. Staging is not part of any checkpoint:
-//!    at start-up everything staged for the slot is deleted, because a transaction whose
-//!    commit was not captured is streamed again from its start (rule 3 drops one whose
-//!    commit was). A streamed transaction with no published change (capture's own large
-//!    writes come back so) is not logged.
+//!    `spill_threshold` seeds, outside the queue and invisible to dispatch. Its Stream
+//!    Commit moves them into the queue (with the seeds still in memory, its TRUNCATEs and
+//!    the set expansion, decided then: rule 8) in the database transaction that writes
+//!    its `capture_batches` row and the checkpoint (rule 1), and deletes them once that
+//!    committed; a Stream Abort of the transaction or of a subtransaction deletes what
+//!    that one staged. Staging is not part of any checkpoint: at start-up everything
+//!    staged for the slot is deleted, because a transaction whose commit was not captured
+//!    is streamed again from its start (rule 3 drops one whose commit was). A streamed
+//!    transaction with no published change (capture's own large writes come back so) is
+//!    not logged.
 //! 7. Queue rows become visible no earlier than the changes they stand for: the server sends
 //!    a commit once its WAL record is written, a moment before other sessions can see the
 //!    transaction, so capture commits a batch only after every one of its transactions is
@@ -40,13 +41,26 @@
 //!    transactions and, for every epoch, on snapshots; the race itself is not reproduced by a
 //!    test (on an idle server the window is microseconds wide; under load in the read-budget
 //!    test capture was seen waiting up to about 50 ms).
+//! 8. Whether a change expands to its sets (every set containing its product, recursively)
+//!    is decided when its transaction commits, from the compositions as they are then — not
+//!    when a streamed chunk of it arrived. A set item committed while a streamed transaction
+//!    ran, making one of its already staged products a component, enqueues that set (and the
+//!    sets above it) with the transaction's commit; a set item deleted meanwhile enqueued its
+//!    set at its own commit, and the set's quantity no longer depends on the component. Both
+//!    paths ask one rule ([`seeds::Components::expands`]) at the commit, and one SQL
+//!    expansion reads `product_set_items` in the capture transaction, which sees every set
+//!    item committed before the transaction (they come first in the stream). Later
+//!    composition changes enqueue their own sets when they are captured.
 //!
 //! First run (no checkpoint for the slot): every listed pair is enqueued in the same
 //! transaction that writes the first checkpoint (the slot's `confirmed_flush_lsn`).
 //!
-//! The set expansion (every set containing a changed product, recursively) runs in SQL only
-//! for seeds whose product may be in a set: capture keeps the components of
-//! `product_set_items` in memory ([`seeds::Components`]), so the common seed costs no probe.
+//! The set expansion runs in SQL only for seeds whose product may be in a set: capture keeps
+//! the components of `product_set_items` in memory ([`seeds::Components`]), so the common
+//! seed costs no probe. A streamed transaction's staged seeds are not kept in memory: each
+//! chunk is judged when staged, and the commit runs the expansion over all of them when one
+//! was a possible component or the known components grew since the first chunk
+//! ([`seeds::StagedExpansion`]).
 //!
 //! Only the process holding the PostgreSQL advisory lock for the slot streams; others wait as
 //! hot standbys. Transient failures reconnect with capped exponential backoff and resume from
@@ -79,7 +93,7 @@ use crate::replication::stream::{
 use crate::replication::wire::{WireError, SQLSTATE_OBJECT_IN_USE};
 use crate::replication::Lsn;
 pub use error::{open_failure, slot_state, CaptureError, ErrorSummary, SlotState};
-use seeds::{Components, SchemaError, SeedSet, WatchedTable};
+use seeds::{Components, SchemaError, SeedSet, StagedExpansion, WatchedTable};
 use uuid::Uuid;
 
 const SLOT_INFO_SQL: &str = r#"
@@ -372,8 +386,8 @@ struct Streamed {
     buffer: HashMap<(u32, Uuid, Option<Uuid>), Reason>,
     /// Subtransactions (and the transaction itself) with staged rows.
     staged: HashSet<u32>,
-    /// A staged seed needs the set expansion at commit.
-    expand_sets: bool,
+    /// Whether the staged seeds need the set expansion, decided at commit.
+    expansion: StagedExpansion,
     row_changes: i32,
     /// TRUNCATEs, by subtransaction: run at commit.
     truncates: Vec<(u32, TruncatedTable)>,
@@ -747,8 +761,9 @@ impl Capture<'_> {
             .collect();
         for row in &rows {
             stream.staged.insert(row.subxid);
-            stream.expand_sets |=
-                row.store_id.is_none() || self.components.may_be_in_a_set(&row.product_id);
+            stream
+                .expansion
+                .staged(&self.components, &row.product_id, row.store_id);
         }
         self.writer.stage(xid, &rows).await?;
         debug!(
@@ -810,9 +825,11 @@ impl Capture<'_> {
             self.stage_buffer(xid, &mut streamed).await?;
         }
         if !streamed.staged.is_empty() {
+            // Rule 8: from the components as they are now, not as they were at each chunk.
+            let expand_sets = streamed.expansion.at_commit(&self.components);
             let n = self
                 .writer
-                .move_staged(xid, commit_lsn, streamed.expand_sets)
+                .move_staged(xid, commit_lsn, expand_sets)
                 .await?;
             self.batch.wrote = true;
             debug!(

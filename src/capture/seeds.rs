@@ -184,11 +184,15 @@ impl RowReader<'_> {
 /// started, plus every component a set item change named since (never removed: a product
 /// that left its sets is only expanded for nothing). The set expansion is skipped for any
 /// other product; that is safe because a change to `product_set_items` is seen (and enqueues
-/// its set) before any later change of the component. `None`: not known (too many to keep),
-/// every product may be.
+/// its set) before any later change of the component, and a transaction is only expanded at
+/// its commit (see [`Components::expands`]). `None`: not known (too many to keep), every
+/// product may be.
 #[derive(Debug, Clone, Default)]
 pub struct Components {
     known: Option<HashSet<Uuid>>,
+    /// Moves whenever what is known changes (a product added, or the set given up): equal
+    /// versions mean equal answers.
+    version: u64,
 }
 
 impl Components {
@@ -199,25 +203,74 @@ impl Components {
     pub fn new(known: Option<Vec<Uuid>>) -> Components {
         Components {
             known: known.map(|k| k.into_iter().collect()),
+            version: 0,
         }
     }
 
     /// Every product may be in a set (nothing known).
     pub fn unknown() -> Components {
-        Components { known: None }
+        Components::new(None)
     }
 
     pub fn may_be_in_a_set(&self, product: &Uuid) -> bool {
         self.known.as_ref().is_none_or(|k| k.contains(product))
     }
 
+    /// The one rule of both paths (exactly-once rule 8): whether a seed goes through the set
+    /// expansion. A composition seed (`store_id` `None`) always does: its set is what it is
+    /// about. A pair seed does when its product may be in a set. Asked when the seed's
+    /// transaction commits — a non-streamed transaction arrives whole after its commit, so
+    /// every set item committed before it has been seen; a streamed one's staged seeds are
+    /// judged again at its commit by [`StagedExpansion`].
+    pub fn expands(&self, product_id: &Uuid, store_id: Option<Uuid>) -> bool {
+        store_id.is_none() || self.may_be_in_a_set(product_id)
+    }
+
     fn add(&mut self, product: Uuid) {
         if let Some(known) = &mut self.known {
-            known.insert(product);
+            if known.insert(product) {
+                self.version += 1;
+            }
             if known.len() > Self::LIMIT {
                 self.known = None;
             }
         }
+    }
+}
+
+/// Whether the staged seeds of a streamed transaction need the set expansion at its commit.
+///
+/// Seeds are staged chunk by chunk while the transaction runs, and each chunk is judged by
+/// [`Components::expands`] as capture knows the components then. The decision belongs to the
+/// commit (rule 8): a set item committed in between may have made a product of an earlier
+/// chunk a component, and its set must be enqueued with the transaction's change. The staged
+/// products are not kept in memory, so when the components changed since the first chunk, the
+/// expansion runs; it joins `product_set_items` as they are at the commit and so enqueues
+/// exactly the sets the staged products are in then (none, if the new components are not
+/// among them).
+#[derive(Debug, Default)]
+pub struct StagedExpansion {
+    /// A staged seed expanded when it was staged.
+    expands: bool,
+    /// [`Components`]' version when the first chunk was staged.
+    first_staged: Option<u64>,
+}
+
+impl StagedExpansion {
+    /// A seed is being staged.
+    pub fn staged(&mut self, components: &Components, product_id: &Uuid, store_id: Option<Uuid>) {
+        self.first_staged.get_or_insert(components.version);
+        self.expands |= components.expands(product_id, store_id);
+    }
+
+    /// At the transaction's commit: whether its staged seeds go through the set expansion.
+    /// Components only grow, so an unchanged version means every chunk was judged by the
+    /// components of the commit.
+    pub fn at_commit(&self, components: &Components) -> bool {
+        self.expands
+            || self
+                .first_staged
+                .is_some_and(|version| version != components.version)
     }
 }
 
@@ -340,12 +393,12 @@ impl SeedSet {
     }
 
     /// Empties the set into column arrays for the enqueue statements; the set expansion gets
-    /// the seeds whose product `components` says may be in a set.
+    /// the seeds [`Components::expands`] says.
     pub fn drain_columns(&mut self, components: &Components) -> SeedColumns {
         let mut columns = SeedColumns::default();
         for ((product_id, store_id), (reason, lsn)) in self.seeds.drain() {
-            let in_sets = components.may_be_in_a_set(&product_id);
-            columns.push(product_id, store_id, reason, lsn, in_sets);
+            let expand = components.expands(&product_id, store_id);
+            columns.push(product_id, store_id, reason, lsn, expand);
         }
         columns
     }
@@ -433,5 +486,40 @@ mod tests {
         components.add(plain);
         assert!(components.may_be_in_a_set(&plain));
         assert!(Components::unknown().may_be_in_a_set(&plain));
+    }
+
+    #[test]
+    fn staged_seeds_are_expanded_by_the_components_at_commit() {
+        let (component, plain, later) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let store = Some(Uuid::new_v4());
+        let mut components = Components::new(Some(vec![component]));
+
+        let mut chunks = StagedExpansion::default();
+        assert!(!chunks.at_commit(&components), "nothing staged");
+        chunks.staged(&components, &plain, store);
+        assert!(
+            !chunks.at_commit(&components),
+            "a plain product, components unchanged"
+        );
+        // A set item committed while the transaction runs names an already known component:
+        // nothing changes.
+        components.add(component);
+        assert!(!chunks.at_commit(&components));
+        // One naming a new component (maybe `plain`, staged earlier): decided at commit.
+        components.add(later);
+        assert!(chunks.at_commit(&components));
+
+        let mut chunks = StagedExpansion::default();
+        chunks.staged(&components, &plain, None);
+        assert!(chunks.at_commit(&components), "a composition seed always");
+        let mut chunks = StagedExpansion::default();
+        chunks.staged(&components, &component, store);
+        assert!(chunks.at_commit(&components), "a known component");
+        let mut chunks = StagedExpansion::default();
+        chunks.staged(&Components::unknown(), &plain, store);
+        assert!(
+            chunks.at_commit(&Components::unknown()),
+            "components not known"
+        );
     }
 }

@@ -315,21 +315,25 @@ pub struct SeedColumns {
 }
 
 impl SeedColumns {
-    /// Adds a seed; `in_sets`: its product may be a component of a set (always assumed for a
-    /// composition seed, whose sets are what it is about).
+    /// Adds a seed; `expand`: it goes through the set expansion (capture decides, by one
+    /// rule; a composition seed, which names no pair, must).
     pub fn push(
         &mut self,
         product_id: Uuid,
         store_id: Option<Uuid>,
         reason: Reason,
         commit_lsn: Lsn,
-        in_sets: bool,
+        expand: bool,
     ) {
+        debug_assert!(
+            expand || store_id.is_some(),
+            "a composition seed not expanded"
+        );
         let lsn = PgLsn::from(commit_lsn);
         if store_id.is_some() {
             self.pairs.push(product_id, store_id, reason, lsn);
         }
-        if in_sets || store_id.is_none() {
+        if expand {
             self.sets.push(product_id, store_id, reason, lsn);
         }
     }
@@ -527,7 +531,8 @@ impl CaptureWriter {
     }
 
     /// The streamed transaction `xid` committed at `commit_lsn`: its staged seeds become queue
-    /// entries (with their sets when `expand_sets`), in the open transaction (opening one),
+    /// entries (with the sets they are in now when `expand_sets`, which capture decides at the
+    /// commit), in the open transaction (opening one),
     /// which [`CaptureWriter::commit`] ends with the checkpoint. The staged rows are deleted
     /// after that commit ([`CaptureWriter::discard_staged`]), off the path to the checkpoint:
     /// rows of a captured transaction are never moved again (a session moves a transaction

@@ -557,6 +557,180 @@ async fn without_streaming_a_large_transaction_arrives_at_commit() {
     running.stop().await.expect("clean stop");
 }
 
+/// Rule 8 (capture's module doc) with streaming: a set item committed while a streamed
+/// transaction runs makes one of its already staged products a component; the transaction's
+/// commit enqueues that set (and the set above it). A set item deleted meanwhile enqueued its
+/// set at its own commit, and the transaction's commit does not: the set's quantity no longer
+/// depends on the component.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_transaction_expands_to_the_sets_at_its_commit() {
+    compositions_change_while_a_large_transaction_runs("compose_stream_slot", true).await;
+}
+
+/// Rule 8 without streaming: the same, the transaction arriving whole at its commit; both
+/// paths enqueue the same entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_transaction_expands_to_the_sets_at_its_commit_without_streaming() {
+    compositions_change_while_a_large_transaction_runs("compose_nostream_slot", false).await;
+}
+
+/// The scenario of the two tests above. While a large transaction (a product `joiner` first,
+/// then 11,998 others) is open — with streaming, once the server streamed `joiner`'s change
+/// and capture staged it — another session commits a composition change of `joiner`; capture
+/// enqueues its sets and "dispatch" takes them (the queue is cleared, as a push with
+/// `joiner`'s old stock would); then the large transaction commits.
+async fn compositions_change_while_a_large_transaction_runs(slot: &str, streaming: bool) {
+    let (url, client, c, bulk, running) = bulk_rig(slot, streaming).await;
+    let (joiner, rest) = (bulk[0], bulk[2..].to_vec());
+    let mut writer = connect(&url).await;
+    // The sets' pending entries: {set -> (reason, commit LSN)}.
+    let sets = || async {
+        client
+            .query(
+                "SELECT product_id, reason, commit_lsn::text FROM stock_sync.queue \
+                 WHERE state = 'pending' AND store_id = $1 AND product_id = ANY($2)",
+                &[&c.store, &vec![c.kis_paketi, c.mega_paket]],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, Uuid>(0), (r.get::<_, String>(1), r.get(2))))
+            .collect::<BTreeMap<Uuid, (String, String)>>()
+    };
+    let commit_lsn = |xid: i64| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT commit_lsn::text FROM stock_sync.captured_transactions WHERE xid = $1",
+                    &[&xid],
+                )
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    let bulk_pairs = |sets: &[Uuid]| -> BTreeSet<(Uuid, Uuid)> {
+        rest.iter()
+            .chain([&joiner])
+            .chain(sets)
+            .map(|p| (*p, c.store))
+            .collect()
+    };
+
+    // 1. `joiner` becomes a component of Kış Paketi (itself in Mega Paket).
+    let (tx, xid) =
+        open_large_transaction(&mut writer, &client, c.store, joiner, &rest, streaming).await;
+    client
+        .execute(
+            "INSERT INTO product_set_items (id, set_product_id, component_product_id, quantity) \
+             VALUES ($1, $2, $3, 1)",
+            &[&uuid(), &c.kis_paketi, &joiner],
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the set item's sets enqueued",
+        || async { sets().await.len() == 2 },
+    )
+    .await;
+    clear_queue(&client).await;
+    tx.commit().await.unwrap();
+    capture_caught_up(&client, slot).await;
+    let lsn = commit_lsn(xid).await;
+    let stock_added = ("STOCK_ADDED".to_string(), lsn);
+    assert_eq!(
+        sets().await,
+        [
+            (c.kis_paketi, stock_added.clone()),
+            (c.mega_paket, stock_added)
+        ]
+        .into_iter()
+        .collect(),
+        "the sets `joiner` is in at the commit are enqueued by it"
+    );
+    assert_eq!(
+        pending(&client).await.into_keys().collect::<BTreeSet<_>>(),
+        bulk_pairs(&[c.kis_paketi, c.mega_paket])
+    );
+    clear_queue(&client).await;
+
+    // 2. `joiner` leaves Kış Paketi: the delete enqueues the sets it left, at its own commit;
+    //    the large transaction's commit leaves them alone.
+    let (tx, _) =
+        open_large_transaction(&mut writer, &client, c.store, joiner, &rest, streaming).await;
+    client
+        .execute(
+            "DELETE FROM product_set_items WHERE set_product_id = $1 AND component_product_id = $2",
+            &[&c.kis_paketi, &joiner],
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the deleted set item's sets enqueued",
+        || async {
+            let got = sets().await;
+            got.len() == 2 && got.values().all(|(r, _)| r == "COMPOSITION_CHANGED")
+        },
+    )
+    .await;
+    clear_queue(&client).await;
+    tx.commit().await.unwrap();
+    capture_caught_up(&client, slot).await;
+    assert_eq!(
+        pending(&client).await.into_keys().collect::<BTreeSet<_>>(),
+        bulk_pairs(&[]),
+        "a set `joiner` left before the commit is not the commit's"
+    );
+    if streaming {
+        assert_eq!(staged(&client).await, 0);
+    }
+    running.stop().await.expect("clean stop");
+}
+
+/// Opens the large transaction of the scenario above: `joiner`'s listing in `store` first,
+/// then `rest`'s; with `streaming`, returns once capture staged `joiner`'s change. Its xid.
+async fn open_large_transaction<'a>(
+    writer: &'a mut Client,
+    client: &Client,
+    store: Uuid,
+    joiner: Uuid,
+    rest: &[Uuid],
+    streaming: bool,
+) -> (tokio_postgres::Transaction<'a>, i64) {
+    let tx = writer.transaction().await.unwrap();
+    let xid: i64 = tx
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tx.execute(BULK_UPDATE, &[&store, &vec![joiner]])
+        .await
+        .unwrap();
+    tx.execute(BULK_UPDATE, &[&store, &rest]).await.unwrap();
+    if streaming {
+        eventually(
+            Duration::from_secs(30),
+            "the joiner's change staged",
+            || async {
+                client
+                    .query_one(
+                        "SELECT count(*) FROM stock_sync.stream_staging WHERE product_id = $1",
+                        &[&joiner],
+                    )
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0)
+                    == 1
+            },
+        )
+        .await;
+    }
+    (tx, xid)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_skips_captured_transactions_and_resumes() {
     let url = fresh_database("capture_restart");
