@@ -23,6 +23,28 @@ pub struct Status {
     pub pending_total: i64,
     /// Each store's latest reconciliation audit and its next one.
     pub reconcile: Vec<crate::reconcile::RunStatus>,
+    /// Products held back because their keys name one listing with another product's.
+    pub key_collisions: Vec<KeyCollision>,
+    /// Listings the marketplace fulfils itself (never pushed), newest first, at most 100.
+    pub fulfilled_by_marketplace: Vec<FulfilledListing>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeyCollision {
+    pub store_id: String,
+    pub product_id: String,
+    pub key: String,
+    /// The listing at the marketplace (its spelling of the key).
+    pub listing: String,
+    pub since: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FulfilledListing {
+    pub store_id: String,
+    pub product_id: String,
+    pub key: Option<String>,
+    pub seen_at: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -146,7 +168,34 @@ pub async fn read(client: &Client, slot: &str) -> Result<Status, StatusError> {
         })
         .collect();
     let reconcile = crate::reconcile::journal::summaries(client).await?;
+    let key_collisions = queue::key_collisions(client)
+        .await?
+        .into_iter()
+        .map(|c| KeyCollision {
+            store_id: c.store_id.to_string(),
+            product_id: c.product_id.to_string(),
+            key: c.key,
+            listing: c.key_form,
+            since: c
+                .first_seen
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })
+        .collect();
+    let fulfilled_by_marketplace = queue::fulfilled_listings(client, 100)
+        .await?
+        .into_iter()
+        .map(|f| FulfilledListing {
+            store_id: f.store_id.to_string(),
+            product_id: f.product_id.to_string(),
+            key: f.key,
+            seen_at: f
+                .seen_at
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        })
+        .collect();
     Ok(Status {
+        key_collisions,
+        fulfilled_by_marketplace,
         reconcile,
         slot: slot_status,
         server_lsn: lag.server_lsn,
@@ -260,6 +309,29 @@ pub fn render(status: &Status) -> String {
             for e in r.examples.iter().take(5) {
                 out.push_str(&format!("      {} {}\n", e.kind.as_str(), e.describe()));
             }
+        }
+    }
+    if !status.key_collisions.is_empty() {
+        out.push_str(
+            "\nkeys naming one listing (neither product is sent until one key is changed):\n",
+        );
+        for c in &status.key_collisions {
+            out.push_str(&format!(
+                "  store {} product {} key {:?} = listing {:?} since {}\n",
+                c.store_id, c.product_id, c.key, c.listing, c.since
+            ));
+        }
+    }
+    if !status.fulfilled_by_marketplace.is_empty() {
+        out.push_str("\nlistings the marketplace fulfils itself (never sent):\n");
+        for f in &status.fulfilled_by_marketplace {
+            out.push_str(&format!(
+                "  store {} product {} key {} seen {}\n",
+                f.store_id,
+                f.product_id,
+                f.key.as_deref().unwrap_or("-"),
+                f.seen_at.as_deref().unwrap_or("-")
+            ));
         }
     }
     if !status.dead_letters.is_empty() {

@@ -107,6 +107,42 @@ pub async fn mark_in_doubt(
     Ok(())
 }
 
+/// Listings the marketplace fulfils itself, newest first, at most `$1`.
+const FULFILLED_SQL: &str = r#"
+SELECT store_id, product_id, told_key, fulfilled_seen_at FROM stock_sync.listing_state
+WHERE fulfilled_by_marketplace
+ORDER BY fulfilled_seen_at DESC NULLS LAST, store_id, product_id
+LIMIT $1
+"#;
+
+/// A listing the marketplace keeps the stock of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FulfilledListing {
+    pub store_id: Uuid,
+    pub product_id: Uuid,
+    /// The key it was last told under, if it ever was.
+    pub key: Option<String>,
+    pub seen_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Listings the marketplace fulfils itself (at most `limit`, newest first).
+pub async fn fulfilled_listings(
+    db: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<FulfilledListing>, QueueError> {
+    Ok(db
+        .query(FULFILLED_SQL, &[&limit])
+        .await?
+        .iter()
+        .map(|r| FulfilledListing {
+            store_id: r.get(0),
+            product_id: r.get(1),
+            key: r.get(2),
+            seen_at: r.get(3),
+        })
+        .collect())
+}
+
 /// Marks pairs in doubt and records the key each is about to be sent under (`forms`: the
 /// same keys in the marketplace's spelling), before the request leaves.
 pub async fn mark_leaving(

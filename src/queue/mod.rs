@@ -81,8 +81,9 @@ pub use keys::{
     clear_key_collisions, key_candidates, key_collisions, record_key_collisions, KeyCollision,
 };
 pub use listings::{
-    forget_told, item_accepted, item_failed, last_told, mark_fulfilled_by_marketplace,
-    mark_in_doubt, mark_leaving, mark_sent, sent_in_batch, Told,
+    forget_told, fulfilled_listings, item_accepted, item_failed, last_told,
+    mark_fulfilled_by_marketplace, mark_in_doubt, mark_leaving, mark_sent, sent_in_batch,
+    FulfilledListing, Told,
 };
 pub use reason::{Reason, UnknownReason};
 pub use reconcile::{checkpoint_reached, enqueue_pairs, in_motion};
