@@ -44,6 +44,10 @@ pub const TRENDYOL_PRODUCTION_URL: &str = "https://apigw.trendyol.com";
 /// Hepsiburada's production listing service.
 pub const HEPSIBURADA_PRODUCTION_URL: &str = "https://listing-external.hepsiburada.com";
 
+/// The largest stock quantity Trendyol accepts for an item (a larger one is refused with a
+/// 400). Hepsiburada publishes no limit.
+pub const TRENDYOL_MAX_QUANTITY: i64 = 20_000;
+
 /// A Hepsiburada merchant sku as it is compared wherever stocksync matches one (upload
 /// results, reads of listings): trimmed and case-insensitive, Turkish letters included.
 /// Hepsiburada may answer a sku upper-cased, and a Turkish upper-casing turns `i` into `İ`
