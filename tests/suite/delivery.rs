@@ -896,3 +896,77 @@ async fn a_store_whose_lock_key_equals_the_slot_hash_is_dispatched() {
     wait_quantity(&stack.mock, TRENDYOL_SELLER, "SET-001", 15).await;
     stack.stop().await;
 }
+
+/// A Hepsiburada store `store` selling `products` (sku, sellable quantity), with credentials.
+async fn hepsiburada_store(client: &Client, store: Uuid, products: &[(Uuid, &str, i32)]) {
+    client
+        .execute(
+            "INSERT INTO stores (id, name, type, is_active, send_stock, seller_id, api_key, api_secret) \
+             VALUES ($1, 'HB', 'HEPSIBURADA', true, true, $2, NULL, 'hb-secret')",
+            &[&store, &HB_MERCHANT],
+        )
+        .await
+        .unwrap();
+    for (id, sku, _) in products {
+        client
+            .execute(
+                "INSERT INTO products (id, barcode, sku, name, product_type) VALUES ($1, $2, $2, $2, 'SIMPLE')",
+                &[id, sku],
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// `products`' listings of `store`, in one transaction (one capture, one claim).
+async fn list_products(client: &Client, store: Uuid, products: &[(Uuid, &str, i32)]) {
+    let ids: Vec<Uuid> = products.iter().map(|(id, _, _)| *id).collect();
+    let quantities: Vec<i32> = products.iter().map(|(_, _, q)| *q).collect();
+    client
+        .execute(
+            "INSERT INTO product_stores (id, product_id, store_id, sellable_quantity, committed_quantity) \
+             SELECT gen_random_uuid(), u.product_id, $1, u.quantity, 0 \
+             FROM unnest($2::uuid[], $3::int[]) AS u(product_id, quantity)",
+            &[&store, &ids, &quantities],
+        )
+        .await
+        .unwrap();
+}
+
+/// A 413 leaves the store a smaller batch size; lifting an unrelated pause (here: the
+/// credentials were fixed) keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_size_a_413_left_survives_an_unrelated_unpause() {
+    use stocksync::stores::{gates, state, Gate};
+    let url = fresh_database("delivery_413_unpause");
+    let client = connect(&url).await;
+    setup(&url, "delivery_413_unpause", "delivery_413_unpause").await;
+    let store = uuid();
+    hepsiburada_store(&client, store, &[]).await;
+    state::read(&client, store, Duration::ZERO).await.unwrap();
+    state::limit_batch(&client, store, 250).await.unwrap();
+    let pause = state::Pause {
+        kind: state::PauseKind::Credentials,
+        reason: "credentials refused (401)",
+        fingerprint: "the credentials before the fix",
+        look_again_after: Duration::ZERO,
+        forbidden: false,
+    };
+    state::pause(&client, store, &pause).await.unwrap();
+    let user_agents = stocksync::marketplace::UserAgents {
+        hepsiburada_default: Some("test_dev".into()),
+        ..Default::default()
+    };
+    let settings = gates::GateSettings {
+        min_send_interval: Duration::ZERO,
+        user_agents: &user_agents,
+    };
+    // The credentials in `stores` differ from the refused ones: the pause lifts.
+    let Gate::Open(open) = gates::check(&client, store, settings).await.unwrap() else {
+        panic!("the pause should have lifted");
+    };
+    let after = state::read(&client, store, Duration::ZERO).await.unwrap();
+    assert!(after.paused_reason.is_none());
+    assert_eq!(after.batch_limit, Some(250), "the 413's batch size is kept");
+    assert_eq!(open.state.batch_limit, Some(250));
+}
