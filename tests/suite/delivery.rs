@@ -970,3 +970,84 @@ async fn the_batch_size_a_413_left_survives_an_unrelated_unpause() {
     assert_eq!(after.batch_limit, Some(250), "the 413's batch size is kept");
     assert_eq!(open.state.batch_limit, Some(250));
 }
+
+/// At most five Hepsiburada uploads are open at once, also when a 400 splits a batch into
+/// halves that each become an upload of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splits_of_a_refused_batch_respect_the_open_upload_cap() {
+    let store = uuid();
+    let products = [
+        (uuid(), "CAP-1", 5),
+        (uuid(), "CAP-2", 5),
+        // Above what the mock accepts: the batch of four is refused (400) and split.
+        (uuid(), "CAP-3", 500),
+        (uuid(), "CAP-4", 5),
+    ];
+    let mut config = mock_config();
+    config.max_quantity = 100;
+    // Uploads stay in processing for the whole test: every accepted one stays open.
+    config.processing_delay = Duration::from_secs(3600);
+    let stack = start("delivery_open_uploads", config, &[], async |c: &Client| {
+        hepsiburada_store(c, store, &products).await
+    })
+    .await;
+    // Four uploads are open already (not polled again within the test).
+    for i in 0..4 {
+        stack
+            .exec(
+                "INSERT INTO stock_sync.batches (store_id, provider, batch_ref, items, next_poll_at) \
+                 VALUES ($1, 'HEPSIBURADA', $2, '[]', now() + interval '1 hour')",
+                &[&store, &format!("open-{i}")],
+            )
+            .await;
+    }
+    list_products(&stack.client, store, &products).await;
+    let open = || async {
+        stack
+            .client
+            .query_one(
+                "SELECT count(*) FROM stock_sync.batches WHERE store_id = $1 AND state = 'polling'",
+                &[&store],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    // The batch was refused and split; the cycle is over once nothing is claimed.
+    eventually_explained(
+        Duration::from_secs(60),
+        "the batch refused, split and its cycle over",
+        || async {
+            let refused = stack
+                .mock
+                .requests()
+                .iter()
+                .any(|r| r.endpoint.as_deref() == Some("push") && r.status == 400 && r.item_count == 4);
+            let in_flight: i64 = stack
+                .client
+                .query_one(
+                    "SELECT count(*) FROM stock_sync.queue WHERE store_id = $1 AND state = 'in_flight'",
+                    &[&store],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            refused && in_flight == 0 && open().await >= 5
+        },
+        || async { format!("{} uploads open", open().await) },
+    )
+    .await;
+    assert_eq!(open().await, 5, "at most five open uploads");
+    // What could not leave waits, pending, for an upload to finish.
+    let pending: i64 = stack
+        .client
+        .query_one(
+            "SELECT count(*) FROM stock_sync.queue WHERE store_id = $1 AND state = 'pending'",
+            &[&store],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(pending >= 1, "the rest of the split stays pending");
+    stack.stop().await;
+}
