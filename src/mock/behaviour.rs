@@ -4,6 +4,7 @@
 //!
 //! * the Hepsiburada user agent each merchant authorised (any other value: `403`);
 //! * the words of a Hepsiburada upload status (`Done` in production);
+//! * which skus the error rows of a Hepsiburada upload status name ([`ErrorRowSkus`]);
 //! * Trendyol's removal of spaces inside barcodes.
 //!
 //! Listing flags (a campaign forbidding decreases, a locked or frozen listing) live with the
@@ -28,6 +29,8 @@ pub struct Behaviour {
     pub upload_failed_word: String,
     /// Status word while an upload is processed.
     pub upload_pending_word: String,
+    /// Which skus an error row of a Hepsiburada upload status names.
+    pub upload_error_row_skus: ErrorRowSkus,
     /// Trendyol keeps barcodes without spaces (`869 0001` becomes `8690001`, also in batch
     /// results).
     pub trendyol_strips_barcode_spaces: bool,
@@ -41,6 +44,7 @@ impl Default for Behaviour {
             upload_done_word: "Done".into(),
             upload_failed_word: "Failed".into(),
             upload_pending_word: "InProgress".into(),
+            upload_error_row_skus: ErrorRowSkus::AsSent,
             trendyol_strips_barcode_spaces: true,
         }
     }
@@ -66,6 +70,44 @@ impl Behaviour {
             barcode.chars().filter(|c| !c.is_whitespace()).collect()
         } else {
             barcode.to_string()
+        }
+    }
+}
+
+/// Which skus an error row of a Hepsiburada upload status names. Rows that name no sku of
+/// the request have been reported by integrators (`merchantSku` null, or only Hepsiburada's
+/// own `hepsiburadaSku`): a client cannot tell which item failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorRowSkus {
+    /// The request item's `merchantSku` and `hepsiburadaSku` (`null` where it had none).
+    #[default]
+    AsSent,
+    /// Only a `hepsiburadaSku` (the request's, else one the mock makes up); `merchantSku` is
+    /// `null`.
+    HepsiburadaOnly,
+    /// Neither: both `null`.
+    Neither,
+}
+
+impl ErrorRowSkus {
+    /// `(merchantSku, hepsiburadaSku)` of the error row of request element `element`.
+    pub fn of(
+        self,
+        element: usize,
+        merchant: Option<&str>,
+        hepsiburada: Option<&str>,
+    ) -> (Option<String>, Option<String>) {
+        match self {
+            ErrorRowSkus::AsSent => (
+                merchant.map(str::to_string),
+                hepsiburada.map(str::to_string),
+            ),
+            ErrorRowSkus::HepsiburadaOnly => (
+                None,
+                Some(hepsiburada.map_or_else(|| format!("HBV{element:011}"), str::to_string)),
+            ),
+            ErrorRowSkus::Neither => (None, None),
         }
     }
 }

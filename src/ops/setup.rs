@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "queue_indexes",
         include_str!("../../sql/008_queue_indexes.sql"),
     ),
+    (
+        12,
+        "unknown_outcomes",
+        include_str!("../../sql/012_unknown_outcomes.sql"),
+    ),
 ];
 
 /// The application tables stocksync reads through the slot.

@@ -1051,3 +1051,71 @@ async fn splits_of_a_refused_batch_respect_the_open_upload_cap() {
     assert!(pending >= 1, "the rest of the split stays pending");
     stack.stop().await;
 }
+
+/// An upload result whose error row names no sku of the request (here only Hepsiburada's own
+/// `hepsiburadaSku`) makes the upload's outcome unknown: its items are sent again without an
+/// attempt counted, but only a few times in a row; then each unknown outcome counts an
+/// attempt, and `max_attempts` dead-letters the item instead of resending it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_whose_result_names_no_sku_of_the_request_end_in_a_dead_letter() {
+    let store = uuid();
+    let ghost = (uuid(), "GHOST-1", 7);
+    let mut config = mock_config();
+    // The merchant has no such listing: the upload status has an error row for it, naming
+    // only a hepsiburadaSku.
+    config.accounts =
+        vec![MockAccount::hepsiburada(HB_MERCHANT, "hb-secret").with_listings(["OTHER-1"])];
+    config.behaviour.upload_error_row_skus = stocksync::mock::ErrorRowSkus::HepsiburadaOnly;
+    let max_attempts = 2;
+    let stack = start(
+        "delivery_unknown_rows",
+        config,
+        &[("STOCKSYNC_MAX_ATTEMPTS", max_attempts.to_string())],
+        async |c: &Client| {
+            hepsiburada_store(c, store, &[ghost]).await;
+            list_products(c, store, &[ghost]).await;
+        },
+    )
+    .await;
+    let dead = || async {
+        stack
+            .client
+            .query_opt(
+                "SELECT attempts, last_error FROM stock_sync.queue WHERE store_id = $1 AND state = 'dead'",
+                &[&store],
+            )
+            .await
+            .unwrap()
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1)))
+    };
+    eventually_explained(
+        Duration::from_secs(90),
+        "the item dead-lettered",
+        || async { dead().await.is_some() },
+        || async {
+            let uploads = stack
+                .mock
+                .requests()
+                .iter()
+                .filter(|r| r.endpoint.as_deref() == Some("push") && r.status == 200)
+                .count();
+            format!("{uploads} uploads accepted so far")
+        },
+    )
+    .await;
+    let (attempts, error) = dead().await.unwrap();
+    assert_eq!(attempts, max_attempts);
+    assert!(error.contains("unreadable item by item"), "{error}");
+    // The first few unknown outcomes were free; then every one counted.
+    let uploads = stack
+        .mock
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint.as_deref() == Some("push") && r.status == 200)
+        .count();
+    assert_eq!(
+        uploads,
+        stocksync::dispatch::FREE_UNKNOWN_OUTCOMES as usize + max_attempts as usize
+    );
+    stack.stop().await;
+}
