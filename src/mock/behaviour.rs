@@ -158,6 +158,27 @@ mod tests {
     }
 
     #[test]
+    fn error_rows_name_the_skus_the_behaviour_says() {
+        let (m, h) = (Some("SKU-1"), None);
+        assert_eq!(
+            ErrorRowSkus::AsSent.of(3, m, h),
+            (Some("SKU-1".into()), None)
+        );
+        assert_eq!(
+            ErrorRowSkus::HepsiburadaOnly.of(3, m, h),
+            (None, Some("HBV00000000003".into()))
+        );
+        assert_eq!(
+            ErrorRowSkus::HepsiburadaOnly.of(3, m, Some("HBV9")),
+            (None, Some("HBV9".into()))
+        );
+        assert_eq!(ErrorRowSkus::Neither.of(3, m, h), (None, None));
+        let b: Behaviour =
+            serde_json::from_str(r#"{"upload_error_row_skus":"hepsiburada_only"}"#).unwrap();
+        assert_eq!(b.upload_error_row_skus, ErrorRowSkus::HepsiburadaOnly);
+    }
+
+    #[test]
     fn flags_refuse_with_codes() {
         let f = ListingFlags {
             stock_decrease_disabled: true,
