@@ -12,8 +12,9 @@
 //!    `send_stock = false` close the entries with that outcome; missing or refused
 //!    credentials pause the store until they change;
 //! 3. **limits** ([`crate::stores::limiter`]): backoff and Retry-After, `min_send_interval`,
-//!    open Hepsiburada uploads; later, per request, the rate window, the per-minute caps and
-//!    the identical-body rule;
+//!    open Hepsiburada uploads; later, per request, open Hepsiburada uploads again (each half
+//!    of a split batch is an upload), the rate window, the per-minute caps and the
+//!    identical-body rule;
 //! 4. **claim** ([`crate::queue::claim`]): up to a batch of entries under a fresh
 //!    [`crate::queue::ClaimToken`] (`FOR UPDATE SKIP LOCKED`, priority then age);
 //! 5. **build** ([`build`]): quantities with one statement ([`crate::stock`]); entries equal to

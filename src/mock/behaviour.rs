@@ -74,9 +74,9 @@ impl Behaviour {
     }
 }
 
-/// Which skus an error row of a Hepsiburada upload status names. Rows that name no sku of
-/// the request have been reported by integrators (`merchantSku` null, or only Hepsiburada's
-/// own `hepsiburadaSku`): a client cannot tell which item failed.
+/// Which skus an error row of a Hepsiburada upload status names. The contract does not
+/// promise a `merchantSku` on every row (it may be `null`, or the row may name only
+/// Hepsiburada's own `hepsiburadaSku`); such a row does not say which item failed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorRowSkus {
