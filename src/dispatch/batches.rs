@@ -8,6 +8,11 @@
 //!   count); at `max_attempts` it becomes a dead letter instead.
 //! * A batch the marketplace does not know, or that has no final result after
 //!   `batch_result_timeout`, fails all its items the same way.
+//! * A result that cannot be read item by item (an error row naming no item of the upload)
+//!   leaves every item unknown: in doubt and re-enqueued with no attempt counted, up to
+//!   [`FREE_UNKNOWN_OUTCOMES`] in a row per pair (`listing_state.unknown_outcomes`); each
+//!   further one counts an attempt, so the pair is dead-lettered at `max_attempts` instead of
+//!   being resent forever. A known outcome (accepted or refused) ends the streak.
 //!
 //! Polls are leased by moving `next_poll_at` forward in the claiming statement, and a batch
 //! is finished only while still `polling` under a row lock, so instances can share this
@@ -27,7 +32,7 @@ use uuid::Uuid;
 
 use super::apilog::{self, kind, Entry};
 use super::outcome::{label, message, retry_delay};
-use super::{DispatchError, Dispatcher};
+use super::{DispatchError, Dispatcher, FREE_UNKNOWN_OUTCOMES};
 use crate::backoff::BackoffPolicy;
 use crate::failures::FailureLog;
 use crate::marketplace::{BatchStatus, Provider};
@@ -464,7 +469,7 @@ async fn apply(
     let mut accepted_products = Vec::new();
     let mut accepted_quantities = Vec::new();
     let mut failed: Vec<RequeuedItem> = Vec::new();
-    let mut unknown: Vec<Uuid> = Vec::new();
+    let mut unknown_items: Vec<(&BatchItem, String)> = Vec::new();
     for (index, fate) in outcomes {
         let item = &items[index];
         match fate {
@@ -488,24 +493,52 @@ async fn apply(
                     error: reason,
                 });
             }
-            ItemFate::Unknown(reason) => {
-                unknown.push(item.product_id);
-                failed.push(RequeuedItem {
-                    product_id: item.product_id,
-                    priority: item.priority,
-                    attempts: item.attempts,
-                    delay: retry_delay(0),
-                    error: reason,
-                });
-            }
+            ItemFate::Unknown(reason) => unknown_items.push((item, reason)),
         }
     }
-    let failed_products: Vec<Uuid> = failed.iter().map(|f| f.product_id).collect();
+    // Known outcomes end a pair's streak of unknown ones.
+    let known: Vec<Uuid> = accepted_products
+        .iter()
+        .copied()
+        .chain(failed.iter().map(|f| f.product_id))
+        .collect();
+    let unknown: Vec<Uuid> = unknown_items.iter().map(|(i, _)| i.product_id).collect();
     let tx = db.transaction().await?;
     let state: Option<String> = tx.query_opt(LOCK_SQL, &[&b.id]).await?.map(|r| r.get(0));
     if state.as_deref() != Some("polling") {
         return Ok(());
     }
+    // Counted under the batch's lock, so each result counts once.
+    let streaks = queue::count_unknown_outcomes(&tx, b.store_id, &unknown).await?;
+    queue::clear_unknown_outcomes(&tx, b.store_id, &known).await?;
+    let mut free_unknown: Vec<RequeuedItem> = Vec::new();
+    for (item, reason) in unknown_items {
+        let streak = streaks.get(&item.product_id).copied().unwrap_or(1);
+        if streak > FREE_UNKNOWN_OUTCOMES {
+            // Sent again and again with no readable answer: from now on each such outcome
+            // counts like a refusal, so the pair ends in a dead letter instead of a loop.
+            let attempts = item.attempts + 1;
+            failed.push(RequeuedItem {
+                product_id: item.product_id,
+                priority: item.priority,
+                attempts,
+                delay: retry_delay(attempts),
+                error: format!("{reason} ({streak} unknown outcomes in a row)"),
+            });
+        } else {
+            free_unknown.push(RequeuedItem {
+                product_id: item.product_id,
+                priority: item.priority,
+                attempts: item.attempts,
+                delay: retry_delay(0),
+                error: reason,
+            });
+        }
+    }
+    // Items that counted an attempt come first (reported below), then the free resends.
+    let counted = failed.len();
+    failed.extend(free_unknown);
+    let failed_products: Vec<Uuid> = failed.iter().map(|f| f.product_id).collect();
     // Possibly applied: nothing may pass for "unchanged" until a push is accepted again.
     queue::mark_in_doubt(&tx, b.store_id, &unknown).await?;
     queue::item_accepted(
@@ -529,7 +562,7 @@ async fn apply(
     m.items_sent
         .with_label_values(&[&store_label, "failed"])
         .inc_by(failed.len() as u64);
-    for f in failed.iter().filter(|f| !unknown.contains(&f.product_id)) {
+    for f in &failed[..counted] {
         if f.attempts >= max_attempts {
             m.dead_letters.with_label_values(&[&store_label]).inc();
             warn!(store = %b.store_id, product = %f.product_id, attempts = f.attempts, error = %f.error, "item dead-lettered");

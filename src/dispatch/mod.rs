@@ -12,8 +12,9 @@
 //!    `send_stock = false` close the entries with that outcome; missing or refused
 //!    credentials pause the store until they change;
 //! 3. **limits** ([`crate::stores::limiter`]): backoff and Retry-After, `min_send_interval`,
-//!    open Hepsiburada uploads; later, per request, the rate window, the per-minute caps and
-//!    the identical-body rule;
+//!    open Hepsiburada uploads; later, per request, open Hepsiburada uploads again (each half
+//!    of a split batch is an upload), the rate window, the per-minute caps and the
+//!    identical-body rule;
 //! 4. **claim** ([`crate::queue::claim`]): up to a batch of entries under a fresh
 //!    [`crate::queue::ClaimToken`] (`FOR UPDATE SKIP LOCKED`, priority then age);
 //! 5. **build** ([`build`]): quantities with one statement ([`crate::stock`]); entries equal to
@@ -71,6 +72,13 @@ use retry::StoreRetries;
 
 /// Hepsiburada is said to keep at most five uploads per merchant in processing.
 pub const MAX_OPEN_HEPSIBURADA_BATCHES: i64 = 5;
+
+/// Unknown upload outcomes in a row (a result whose error row names no item of the upload)
+/// a pair may have before each further one counts an attempt like a refusal, so
+/// `max_attempts` ends it in a dead letter ([`batches`]). Three: one or two such results can
+/// be a passing fault of the marketplace, and a resend costs little; a third in a row means
+/// the pair meets the same unreadable answer every time, and would otherwise be resent forever.
+pub const FREE_UNKNOWN_OUTCOMES: i32 = 3;
 
 /// Errors that end one cycle (the dispatcher logs them and goes on).
 #[derive(Debug, thiserror::Error)]

@@ -290,6 +290,8 @@ impl Cycle<'_> {
         error: &str,
     ) -> Result<(), DispatchError> {
         let attempts = claim.attempts + 1;
+        // A known outcome: the pair's streak of unknown upload outcomes ends.
+        queue::clear_unknown_outcomes(db, self.store_id, &[claim.product_id]).await?;
         if attempts >= self.d.settings.max_attempts {
             warn!(store = %self.store_id, product = %claim.product_id, attempts, error, "item dead-lettered");
             queue::dead_letter(db, self.token, claim.id, error).await?;

@@ -63,9 +63,7 @@ async fn cycle(
     if !limiter.admit(&store) {
         return Ok(false);
     }
-    if store.provider == Provider::Hepsiburada
-        && batches::open_batches(db, store_id).await? >= MAX_OPEN_HEPSIBURADA_BATCHES
-    {
+    if uploads_full(db, store_id, store.provider).await? {
         limiter.waited("open_uploads");
         return Ok(false);
     }
@@ -108,6 +106,19 @@ async fn cycle(
         Ok(()) => {}
     }
     result.map(|()| full)
+}
+
+/// Hepsiburada keeps at most [`MAX_OPEN_HEPSIBURADA_BATCHES`] uploads of a merchant in
+/// processing: whether a Hepsiburada store has that many open. Asked before the claim and
+/// again before every request of the cycle, since each half of a split batch is an upload
+/// of its own.
+async fn uploads_full(
+    db: &Client,
+    store_id: Uuid,
+    provider: Provider,
+) -> Result<bool, DispatchError> {
+    Ok(provider == Provider::Hepsiburada
+        && batches::open_batches(db, store_id).await? >= MAX_OPEN_HEPSIBURADA_BATCHES)
 }
 
 /// What the steps of one cycle share.
@@ -173,6 +184,12 @@ impl Cycle<'_> {
         let mut groups: VecDeque<Vec<Outgoing>> = VecDeque::from([plan.outgoing]);
         while let Some(group) = groups.pop_front() {
             let end = if self.stop.is_cancelled() || self.lock_lost() {
+                groups.push_front(group);
+                GroupEnd::StopStore
+            } else if uploads_full(db, self.store_id, self.store.provider).await? {
+                // The halves of a split that did not leave wait, pending, for an upload to
+                // finish.
+                self.limiter.waited("open_uploads");
                 groups.push_front(group);
                 GroupEnd::StopStore
             } else {

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use serde_json::{Map, Value};
 
 use super::classify::clip;
-use super::{BatchStatus, ItemResult, Provider};
+use super::{fold_sku, BatchStatus, ItemResult, Provider};
 
 /// Reason of an item a complete Trendyol result does not mention.
 pub(crate) const MISSING_FROM_RESULT: &str = "item missing from the batch result";
@@ -22,8 +22,10 @@ pub(crate) const MISSING_FROM_RESULT: &str = "item missing from the batch result
 ///   a known "still working" word is `Pending`, a word never seen is `UnknownStatus` (pending,
 ///   but worth a warning), success and partial success are `Done` with the failing rows,
 ///   failure fails every item without a row of its own. Error rows are matched by
-///   `merchantSku` (case-insensitively; `elementNo`'s base is unconfirmed, so it is not used);
-///   a row that names no request item makes the whole upload `OutcomeUnknown`.
+///   `merchantSku` ([`fold_sku`]: case-insensitively, Turkish `İ`/`ı` included; `elementNo`'s
+///   base is unconfirmed, so it is not used); a row that names no request item (no
+///   `merchantSku`, only a `hepsiburadaSku`, or a sku not sent) makes the whole upload
+///   `OutcomeUnknown`.
 ///
 /// Trendyol removes spaces inside barcodes, so barcodes are compared without whitespace.
 /// Failure reasons that name a listing state only a person can change (a campaign forbidding
@@ -97,11 +99,6 @@ fn positions(
 /// A Trendyol barcode as Trendyol keeps it: without whitespace.
 fn trendyol_barcode(k: &str) -> String {
     k.chars().filter(|c| !c.is_whitespace()).collect()
-}
-
-/// A Hepsiburada merchant sku, compared case-insensitively.
-fn merchant_sku(k: &str) -> String {
-    k.trim().to_lowercase()
 }
 
 /// Failure codes of listings that refuse stock updates until a person acts (a campaign that
@@ -266,7 +263,7 @@ fn hepsiburada(obj: &Map<String, Value>, request_keys: &[String]) -> Result<Batc
         None | Some(Value::Null) => &[],
         Some(_) => return Err("Hepsiburada upload status: \"errors\" is not an array".into()),
     };
-    let by_sku = positions(request_keys, merchant_sku);
+    let by_sku = positions(request_keys, fold_sku);
     let mut reasons: Vec<Option<Vec<String>>> = vec![None; request_keys.len()];
     for e in errors {
         let mut texts = reasons_of(e.get("errors"));
@@ -277,7 +274,7 @@ fn hepsiburada(obj: &Map<String, Value>, request_keys: &[String]) -> Result<Batc
             texts.push("element failed without a reason".into());
         }
         let sku = e.get("merchantSku").and_then(Value::as_str);
-        let Some(positions) = sku.and_then(|s| by_sku.get(&merchant_sku(s))) else {
+        let Some(positions) = sku.and_then(|s| by_sku.get(&fold_sku(s))) else {
             // Which item failed is unknown, so nothing of this upload can be believed.
             let named = sku.map_or_else(
                 || "no merchantSku".to_string(),
@@ -597,6 +594,45 @@ mod tests {
                 "{row}"
             );
         }
+    }
+
+    #[test]
+    fn hepsiburada_rows_match_skus_folded_the_turkish_way() {
+        // Skus sent as the seller wrote them; the rows name them upper-cased the Turkish
+        // way (i -> İ, ı -> I) or lower-cased from that (İ -> i + combining dot).
+        let k = keys(&["kitap-1", "IŞIK-2", "çanta-ı"]);
+        let body = r#"{"status":"COMPLETED_WITH_ERRORS","errors":[
+            {"merchantSku":"KİTAP-1","errors":["a"]},
+            {"merchantSku":"ışık-2","errors":["b"]},
+            {"merchantSku":" ÇANTA-I ","errors":["c"]}
+        ]}"#;
+        assert_eq!(
+            done(parse_batch_status(Provider::Hepsiburada, body, &k)),
+            vec![
+                failed(0, "kitap-1", &["a"]),
+                failed(1, "IŞIK-2", &["b"]),
+                failed(2, "çanta-ı", &["c"])
+            ]
+        );
+        let body = r#"{"status":"COMPLETED_WITH_ERRORS","errors":[
+            {"merchantSku":"ki\u0307tap-1","errors":["a"]}
+        ]}"#;
+        assert_eq!(
+            done(parse_batch_status(Provider::Hepsiburada, body, &k))[0],
+            failed(0, "kitap-1", &["a"])
+        );
+    }
+
+    #[test]
+    fn hepsiburada_row_naming_only_the_hepsiburada_sku_makes_the_outcome_unknown() {
+        let k = keys(&["S1"]);
+        let body = r#"{"status":"COMPLETED_WITH_ERRORS","errors":[
+            {"elementNo":0,"hepsiburadaSku":"HBV00000000001","merchantSku":null,"errors":["x"]}
+        ]}"#;
+        assert!(matches!(
+            parse_batch_status(Provider::Hepsiburada, body, &k),
+            Ok(BatchStatus::OutcomeUnknown(_))
+        ));
     }
 
     #[test]

@@ -16,13 +16,11 @@
 //!
 //! # Choices where the contract is unconfirmed
 //!
-//! * Hepsiburada `elementNo` is read as a **0-based** position (that is what the mock
-//!   sends). An error entry that also names a `merchantSku` found in the request is
-//!   matched by that sku, whatever its `elementNo` says; entries naming both are used
-//!   to detect a 1-based numbering, which is then applied to entries without a sku.
-//!   An error entry that matches no request item cannot be attributed: every item
-//!   without an error of its own is then reported failed too (resending a stock value
-//!   is harmless, believing a failed one succeeded is not).
+//! * Hepsiburada error rows are matched by `merchantSku` ([`fold_sku`]), never by
+//!   `elementNo` (its base is unconfirmed). A row that names no sku of the request (none,
+//!   or only Hepsiburada's own `hepsiburadaSku`) cannot be attributed: the whole upload's
+//!   outcome is unknown ([`BatchStatus::OutcomeUnknown`]; resending a stock value is
+//!   harmless, believing a failed one succeeded is not).
 //! * The identical-body refusal is recognised by its Turkish message whatever the
 //!   status code.
 
@@ -46,6 +44,26 @@ pub use client::{ClientSettings, Exchange, MarketplaceClient};
 pub const TRENDYOL_PRODUCTION_URL: &str = "https://apigw.trendyol.com";
 /// Hepsiburada's production listing service.
 pub const HEPSIBURADA_PRODUCTION_URL: &str = "https://listing-external.hepsiburada.com";
+
+/// The largest stock quantity Trendyol accepts for an item (a larger one is refused with a
+/// 400). Hepsiburada publishes no limit.
+pub const TRENDYOL_MAX_QUANTITY: i64 = 20_000;
+
+/// A Hepsiburada merchant sku as it is compared wherever stocksync matches one (upload
+/// results, reads of listings): trimmed and case-insensitive, Turkish letters included.
+/// Hepsiburada may answer a sku upper-cased, and a Turkish upper-casing turns `i` into `İ`
+/// and `ı` into `I`, while Unicode lower-casing turns `İ` into `i` plus a combining dot and
+/// leaves `ı` alone; so `İ`, `I`, `ı` and `i` all fold to `i` (and the stray dot goes).
+pub fn fold_sku(sku: &str) -> String {
+    sku.trim()
+        .chars()
+        .flat_map(|c| match c {
+            'İ' | 'I' | 'ı' => 'i'.to_lowercase(),
+            c => c.to_lowercase(),
+        })
+        .filter(|c| *c != '\u{307}')
+        .collect()
+}
 
 /// A marketplace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -588,6 +606,15 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skus_fold_case_and_turkish_i() {
+        for sku in ["iğne-i", "İĞNE-I", "IĞNE-ı", "ığne-İ", " i\u{307}ğne-i "] {
+            assert_eq!(fold_sku(sku), "iğne-i", "{sku:?}");
+        }
+        assert_eq!(fold_sku("ÇANTA-Ş"), "çanta-ş");
+        assert_ne!(fold_sku("a-1"), fold_sku("a_1"));
+    }
 
     #[test]
     fn provider_names() {

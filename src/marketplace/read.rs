@@ -147,20 +147,11 @@ pub enum ReadFailure {
 
 /// A key in the spelling the marketplace compares: Trendyol barcodes without whitespace
 /// (Trendyol removes spaces inside barcodes), Hepsiburada merchant skus case-insensitively
-/// (they may come back upper-cased; `İ`/`ı` fold to `i` so a Turkish upper-casing matches).
+/// ([`super::fold_sku`]: they may come back upper-cased, Turkish letters included).
 pub fn match_key(provider: Provider, key: &str) -> String {
     match provider {
         Provider::Trendyol => key.chars().filter(|c| !c.is_whitespace()).collect(),
-        Provider::Hepsiburada => key
-            .trim()
-            .chars()
-            .flat_map(|c| match c {
-                'İ' | 'ı' | 'I' => "i".chars().collect::<Vec<_>>(),
-                c => c.to_lowercase().collect(),
-            })
-            // The dot that lower-casing `İ` in other ways leaves behind.
-            .filter(|c| *c != '\u{307}')
-            .collect(),
+        Provider::Hepsiburada => super::fold_sku(key),
     }
 }
 

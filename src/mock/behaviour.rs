@@ -4,6 +4,7 @@
 //!
 //! * the Hepsiburada user agent each merchant authorised (any other value: `403`);
 //! * the words of a Hepsiburada upload status (`Done` in production);
+//! * which skus the error rows of a Hepsiburada upload status name ([`ErrorRowSkus`]);
 //! * Trendyol's removal of spaces inside barcodes.
 //!
 //! Listing flags (a campaign forbidding decreases, a locked or frozen listing) live with the
@@ -28,6 +29,8 @@ pub struct Behaviour {
     pub upload_failed_word: String,
     /// Status word while an upload is processed.
     pub upload_pending_word: String,
+    /// Which skus an error row of a Hepsiburada upload status names.
+    pub upload_error_row_skus: ErrorRowSkus,
     /// Trendyol keeps barcodes without spaces (`869 0001` becomes `8690001`, also in batch
     /// results).
     pub trendyol_strips_barcode_spaces: bool,
@@ -41,6 +44,7 @@ impl Default for Behaviour {
             upload_done_word: "Done".into(),
             upload_failed_word: "Failed".into(),
             upload_pending_word: "InProgress".into(),
+            upload_error_row_skus: ErrorRowSkus::AsSent,
             trendyol_strips_barcode_spaces: true,
         }
     }
@@ -66,6 +70,44 @@ impl Behaviour {
             barcode.chars().filter(|c| !c.is_whitespace()).collect()
         } else {
             barcode.to_string()
+        }
+    }
+}
+
+/// Which skus an error row of a Hepsiburada upload status names. The contract does not
+/// promise a `merchantSku` on every row (it may be `null`, or the row may name only
+/// Hepsiburada's own `hepsiburadaSku`); such a row does not say which item failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorRowSkus {
+    /// The request item's `merchantSku` and `hepsiburadaSku` (`null` where it had none).
+    #[default]
+    AsSent,
+    /// Only a `hepsiburadaSku` (the request's, else one the mock makes up); `merchantSku` is
+    /// `null`.
+    HepsiburadaOnly,
+    /// Neither: both `null`.
+    Neither,
+}
+
+impl ErrorRowSkus {
+    /// `(merchantSku, hepsiburadaSku)` of the error row of request element `element`.
+    pub fn of(
+        self,
+        element: usize,
+        merchant: Option<&str>,
+        hepsiburada: Option<&str>,
+    ) -> (Option<String>, Option<String>) {
+        match self {
+            ErrorRowSkus::AsSent => (
+                merchant.map(str::to_string),
+                hepsiburada.map(str::to_string),
+            ),
+            ErrorRowSkus::HepsiburadaOnly => (
+                None,
+                Some(hepsiburada.map_or_else(|| format!("HBV{element:011}"), str::to_string)),
+            ),
+            ErrorRowSkus::Neither => (None, None),
         }
     }
 }
@@ -113,6 +155,27 @@ mod tests {
         assert!(!b.hepsiburada_accepts("m", "stocksync"));
         assert!(b.hepsiburada_accepts("m2", "other_dev"));
         assert!(!b.hepsiburada_accepts("m2", "acme_dev"));
+    }
+
+    #[test]
+    fn error_rows_name_the_skus_the_behaviour_says() {
+        let (m, h) = (Some("SKU-1"), None);
+        assert_eq!(
+            ErrorRowSkus::AsSent.of(3, m, h),
+            (Some("SKU-1".into()), None)
+        );
+        assert_eq!(
+            ErrorRowSkus::HepsiburadaOnly.of(3, m, h),
+            (None, Some("HBV00000000003".into()))
+        );
+        assert_eq!(
+            ErrorRowSkus::HepsiburadaOnly.of(3, m, Some("HBV9")),
+            (None, Some("HBV9".into()))
+        );
+        assert_eq!(ErrorRowSkus::Neither.of(3, m, h), (None, None));
+        let b: Behaviour =
+            serde_json::from_str(r#"{"upload_error_row_skus":"hepsiburada_only"}"#).unwrap();
+        assert_eq!(b.upload_error_row_skus, ErrorRowSkus::HepsiburadaOnly);
     }
 
     #[test]

@@ -381,6 +381,7 @@ pub(crate) async fn upload_status(
         );
     };
     let ready = now >= batch.ready_at;
+    let row_skus = shared.behaviour().upload_error_row_skus;
     let errors: Vec<Value> = if ready {
         batch
             .items
@@ -388,10 +389,13 @@ pub(crate) async fn upload_status(
             .enumerate()
             .filter_map(|(i, item)| {
                 let reason = item.failure.as_ref()?;
+                let sent = |name: &str| item.request_item.get(name).and_then(Value::as_str);
+                let (merchant_sku, hepsiburada_sku) =
+                    row_skus.of(i, sent("merchantSku"), sent("hepsiburadaSku"));
                 Some(json!({
                     "elementNo": i,
-                    "hepsiburadaSku": item.request_item.get("hepsiburadaSku").cloned().unwrap_or(Value::Null),
-                    "merchantSku": item.request_item.get("merchantSku").cloned().unwrap_or(Value::Null),
+                    "hepsiburadaSku": hepsiburada_sku,
+                    "merchantSku": merchant_sku,
                     "errors": [reason],
                 }))
             })

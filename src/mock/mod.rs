@@ -115,7 +115,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use behaviour::{Behaviour, ListingFlags};
+pub use behaviour::{Behaviour, ErrorRowSkus, ListingFlags};
 pub use cli::{run_cli, MockArgs};
 pub use config::{
     load_accounts_file, ConfigError, FaultScope, Faults, Marketplace, MockAccount, MockConfig,

@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "listing_keys",
         include_str!("../../sql/009_listing_keys.sql"),
     ),
+    (
+        12,
+        "unknown_outcomes",
+        include_str!("../../sql/012_unknown_outcomes.sql"),
+    ),
 ];
 
 /// The application tables stocksync reads through the slot.

@@ -56,6 +56,9 @@
 //! 5. **Told quantities** (`listing_state`): `accepted_quantity` changes only on item-level
 //!    success read from a batch result, never back to an older batch's value; while a result
 //!    is open, `sent_quantity` counts as told.
+//! 6. **Unknown outcomes in a row** (`listing_state.unknown_outcomes`): counted per pair in
+//!    the transaction that applies a batch result whose items cannot be told apart, reset by
+//!    a known item outcome; dispatch counts attempts once a streak is long.
 
 mod admin;
 pub mod capture;
@@ -64,6 +67,7 @@ mod keys;
 mod listings;
 mod reason;
 mod reconcile;
+mod unknown;
 mod visibility;
 
 pub use admin::{
@@ -87,6 +91,7 @@ pub use listings::{
 };
 pub use reason::{Reason, UnknownReason};
 pub use reconcile::{checkpoint_reached, enqueue_pairs, in_motion};
+pub use unknown::{clear_unknown_outcomes, count_unknown_outcomes};
 pub use visibility::{current_snapshot, Snapshot};
 
 /// Where an entry is in its life.

@@ -58,11 +58,13 @@ UPDATE stock_sync.store_state SET not_before = now() + make_interval(secs => $2:
 WHERE store_id = $1
 "#;
 
-/// Lifts pauses (of store `$1`, or all), and with them the batch size a 413 left.
+/// Lifts pauses (of store `$1`, or all). The batch size a 413 left is kept: what a pause
+/// was about (credentials, a 403, configuration) says nothing about the request size the
+/// marketplace takes.
 const UNPAUSE_SQL: &str = r#"
 UPDATE stock_sync.store_state
 SET paused_reason = NULL, pause_kind = NULL, paused_at = NULL, paused_credentials = NULL,
-    not_before = NULL, consecutive_failures = 0, forbidden_count = 0, batch_limit = NULL
+    not_before = NULL, consecutive_failures = 0, forbidden_count = 0
 WHERE $1::uuid IS NULL OR store_id = $1
 "#;
 

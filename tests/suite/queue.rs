@@ -250,3 +250,29 @@ async fn a_transaction_is_visible_only_once_it_has_completed() {
     older.commit().await.unwrap();
     assert!(visible(older_xid).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_outcomes_in_a_row_are_counted_per_pair_and_a_known_one_ends_them() {
+    let (_url, db, product, store) = one_pair("queue_unknown_streak").await;
+    let other = uuid();
+    for expected in 1..=3 {
+        let streaks = queue::count_unknown_outcomes(&db, store, &[product])
+            .await
+            .unwrap();
+        assert_eq!(streaks.get(&product), Some(&expected));
+    }
+    // Another pair's streak is its own.
+    let streaks = queue::count_unknown_outcomes(&db, store, &[other])
+        .await
+        .unwrap();
+    assert_eq!(streaks.get(&other), Some(&1));
+    // A known outcome (accepted or refused) ends the streak: the next unknown is the first.
+    queue::clear_unknown_outcomes(&db, store, &[product])
+        .await
+        .unwrap();
+    let streaks = queue::count_unknown_outcomes(&db, store, &[product, other])
+        .await
+        .unwrap();
+    assert_eq!(streaks.get(&product), Some(&1));
+    assert_eq!(streaks.get(&other), Some(&2));
+}

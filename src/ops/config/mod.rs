@@ -20,6 +20,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::db::{validate_identifier, DbConfig};
+use crate::marketplace::TRENDYOL_MAX_QUANTITY;
 
 mod table;
 pub use table::{keys, markdown_table, Key, Kind, KEYS};
@@ -360,6 +361,22 @@ fn in_range<T: TryFrom<i64>>(
     T::try_from(value).map_err(|_| ConfigError::invalid(key, &value.to_string(), "out of range"))
 }
 
+/// `max_quantity`: clamping to more than a marketplace accepts would turn every large stock
+/// into a refused item (Trendyol refuses above [`TRENDYOL_MAX_QUANTITY`]; Hepsiburada
+/// publishes no limit, so Trendyol's bounds the key).
+fn max_quantity(value: i64) -> Result<i32, ConfigError> {
+    if value > TRENDYOL_MAX_QUANTITY {
+        return Err(ConfigError::invalid(
+            &keys::MAX_QUANTITY,
+            &value.to_string(),
+            format!(
+                "must be at most {TRENDYOL_MAX_QUANTITY}: Trendyol refuses a larger stock quantity"
+            ),
+        ));
+    }
+    in_range(&keys::MAX_QUANTITY, value, 0, TRENDYOL_MAX_QUANTITY)
+}
+
 /// A marketplace base URL: `https://`, or `http://` to loopback (the mock), or `http://`
 /// anywhere with `allow_insecure` (Basic credentials would travel in clear).
 fn url(key: &'static Key, value: &str, allow_insecure: bool) -> Result<String, ConfigError> {
@@ -555,7 +572,7 @@ impl Raw {
                 100_000,
             )?,
             rate_limit_window: self.rate_limit_window,
-            max_quantity: in_range(&keys::MAX_QUANTITY, self.max_quantity, 0, 1_000_000_000)?,
+            max_quantity: max_quantity(self.max_quantity)?,
             safety_stock: in_range(&keys::SAFETY_STOCK, self.safety_stock, 0, 1_000_000)?,
             safety_stock_per_store,
             dry_run: self.dry_run,
@@ -710,6 +727,22 @@ mod tests {
         assert_eq!(c.max_quantity, 600, "a number given as a TOML string");
         assert!(c.dry_run);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn max_quantity_cannot_exceed_what_trendyol_accepts() {
+        let err = Config::load_from(None, env(&[("STOCKSYNC_MAX_QUANTITY", "20001")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_quantity")
+                && err.contains("STOCKSYNC_MAX_QUANTITY")
+                && err.contains("at most 20000")
+                && err.contains("Trendyol"),
+            "{err}"
+        );
+        let c = Config::load_from(None, env(&[("STOCKSYNC_MAX_QUANTITY", "20000")])).unwrap();
+        assert_eq!(c.max_quantity, 20_000);
     }
 
     #[test]

@@ -142,7 +142,7 @@ pub mod keys {
         "STOCKSYNC_MAX_QUANTITY",
         "20000",
         Integer,
-        "quantities are clamped to 0..max_quantity",
+        "quantities are clamped to 0..max_quantity (at most 20000: Trendyol refuses more; Hepsiburada publishes no limit)",
     );
     pub const SAFETY_STOCK: Key = Key::new(
         "safety_stock",
