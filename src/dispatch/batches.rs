@@ -35,7 +35,7 @@ use super::outcome::{label, message, retry_delay};
 use super::{DispatchError, Dispatcher, FREE_UNKNOWN_OUTCOMES};
 use crate::backoff::BackoffPolicy;
 use crate::failures::FailureLog;
-use crate::marketplace::{BatchStatus, Provider};
+use crate::marketplace::{is_fulfilled_by_marketplace, BatchStatus, Provider};
 use crate::metrics::metrics;
 use crate::queue::{self, Reason, RequeuedItem};
 use crate::stores::{self, row, Limiter, RequestKind};
@@ -322,9 +322,13 @@ async fn poll_one(d: &Dispatcher, db: &mut Client, b: &DueBatch) -> Result<(), D
                         } else {
                             format!("{}: {}", r.key, r.reasons.join("; "))
                         };
-                        ItemFate::Refused {
-                            reason,
-                            permanent: r.permanent,
+                        if r.reasons.iter().any(|r| is_fulfilled_by_marketplace(r)) {
+                            ItemFate::Fulfilled(reason)
+                        } else {
+                            ItemFate::Refused {
+                                reason,
+                                permanent: r.permanent,
+                            }
                         }
                     };
                     (r.index, fate)
@@ -437,6 +441,9 @@ enum ItemFate {
     },
     /// Whether the marketplace applied it is unknown: sent again, no attempt counted.
     Unknown(String),
+    /// The marketplace fulfils the listing itself and keeps its stock: recorded, and the
+    /// pair goes back to the queue without an attempt, where dispatch closes it unsent.
+    Fulfilled(String),
 }
 
 impl ItemFate {
@@ -470,6 +477,8 @@ async fn apply(
     let mut accepted_quantities = Vec::new();
     let mut failed: Vec<RequeuedItem> = Vec::new();
     let mut unknown_items: Vec<(&BatchItem, String)> = Vec::new();
+    let mut fulfilled: Vec<Uuid> = Vec::new();
+    let mut fulfilled_items: Vec<RequeuedItem> = Vec::new();
     for (index, fate) in outcomes {
         let item = &items[index];
         match fate {
@@ -494,6 +503,16 @@ async fn apply(
                 });
             }
             ItemFate::Unknown(reason) => unknown_items.push((item, reason)),
+            ItemFate::Fulfilled(reason) => {
+                fulfilled.push(item.product_id);
+                fulfilled_items.push(RequeuedItem {
+                    product_id: item.product_id,
+                    priority: item.priority,
+                    attempts: item.attempts,
+                    delay: Duration::ZERO,
+                    error: reason,
+                });
+            }
         }
     }
     // Known outcomes end a pair's streak of unknown ones.
@@ -538,6 +557,7 @@ async fn apply(
     // Items that counted an attempt come first (reported below), then the free resends.
     let counted = failed.len();
     failed.extend(free_unknown);
+    failed.extend(fulfilled_items);
     let failed_products: Vec<Uuid> = failed.iter().map(|f| f.product_id).collect();
     // Possibly applied: nothing may pass for "unchanged" until a push is accepted again.
     queue::mark_in_doubt(&tx, b.store_id, &unknown).await?;
@@ -550,6 +570,7 @@ async fn apply(
     )
     .await?;
     queue::item_failed(&tx, b.store_id, &failed_products, b.id).await?;
+    queue::mark_fulfilled_by_marketplace(&tx, b.store_id, &fulfilled, true).await?;
     queue::requeue_failed_items(&tx, b.store_id, max_attempts, &failed).await?;
     tx.execute(FINISH_SQL, &[&b.id, &final_state]).await?;
     tx.commit().await?;

@@ -115,6 +115,18 @@ const PERMANENT_CODES: [&str; 8] = [
     "issuspended",
 ];
 
+/// Failure codes of a listing Hepsiburada fulfils from its own warehouse
+/// (`isFulfilledByHB`): it keeps the stock, so stocksync must stop pushing it. Matched as
+/// whole words of a reason, case-insensitively.
+const FULFILLED_CODES: [&str; 3] = ["isfulfilledbyhb", "fulfilledbyhb", "listingfulfilledbyhb"];
+
+/// Whether a failure reason says the marketplace fulfils the listing itself.
+pub fn is_fulfilled_by_marketplace(reason: &str) -> bool {
+    reason
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|word| FULFILLED_CODES.contains(&word.to_ascii_lowercase().as_str()))
+}
+
 /// Whether a failure reason names a listing state only a person can change.
 pub(crate) fn is_permanent(reason: &str) -> bool {
     reason

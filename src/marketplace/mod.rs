@@ -36,7 +36,7 @@ use base64::Engine;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-pub use batch::{parse_batch_status, UploadWord};
+pub use batch::{is_fulfilled_by_marketplace, parse_batch_status, UploadWord};
 pub use classify::classify;
 pub use client::{ClientSettings, Exchange, MarketplaceClient};
 

@@ -122,12 +122,17 @@ pub struct ListingFlags {
     pub locked: bool,
     /// `ListingFrozen`.
     pub frozen: bool,
+    /// Hepsiburada fulfils the listing from its warehouse and keeps its stock:
+    /// `IsFulfilledByHB` for every update.
+    pub fulfilled_by_hb: bool,
 }
 
 impl ListingFlags {
     /// Why an update from `current` to `new` is refused, if it is (a Hepsiburada error code).
     pub fn refusal(&self, current: Option<i64>, new: i64) -> Option<&'static str> {
-        if self.locked {
+        if self.fulfilled_by_hb {
+            Some("IsFulfilledByHB")
+        } else if self.locked {
             Some("ListingLocked")
         } else if self.frozen {
             Some("ListingFrozen")

@@ -619,7 +619,7 @@ pub(crate) async fn hepsiburada_read(
                 "isFrozen": refuses.frozen,
                 "freezeReasons": if refuses.frozen { f.freeze_reasons.clone() } else { Vec::new() },
                 "isSuspended": f.suspended,
-                "isFulfilledByHB": f.fulfilled_by_hb,
+                "isFulfilledByHB": f.fulfilled_by_hb || refuses.fulfilled_by_hb,
                 "stockDecreaseDisabled": refuses.stock_decrease_disabled,
             })
         })

@@ -219,9 +219,11 @@ async fn two_spellings_of_one_trendyol_listing_push_neither_until_fixed() {
     stack.stop().await;
 }
 
-/// A listing the marketplace is known to fulfil itself is never pushed.
+/// A listing Hepsiburada fulfils itself refuses updates (`IsFulfilledByHB`): stocksync
+/// learns it from the refusal, keeps it per listing, shows it in `status` and never pushes
+/// the listing again, while the store's other listings go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listing_hepsiburada_fulfils_is_never_pushed() {
+async fn a_listing_hepsiburada_fulfils_is_learnt_from_its_refusal_and_never_pushed_again() {
     let mut ids = (Uuid::nil(), Uuid::nil());
     let stack = start("edges_fulfilled", mock_config(), &[], async |c: &Client| {
         let (_, hb) = stores(c).await;
@@ -234,26 +236,51 @@ async fn a_listing_hepsiburada_fulfils_is_never_pushed() {
     let mock = &stack.mock;
     wait_quantity(mock, MERCHANT, "HBF-1", 6).await;
     settled(&stack).await;
-    // As a read (or a refusal) would record it.
-    stack
-        .exec(
-            "UPDATE stock_sync.listing_state SET fulfilled_by_marketplace = true WHERE store_id = $1 AND product_id = $2",
+    assert!(mock.set_listing_flags(
+        stocksync::mock::Marketplace::Hepsiburada,
+        MERCHANT,
+        "HBF-1",
+        stocksync::mock::ListingFlags {
+            fulfilled_by_hb: true,
+            ..Default::default()
+        },
+    ));
+    let set_all = "UPDATE product_stores SET sellable_quantity = sellable_quantity + 10";
+    stack.exec(set_all, &[]).await;
+    wait_quantity(mock, MERCHANT, "HBF-2", 12).await;
+    eventually(Duration::from_secs(30), "the refusal learnt", || async {
+        count(
+            &stack.client,
+            "SELECT count(*) FROM stock_sync.listing_state WHERE store_id = $1 AND product_id = $2 AND fulfilled_by_marketplace",
             &[&hb, &fulfilled],
         )
-        .await;
-    stack
-        .exec(
-            "UPDATE product_stores SET sellable_quantity = sellable_quantity + 10",
-            &[],
-        )
-        .await;
-    wait_quantity(mock, MERCHANT, "HBF-2", 12).await;
+        .await
+            == 1
+    })
+    .await;
     settled(&stack).await;
-    assert_eq!(mock.quantity(MERCHANT, "HBF-1"), Some(6), "not pushed");
+    let uploads_with_it = |mock: &stocksync::mock::MockMarketplace| {
+        pushes(mock, MERCHANT)
+            .iter()
+            .filter(|r| r.status == 200 && r.item_count > 0)
+            .count()
+    };
+    let before = uploads_with_it(mock);
+    stack.exec(set_all, &[]).await;
+    wait_quantity(mock, MERCHANT, "HBF-2", 22).await;
+    settled(&stack).await;
+    assert_eq!(uploads_with_it(mock), before + 1, "only HBF-2 was uploaded");
+    assert_eq!(mock.quantity(MERCHANT, "HBF-1"), Some(6), "never changed");
+    assert!(outcome_count(&stack.client, fulfilled, "fulfilled_by_marketplace").await >= 1);
+    let status = stocksync::ops::status::read(&stack.client, "edges_fulfilled")
+        .await
+        .unwrap();
+    assert_eq!(status.fulfilled_by_marketplace.len(), 1);
     assert_eq!(
-        outcome_count(&stack.client, fulfilled, "fulfilled_by_marketplace").await,
-        1
+        status.fulfilled_by_marketplace[0].key.as_deref(),
+        Some("HBF-1")
     );
+    assert!(stocksync::ops::status::render(&status).contains("fulfils itself"));
     stack.stop().await;
 }
 
