@@ -52,14 +52,14 @@ impl Cycle<'_> {
         let mut rotations = 0;
         // The identical-body rule is Trendyol's; Hepsiburada takes a repeated body.
         let identical_rule = self.store.provider == Provider::Trendyol;
-        while identical_rule {
-            let Some(wait) = self
-                .limiter
-                .identical_body_wait(db, &request.body_sha256)
-                .await?
-            else {
-                break;
-            };
+        while let Some(wait) = match identical_rule {
+            true => {
+                self.limiter
+                    .identical_body_wait(db, &request.body_sha256)
+                    .await?
+            }
+            false => None,
+        } {
             if group.len() < 2 || rotations >= MAX_ROTATIONS.min(group.len() - 1) {
                 self.limiter.waited("identical_body");
                 debug!(store = %self.store_id, wait_s = wait.as_secs_f64(), "identical body sent recently; deferring");
