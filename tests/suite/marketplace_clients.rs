@@ -531,8 +531,9 @@ async fn connection_reset_is_transport() {
     }
 }
 
+/// A refused connection carried no body: `NotDelivered`, not a lost answer.
 #[tokio::test]
-async fn connection_refused_is_transport() {
+async fn connection_refused_is_not_delivered() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
@@ -544,7 +545,7 @@ async fn connection_refused_is_transport() {
     for p in BOTH {
         let (outcome, exchange) = c.push(&creds(p), &prepare(p, &items(&[("A", 1)]))).await;
         match outcome {
-            PushOutcome::Transport { message } => assert!(
+            PushOutcome::NotDelivered { message } => assert!(
                 !message.contains(TY_SECRET) && !message.contains(HB_SECRET),
                 "{message}"
             ),
