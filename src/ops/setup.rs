@@ -39,6 +39,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "queue_indexes",
         include_str!("../../sql/008_queue_indexes.sql"),
     ),
+    (10, "held_back", include_str!("../../sql/010_held_back.sql")),
 ];
 
 /// The application tables stocksync reads through the slot.

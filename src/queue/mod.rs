@@ -79,7 +79,7 @@ pub use listings::{
     forget_told, item_accepted, item_failed, last_told, mark_in_doubt, mark_sent, sent_in_batch,
 };
 pub use reason::{Reason, UnknownReason};
-pub use reconcile::{checkpoint_reached, enqueue_pairs, in_motion};
+pub use reconcile::{checkpoint_reached, enqueue_pairs, in_motion, last_accepted};
 pub use visibility::{current_snapshot, Snapshot};
 
 /// Where an entry is in its life.

@@ -58,6 +58,7 @@
 pub mod audit;
 pub mod catalogue;
 pub mod compare;
+pub mod held;
 pub mod journal;
 pub mod periodic;
 pub mod scan;
@@ -108,6 +109,10 @@ pub struct ReconcileSettings {
     pub interval: Duration,
     /// Periodic audits repair.
     pub fix: bool,
+    /// A listing shown lower than the database is repaired only once the difference has
+    /// persisted across reads this far apart (zero: at once), unless the marketplace shows
+    /// that nothing changed on its side since the last accepted push ([`held`]).
+    pub confirm_after: Duration,
 }
 
 impl ReconcileSettings {
