@@ -171,8 +171,9 @@ async fn mock_read_endpoints_follow_the_contract() {
         ),
         "{refused:?}"
     );
-    // By barcode (spaces ignored, as Trendyol does): whole contents come back.
-    let wanted = vec!["B1 1".to_string(), "B29".to_string()];
+    // By barcode as Trendyol keeps it: whole contents come back; a barcode spelled with
+    // spaces finds nothing (Trendyol removed them when it stored the barcode).
+    let wanted = vec!["B11".to_string(), "B29".to_string()];
     let (page, _) = client.read_listings(&ty, &ReadQuery::Keys(&wanted)).await;
     let page = page.unwrap();
     let found: Vec<&str> = page.listings.iter().map(|l| l.key.as_str()).collect();
@@ -180,6 +181,9 @@ async fn mock_read_endpoints_follow_the_contract() {
         found.contains(&"B11") && found.contains(&"B29"),
         "{found:?}"
     );
+    let spaced = vec!["B1 1".to_string()];
+    let (page, _) = client.read_listings(&ty, &ReadQuery::Keys(&spaced)).await;
+    assert!(page.unwrap().listings.is_empty());
 
     // Hepsiburada: flags, upper-cased skus, overlapping pages.
     let mut hb_edits: Vec<PanelEdit> = (0..12)
