@@ -2,7 +2,10 @@
 //! endpoints to the contract, drift injected in the "seller panel" found exactly while a
 //! random workload runs, `--fix` and a second audit, listings that must not be repaired, the
 //! Trendyol scan past the page window, a push accepted during the confirming re-read, the
-//! periodic audit resumed after kill -9, and the read budget held while dispatch pushes.
+//! periodic audit resumed after kill -9, the read budget held while dispatch pushes, a
+//! listing an order lowered held back until the difference persists, re-reads by the
+//! marketplace's spelling of a key, Hepsiburada pages shorter than `limit`, and the mock's
+//! orders and stock dates.
 
 use crate::common;
 
@@ -1644,5 +1647,76 @@ async fn a_listing_shown_lower_than_the_database_is_held_back_until_the_differen
         .unwrap()
         .get(0);
     assert_eq!(repairs, 1);
+    mock.shutdown().await;
+}
+
+/// The mock's orders and Trendyol's `stockLastModifiedDate`: a variant's date is when its
+/// stock last changed (a panel edit that changed it, an order), `null` before any; an order
+/// (`POST /_mock/order`) lowers the stock, not below 0, and an unknown listing is 404.
+#[tokio::test]
+async fn mock_orders_lower_stock_and_date_it() {
+    let mock = start_mock(MockConfig {
+        accounts: vec![MockAccount::trendyol("9101", "k", "s")],
+        ..MockConfig::default()
+    })
+    .await;
+    let ty = trendyol_creds("9101", "k", "s");
+    let client = client_for(&mock);
+    panel(
+        &mock,
+        &[
+            PanelEdit::new(Marketplace::Trendyol, "9101", "O1").quantity(Some(5)),
+            // Listed, its stock never set.
+            PanelEdit::new(Marketplace::Trendyol, "9101", "O2"),
+        ],
+    )
+    .await;
+    let read = || async {
+        let keys = vec!["O1".to_string(), "O2".to_string()];
+        let (page, _) = client.read_listings(&ty, &ReadQuery::Keys(&keys)).await;
+        let page = page.unwrap();
+        let find = |k: &str| page.listings.iter().find(|l| l.key == k).cloned().unwrap();
+        (find("O1"), find("O2"))
+    };
+    let (o1, o2) = read().await;
+    let edited = o1.stock_modified_at.expect("dated by the panel edit");
+    assert_eq!(o2.stock_modified_at, None, "never had stock");
+    // The same quantity again changes nothing, the date included.
+    panel(
+        &mock,
+        &[PanelEdit::new(Marketplace::Trendyol, "9101", "O1").quantity(Some(5))],
+    )
+    .await;
+    assert_eq!(read().await.0.stock_modified_at, Some(edited));
+    let order = |units: i64, key: &str| {
+        let body = serde_json::json!({
+            "marketplace": "trendyol", "seller_id": "9101", "key": key, "units": units
+        });
+        let url = format!("{}/_mock/order", mock.base_url());
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the clock moves past the edit",
+        || async { chrono::Utc::now() > edited },
+    )
+    .await;
+    let (status, body) = order(2, "O1").await;
+    assert_eq!((status, body["stock"].as_i64()), (200, Some(3)));
+    let (o1, _) = read().await;
+    assert_eq!(o1.quantity, Some(3));
+    assert!(o1.stock_modified_at.unwrap() > edited, "the order is dated");
+    assert_eq!(mock.order(Marketplace::Trendyol, "9101", "O1", 10), Some(0));
+    assert_eq!(order(1, "O2").await.0, 404, "no stock to order from");
+    assert_eq!(order(1, "nope").await.0, 404);
     mock.shutdown().await;
 }
