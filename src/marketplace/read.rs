@@ -19,7 +19,13 @@
 //!   answer without a token is followed by page number (while `totalPages` says there is
 //!   more), so no scan relies on the page-number window (`page × size` at most 10,000).
 //! * Hepsiburada's order is undocumented: pages may repeat or shift listings, so callers
-//!   deduplicate by [`Listing::listing_id`]. `listings` may be `null` (an empty page).
+//!   deduplicate by [`Listing::listing_id`]. `listings` may be `null` (an empty page). The
+//!   next `offset` is this one plus the rows the page returned (at most `limit`): a server
+//!   that returns fewer rows than asked for, while `totalCount` says there are more, would
+//!   otherwise have rows skipped.
+//! * Trendyol's `stockLastModifiedDate` (epoch milliseconds) is kept as
+//!   [`Listing::stock_modified_at`]: it tells whether the marketplace changed the stock
+//!   after stocksync's last accepted push.
 //! * Keys are compared in the marketplace's spelling ([`match_key`]): Trendyol removes spaces
 //!   inside barcodes, Hepsiburada may upper-case merchant skus.
 //! * A malformed answer is an error naming the field ([`MalformedPage`]); a malformed row (a
@@ -27,6 +33,7 @@
 //!   integer) is a [`BadRow`] naming the row and field, and the rest of the page is used.
 //!   Neither ever quotes a value from the answer (it could echo anything).
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -80,6 +87,9 @@ pub struct Listing {
     pub quantity: Option<i64>,
     /// Hepsiburada `listingId` (pages may repeat a listing); `None` for Trendyol.
     pub listing_id: Option<String>,
+    /// When the marketplace last changed this listing's stock (Trendyol
+    /// `stockLastModifiedDate`, epoch milliseconds); `None` when not given (Hepsiburada).
+    pub stock_modified_at: Option<DateTime<Utc>>,
     pub flags: ListingFlags,
 }
 
@@ -283,6 +293,19 @@ fn quantity(row: &Map<String, Value>, field: &str) -> Result<Option<i64>, &'stat
     }
 }
 
+/// A time at `field`: epoch milliseconds (as Trendyol writes its dates) or RFC 3339 text;
+/// anything else, or nothing, is unknown (a listing is never rejected for its date: the date
+/// only lets a difference be repaired sooner).
+fn modified_at(row: &Map<String, Value>, field: &str) -> Option<DateTime<Utc>> {
+    match row.get(field)? {
+        Value::Number(n) => DateTime::from_timestamp_millis(n.as_i64()?),
+        Value::String(s) => DateTime::parse_from_rfc3339(s.trim())
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+        _ => None,
+    }
+}
+
 /// A non-blank string at `field`.
 fn text(row: &Map<String, Value>, field: &str) -> Result<String, &'static str> {
     match row.get(field) {
@@ -342,6 +365,7 @@ fn parse_trendyol(
                     key,
                     quantity,
                     listing_id: None,
+                    stock_modified_at: modified_at(variant, "stockLastModifiedDate"),
                     flags: ListingFlags::default(),
                 }),
                 Err(problem) => page.bad_rows.push(row(".quantity", problem)),
@@ -430,6 +454,7 @@ fn parse_hepsiburada(
                     _ => None,
                 })
                 .filter(|s| !s.is_empty()),
+            stock_modified_at: None,
             flags: ListingFlags {
                 fulfilled_by_hb: flag("isFulfilledByHB"),
                 stock_decrease_disabled: flag("stockDecreaseDisabled"),
@@ -447,7 +472,9 @@ fn parse_hepsiburada(
     {
         let size = u64::from((*size).max(1));
         page.total_pages = total.map(|t| t.div_ceil(size));
-        let next = offset + size;
+        // On by the rows this page returned (a server may return fewer than `limit` while
+        // more exist), never by more than `limit`: rows beyond it repeat earlier ones.
+        let next = offset + (rows.len() as u64).min(size);
         let more = match total {
             Some(total) => next < total,
             // Without a count, read on until an empty page.
@@ -724,12 +751,14 @@ mod tests {
                 "listings[3].availableStock: not an integer"
             ]
         );
-        assert_eq!(p.next, Some(Cursor::HepsiburadaOffset { offset: 200 }));
+        // On by the four rows returned (bad ones too), not by the 100 asked for.
+        assert_eq!(p.next, Some(Cursor::HepsiburadaOffset { offset: 104 }));
         assert_eq!(p.total_pages, Some(3));
         // The last page, and a null page.
-        let last = Cursor::HepsiburadaOffset { offset: 200 };
+        let last = Cursor::HepsiburadaOffset { offset: 246 };
         let p = parse_listings(Provider::Hepsiburada, &page(&last), body).unwrap();
         assert_eq!(p.next, None);
+        let last = Cursor::HepsiburadaOffset { offset: 200 };
         let p = parse_listings(
             Provider::Hepsiburada,
             &page(&last),
@@ -744,7 +773,50 @@ mod tests {
             r#"{"listings":[{"listingId":"z","merchantSku":"Z","availableStock":0}]}"#,
         )
         .unwrap();
-        assert_eq!(p.next, Some(Cursor::HepsiburadaOffset { offset: 300 }));
+        assert_eq!(p.next, Some(Cursor::HepsiburadaOffset { offset: 201 }));
+        // More rows than asked for (a repeat of earlier ones): on by the limit.
+        let rows: Vec<String> = (0..5)
+            .map(|i| format!(r#"{{"listingId":"r{i}","merchantSku":"R{i}","availableStock":1}}"#))
+            .collect();
+        let body = format!(r#"{{"totalCount":900,"listings":[{}]}}"#, rows.join(","));
+        let p = parse_listings(
+            Provider::Hepsiburada,
+            &ReadQuery::Page {
+                cursor: &last,
+                size: 3,
+            },
+            &body,
+        )
+        .unwrap();
+        assert_eq!(p.next, Some(Cursor::HepsiburadaOffset { offset: 203 }));
+    }
+
+    #[test]
+    fn trendyol_stock_modified_dates() {
+        let body = r#"{"content":[{"variants":[
+            {"barcode":"A","quantity":1,"stockLastModifiedDate":1765000000123},
+            {"barcode":"B","quantity":1,"stockLastModifiedDate":"2026-12-07T10:00:00Z"},
+            {"barcode":"C","quantity":1,"stockLastModifiedDate":null},
+            {"barcode":"D","quantity":1,"stockLastModifiedDate":"yesterday"},
+            {"barcode":"E","quantity":1}]}]}"#;
+        let first = Cursor::first(Provider::Trendyol);
+        let p = parse_listings(Provider::Trendyol, &page(&first), body).unwrap();
+        let got: Vec<Option<i64>> = p
+            .listings
+            .iter()
+            .map(|l| l.stock_modified_at.map(|t| t.timestamp_millis()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Some(1_765_000_000_123),
+                Some(1_796_637_600_000),
+                None,
+                None,
+                None
+            ]
+        );
+        assert!(p.bad_rows.is_empty(), "a date never rejects a listing");
     }
 
     #[test]

@@ -81,7 +81,8 @@
 //! `GET /_mock/state`, `GET /_mock/requests`, `POST /_mock/reset` (catalogues, batches,
 //! request log, limiter and identical-body memories, open-mode accounts, panel changes;
 //! faults are kept), `GET|POST /_mock/faults` (the posted [`Faults`] replaces the current
-//! set), `POST /_mock/edit` (the seller panel, [`PanelEdit`]),
+//! set), `POST /_mock/edit` (the seller panel, [`PanelEdit`]), `POST /_mock/order` (an order
+//! lowering a listing's stock on the marketplace's side, [`MockMarketplace::order`]),
 //! and an HTML page at `/` refreshing every 2 s. Credentials are never logged or shown.
 //! State-changing `/_mock/*` requests must carry `Content-Type: application/json` (`415`
 //! otherwise: no cross-site form posts) and at most 1 MiB of body (`413`).
@@ -273,6 +274,20 @@ impl MockMarketplace {
             .set_listing_flags(marketplace, seller_id, key, flags)
     }
 
+    /// An order on the marketplace's side, as a buyer's would be: the listing's stock drops
+    /// by `units` (not below 0) and `stockLastModifiedDate` becomes now, while the seller's
+    /// database learns of it only when its order import runs. Returns the stock left; `None`
+    /// when the account or the listing's stock does not exist. As `POST /_mock/order`.
+    pub fn order(
+        &self,
+        marketplace: Marketplace,
+        seller_id: &str,
+        key: &str,
+        units: i64,
+    ) -> Option<i64> {
+        self.shared.order(marketplace, seller_id, key, units)
+    }
+
     /// As `POST /_mock/reset`.
     pub fn reset(&self) {
         self.shared.reset();
@@ -396,6 +411,7 @@ fn router(shared: Arc<Shared>) -> Router {
             get(admin_get_behaviour).post(admin_set_behaviour),
         )
         .route("/_mock/listing", post(admin_set_listing))
+        .route("/_mock/order", post(admin_order))
         .route_layer(middleware::from_fn(admin_guard))
         .route_layer(DefaultBodyLimit::max(MAX_ADMIN_BODY));
     marketplaces
@@ -787,6 +803,34 @@ async fn admin_set_listing(State(shared): State<Arc<Shared>>, body: Bytes) -> Re
         Err(e) => (
             StatusCode::BAD_REQUEST,
             Json(json!({ "error": format!("bad listing: {e}") })),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /_mock/order` `{"marketplace","seller_id","key","units"}`: an order on the
+/// marketplace's side (see [`MockMarketplace::order`]); answers the stock left.
+async fn admin_order(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Order {
+        marketplace: Marketplace,
+        seller_id: String,
+        key: String,
+        units: i64,
+    }
+    match serde_json::from_slice::<Order>(&body) {
+        Ok(o) => match shared.order(o.marketplace, &o.seller_id, &o.key, o.units) {
+            Some(left) => Json(json!({ "stock": left })).into_response(),
+            None => (
+                StatusCode::NOT_FOUND,
+                Json(json!({ "error": "no such account or listing stock" })),
+            )
+                .into_response(),
+        },
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": format!("bad order: {e}") })),
         )
             .into_response(),
     }

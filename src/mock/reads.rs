@@ -25,11 +25,16 @@
 //!   `nextPageToken` is given on every page with a next one, or (with
 //!   `trendyol_token_always = false`) only where the next page number would be refused, so
 //!   a scan must switch to the token there. `barcodes` (at most 50) or `barcode` filter by
-//!   barcode, spaces ignored (Trendyol removes them), and return whole contents (the window
-//!   is not applied to them: the real one, 10,000, is far above one filtered page).
+//!   barcode as Trendyol keeps it (without the spaces it removed: a filter spelled with
+//!   spaces finds nothing), and return whole contents (the window is not applied to them:
+//!   the real one, 10,000, is far above one filtered page). Each variant's
+//!   `stockLastModifiedDate` (epoch milliseconds) is when its stock last changed: a push
+//!   that changed it, a panel edit of its quantity, an order ([`super::MockMarketplace::order`],
+//!   `POST /_mock/order`); `null` before any.
 //! * Hepsiburada: listings in `listingId` order (an id derived from the merchant and sku);
 //!   `offset` and `limit` are required (`limit` at most
-//!   [`ReadsConfig::hepsiburada_max_limit`]); [`ReadsConfig::hepsiburada_page_overlap`]
+//!   [`ReadsConfig::hepsiburada_max_limit`]; [`ReadsConfig::hepsiburada_page_cap`] returns
+//!   fewer rows than asked for); [`ReadsConfig::hepsiburada_page_overlap`]
 //!   repeats the last listings of the previous page on every page (callers must deduplicate
 //!   by `listingId`); merchantSku comes back upper-cased
 //!   ([`ReadsConfig::hepsiburada_uppercase_sku`]); `merchantSkuList` (at most 50) matches
@@ -71,6 +76,9 @@ pub struct ReadsConfig {
     pub hepsiburada_uppercase_sku: bool,
     /// Every Hepsiburada page also repeats this many listings before its offset.
     pub hepsiburada_page_overlap: usize,
+    /// Hepsiburada answers at most this many listings per page, whatever `limit` asks (a
+    /// server's own cap; `totalCount` still counts them all); `None`: `limit` rows.
+    pub hepsiburada_page_cap: Option<usize>,
     /// Reads per minute per seller and marketplace; `None`: not capped.
     pub per_minute: Option<u32>,
 }
@@ -84,6 +92,7 @@ impl Default for ReadsConfig {
             hepsiburada_max_limit: 1000,
             hepsiburada_uppercase_sku: true,
             hepsiburada_page_overlap: 0,
+            hepsiburada_page_cap: None,
             per_minute: None,
         }
     }
@@ -467,12 +476,13 @@ pub(crate) async fn trendyol_read(
     };
     let state = reads.accounts.entry(key).or_default();
     let view = state.trendyol_view(account, config.trendyol_max_variants);
-    let squash = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
     let chosen: Vec<&Content> = match &filter {
+        // The barcode as Trendyol keeps it: a filter spelled with spaces finds nothing when
+        // Trendyol removed them (as the real one does).
         Some(barcodes) => {
-            let wanted: HashSet<String> = barcodes.iter().map(|b| squash(b)).collect();
+            let wanted: HashSet<&String> = barcodes.iter().collect();
             view.iter()
-                .filter(|c| c.variants.iter().any(|v| wanted.contains(&squash(v))))
+                .filter(|c| c.variants.iter().any(|v| wanted.contains(v)))
                 .collect()
         }
         None => view.iter().collect(),
@@ -489,7 +499,6 @@ pub(crate) async fn trendyol_read(
         && (config.trendyol_token_always || after.is_some() || next_by_number_refused))
         .then(|| slice.last().map(|c| encode_token(c.id)))
         .flatten();
-    let modified = chrono::Utc::now().timestamp_millis();
     let mut variants_shown = 0;
     let content: Vec<Value> = slice
         .iter()
@@ -505,7 +514,7 @@ pub(crate) async fn trendyol_read(
                     "salePrice": 100.0,
                     "listPrice": 120.0,
                     "quantity": account.stock.get(barcode),
-                    "stockLastModifiedDate": modified,
+                    "stockLastModifiedDate": account.stock_modified.get(barcode).map(|t| t.timestamp_millis()),
                 })).collect::<Vec<_>>(),
             })
         })
@@ -592,7 +601,10 @@ pub(crate) async fn hepsiburada_read(
     let from = offset
         .saturating_sub(config.hepsiburada_page_overlap)
         .min(chosen.len());
-    let to = (offset + limit).min(chosen.len());
+    let rows = config
+        .hepsiburada_page_cap
+        .map_or(limit, |cap| limit.min(cap.max(1)));
+    let to = (offset + rows).min(chosen.len());
     let slice = &chosen[from..to.max(from)];
     let rows: Vec<Value> = slice
         .iter()
@@ -693,6 +705,7 @@ pub(crate) async fn edit(State(shared): State<Arc<Shared>>, body: Bytes) -> Resp
         state.generation += 1;
         if e.delete {
             account.stock.remove(&e.key);
+            account.stock_modified.remove(&e.key);
             if let Some(listings) = &mut account.listings {
                 listings.remove(&e.key);
             }
@@ -709,10 +722,13 @@ pub(crate) async fn edit(State(shared): State<Arc<Shared>>, body: Bytes) -> Resp
         }
         match e.quantity {
             Some(Some(q)) => {
-                account.stock.insert(e.key.clone(), q);
+                account.set_stock(&e.key, q);
             }
             Some(None) => {
                 account.stock.remove(&e.key);
+                account
+                    .stock_modified
+                    .insert(e.key.clone(), chrono::Utc::now());
             }
             None => {}
         }

@@ -96,6 +96,9 @@ pub(crate) struct Account {
     pub api_secret: String,
     pub listings: Option<BTreeSet<String>>,
     pub stock: BTreeMap<String, i64>,
+    /// When each listing's stock last changed (a push that changed it, a panel edit, an
+    /// order): Trendyol's `stockLastModifiedDate`.
+    pub stock_modified: BTreeMap<String, DateTime<Utc>>,
     /// Listings that refuse updates (by catalogue key).
     pub flags: BTreeMap<String, ListingFlags>,
     pub configured: bool,
@@ -119,6 +122,7 @@ impl Account {
             api_secret: a.api_secret.clone(),
             listings: a.listings.clone(),
             stock: BTreeMap::new(),
+            stock_modified: BTreeMap::new(),
             flags: BTreeMap::new(),
             configured: true,
         }
@@ -145,10 +149,27 @@ impl Account {
         {
             return Applied::Refused(code);
         }
-        match self.stock.insert(key.to_string(), quantity) {
-            Some(old) if old == quantity => Applied::Unchanged,
-            _ => Applied::Changed,
+        if self.stock.get(key) == Some(&quantity) {
+            return Applied::Unchanged;
         }
+        self.set_stock(key, quantity);
+        Applied::Changed
+    }
+
+    /// Sets the stock shown and, when it changes, when it last changed.
+    pub(crate) fn set_stock(&mut self, key: &str, quantity: i64) {
+        if self.stock.insert(key.to_string(), quantity) != Some(quantity) {
+            self.stock_modified.insert(key.to_string(), Utc::now());
+        }
+    }
+
+    /// An order of `units` on the marketplace's side: the stock shown drops by them (not
+    /// below 0) and its change is dated now. `None` when the listing shows no stock.
+    pub(crate) fn order(&mut self, key: &str, units: i64) -> Option<i64> {
+        let left = (*self.stock.get(key)? - units.max(0)).max(0);
+        self.stock.insert(key.to_string(), left);
+        self.stock_modified.insert(key.to_string(), Utc::now());
+        Some(left)
     }
 }
 
@@ -256,6 +277,27 @@ impl Shared {
         *self.behaviour.lock().unwrap_or_else(|e| e.into_inner()) = behaviour;
     }
 
+    /// An order on the marketplace's side (see [`Account::order`]); `None` when the account
+    /// or the listing's stock does not exist. A Trendyol barcode is looked up as Trendyol
+    /// keeps it.
+    pub(crate) fn order(
+        &self,
+        marketplace: Marketplace,
+        seller_id: &str,
+        key: &str,
+        units: i64,
+    ) -> Option<i64> {
+        let key = match marketplace {
+            Marketplace::Trendyol => self.behaviour().trendyol_barcode(key),
+            Marketplace::Hepsiburada => key.to_string(),
+        };
+        let mut inner = self.lock();
+        inner
+            .accounts
+            .get_mut(&(marketplace, seller_id.to_string()))?
+            .order(&key, units)
+    }
+
     /// Sets one listing's flags; false when the account does not exist.
     pub(crate) fn set_listing_flags(
         &self,
@@ -284,6 +326,7 @@ impl Shared {
         inner.accounts.retain(|_, a| a.configured);
         for a in inner.accounts.values_mut() {
             a.stock.clear();
+            a.stock_modified.clear();
             a.flags.clear();
         }
         inner.batches.clear();
@@ -361,6 +404,7 @@ impl Shared {
                         api_secret: String::new(),
                         listings: None,
                         stock: BTreeMap::new(),
+                        stock_modified: BTreeMap::new(),
                         flags: BTreeMap::new(),
                         configured: false,
                     },

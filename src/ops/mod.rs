@@ -116,6 +116,7 @@ pub fn reconcile_settings(config: &config::Config) -> crate::reconcile::Reconcil
         capture_wait: std::time::Duration::from_secs(60),
         interval: config.reconcile_interval,
         fix: config.reconcile_fix && !config.dry_run,
+        confirm_after: config.reconcile_confirm_after,
         limits: dispatch.limits,
     }
 }

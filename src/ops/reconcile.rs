@@ -6,6 +6,10 @@
 //!
 //! Exit code: 0 when nothing drifted (or every drifted listing was enqueued for repair with
 //! `--fix`), 1 when drift remains or a store could not be audited (said on stderr).
+//! Listings held back (shown lower than the database, waiting `reconcile_confirm_after` for
+//! an order import, [`crate::reconcile::held`]) are reported with their time but are not
+//! drift that remains: nothing is wrong yet, and the audit after that time repairs them if
+//! the difference is still there (or they agree by then).
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -120,8 +124,9 @@ pub async fn command(
     })
 }
 
-/// `{"stores":[{"store_id","name","checked","agree","drifted","missing_at_marketplace",
-/// "unknown_to_database","not_repairable","unknown","repaired","in_motion","examples":[...]}]}`
+/// `{"stores":[{"store_id","name","checked","agree","drifted","held_back",
+/// "missing_at_marketplace","unknown_to_database","not_repairable","unknown","repaired",
+/// "in_motion","examples":[...]}]}`; a held-back example has `held_until` (RFC 3339).
 pub fn to_json(reports: &[StoreReport]) -> Value {
     let stores: Vec<Value> = reports
         .iter()
@@ -133,6 +138,7 @@ pub fn to_json(reports: &[StoreReport]) -> Value {
                 "checked": t.checked(),
                 "agree": t.agree,
                 "drifted": t.drifted,
+                "held_back": t.held_back,
                 "missing_at_marketplace": t.missing_at_marketplace,
                 "unknown_to_database": t.unknown_to_database,
                 "not_repairable": t.not_repairable,
@@ -164,6 +170,23 @@ pub fn render(reports: &[StoreReport], fix: bool) -> String {
         for e in &r.examples {
             out.push_str(&format!("    {:<22} {}\n", e.kind.as_str(), e.describe()));
         }
+    }
+    let held: u64 = reports.iter().map(|r| r.tally.held_back).sum();
+    if held > 0 {
+        let until = reports
+            .iter()
+            .flat_map(|r| &r.examples)
+            .filter_map(|e| e.held_until)
+            .max();
+        out.push_str(&format!(
+            "{held} listing(s) shown lower than the database are held back (an order the database may not have imported yet){}: {}\n",
+            until.map(|u| format!(", the examples until {}", u.format("%Y-%m-%dT%H:%M:%SZ"))).unwrap_or_default(),
+            if fix {
+                "an audit after that repairs those still different"
+            } else {
+                "an audit with repairs after that repairs those still different"
+            }
+        ));
     }
     let drifted: Vec<&StoreReport> = reports
         .iter()
@@ -201,17 +224,31 @@ mod tests {
                 drifted: 2,
                 repaired: 1,
                 in_motion: 1,
+                held_back: 1,
                 ..Tally::default()
             },
-            examples: vec![Finding {
-                kind: Kind::Drifted,
-                product_id: Some(Uuid::from_u128(9)),
-                key: "BC-1".into(),
-                marketplace: Some(7),
-                database: Some(3),
-                detail: None,
-                repaired: true,
-            }],
+            examples: vec![
+                Finding {
+                    kind: Kind::Drifted,
+                    product_id: Some(Uuid::from_u128(9)),
+                    key: "BC-1".into(),
+                    marketplace: Some(7),
+                    database: Some(3),
+                    detail: None,
+                    repaired: true,
+                    held_until: None,
+                },
+                Finding {
+                    kind: Kind::HeldBack,
+                    product_id: Some(Uuid::from_u128(10)),
+                    key: "BC-2".into(),
+                    marketplace: Some(4),
+                    database: Some(5),
+                    detail: None,
+                    repaired: false,
+                    held_until: chrono::DateTime::from_timestamp(1_800_000_000, 0),
+                },
+            ],
             pages: 1,
             reads: 2,
             ambiguous: 0,
@@ -227,6 +264,7 @@ mod tests {
                 "checked",
                 "drifted",
                 "examples",
+                "held_back",
                 "in_motion",
                 "missing_at_marketplace",
                 "name",
@@ -237,11 +275,19 @@ mod tests {
                 "unknown_to_database"
             ]
         );
-        assert_eq!(store["checked"], 8);
+        assert_eq!(store["checked"], 9);
         assert_eq!(store["examples"][0]["kind"], "drifted");
         assert_eq!(store["examples"][0]["marketplace"], 7);
+        assert!(store["examples"][0].get("held_until").is_none());
+        assert_eq!(store["examples"][1]["kind"], "held_back");
+        assert_eq!(store["examples"][1]["held_until"], "2027-01-15T08:00:00Z");
         let text = render(&[report], false);
         assert!(text.contains("drift remains in 1 store"), "{text}");
         assert!(text.contains("BC-1"), "{text}");
+        assert!(
+            text.contains("BC-2: marketplace 4, database 5, held back until 2027-01-15T08:00:00Z"),
+            "{text}"
+        );
+        assert!(text.contains("1 listing(s) shown lower"), "{text}");
     }
 }

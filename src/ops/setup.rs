@@ -44,10 +44,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "listing_keys",
         include_str!("../../sql/009_listing_keys.sql"),
     ),
+    (10, "held_back", include_str!("../../sql/010_held_back.sql")),
     (
-        12,
+        11,
         "unknown_outcomes",
-        include_str!("../../sql/012_unknown_outcomes.sql"),
+        include_str!("../../sql/011_unknown_outcomes.sql"),
     ),
 ];
 

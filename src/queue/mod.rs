@@ -90,7 +90,7 @@ pub use listings::{
     FulfilledListing, Told,
 };
 pub use reason::{Reason, UnknownReason};
-pub use reconcile::{checkpoint_reached, enqueue_pairs, in_motion};
+pub use reconcile::{checkpoint_reached, enqueue_pairs, in_motion, last_accepted};
 pub use unknown::{clear_unknown_outcomes, count_unknown_outcomes};
 pub use visibility::{current_snapshot, Snapshot};
 

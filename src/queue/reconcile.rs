@@ -1,8 +1,10 @@
 //! Reconciliation's side of the queue: which pairs are in motion (so a difference is not
 //! drift), repairs, and whether capture has passed a WAL position.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
@@ -44,6 +46,14 @@ SET priority = GREATEST(q.priority, EXCLUDED.priority),
     not_before = NULL
 "#;
 
+/// Of products `$2` in store `$1`, the last quantity the marketplace accepted and when (both
+/// known only).
+const LAST_ACCEPTED_SQL: &str = r#"
+SELECT product_id, accepted_quantity, accepted_at FROM stock_sync.listing_state
+WHERE store_id = $1 AND product_id = ANY($2::uuid[])
+  AND accepted_quantity IS NOT NULL AND accepted_at IS NOT NULL
+"#;
+
 /// Whether slot `$1`'s checkpoint is at or past WAL position `$2` (false without one).
 const CHECKPOINT_REACHED_SQL: &str = r#"
 SELECT COALESCE((SELECT lsn >= $2::text::pg_lsn FROM stock_sync.checkpoint WHERE slot_name = $1), false)
@@ -66,6 +76,24 @@ pub async fn in_motion(
         .await?
         .iter()
         .map(|r| r.get(0))
+        .collect())
+}
+
+/// Of `products` (store `store`), the last quantity the marketplace accepted and when it
+/// was accepted, where both are known.
+pub async fn last_accepted(
+    db: &impl GenericClient,
+    store: Uuid,
+    products: &[Uuid],
+) -> Result<HashMap<Uuid, (i32, DateTime<Utc>)>, QueueError> {
+    if products.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(db
+        .query(LAST_ACCEPTED_SQL, &[&store, &products])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
         .collect())
 }
 

@@ -1,5 +1,5 @@
 //! Unknown upload outcomes in a row, per pair (`listing_state.unknown_outcomes`, migration
-//! 012): a batch result that cannot be read item by item leaves its items unknown, and a pair
+//! 011): a batch result that cannot be read item by item leaves its items unknown, and a pair
 //! that keeps getting such results must not be resent forever. Dispatch decides what a streak
 //! means; this file only counts, in the transaction that applies the result.
 

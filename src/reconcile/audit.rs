@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::catalogue::{self, Listed, Lookup};
 use super::compare::{judge, Examples, Finding, Kind, Tally, Verdict};
+use super::held::{self, Decision, Sighting};
 use super::journal::{self, MAX_STORED_PER_KIND};
 use super::scan::Reader;
 use super::targets::Target;
@@ -108,11 +109,41 @@ pub struct StoreReport {
     pub ambiguous: u64,
 }
 
-/// A listed product to confirm: its key as the database spells it, and what a page showed.
+/// A listed product to confirm: its key as the database spells it (for the report), the key
+/// to read it back by, and what a page showed.
 struct Candidate {
     product: Uuid,
     key: String,
+    /// The key as the marketplace spells it: the listing's own key when a page showed it,
+    /// else the database's key as the marketplace keeps it (Trendyol removes spaces inside
+    /// barcodes, so a filter by the database's spelling would find nothing).
+    read_key: String,
     shown: Option<Listing>,
+}
+
+impl Candidate {
+    fn shown(product: Uuid, key: &str, listing: Listing) -> Candidate {
+        Candidate {
+            product,
+            key: key.to_string(),
+            read_key: listing.key.clone(),
+            shown: Some(listing),
+        }
+    }
+
+    fn not_seen(provider: Provider, product: Uuid, key: String) -> Candidate {
+        let read_key = match provider {
+            Provider::Trendyol => match_key(provider, &key),
+            // Case does not matter to its filter; the sku as the database spells it.
+            Provider::Hepsiburada => key.trim().to_string(),
+        };
+        Candidate {
+            product,
+            key,
+            read_key,
+            shown: None,
+        }
+    }
 }
 
 /// What one step (a page, or a batch of listings no page showed) commits together.
@@ -121,6 +152,10 @@ struct Step {
     seen: Vec<String>,
     kept: Vec<Finding>,
     repairs: Vec<Uuid>,
+    /// First sightings of lower differences to keep ([`held`]).
+    remember: Vec<(Uuid, Sighting)>,
+    /// Pairs whose kept sighting goes (they agree, moved, or are repaired).
+    forget: Vec<Uuid>,
 }
 
 /// One audit of one store.
@@ -132,6 +167,13 @@ pub struct Audit<'a> {
     /// only a journal's own rows).
     pub fix: bool,
     pub stop: &'a CancellationToken,
+}
+
+/// The store's first sightings of lower differences, as the audit goes ([`held`]); written
+/// only when `write` (an audit that repairs or keeps a journal).
+struct HeldState {
+    sightings: HashMap<Uuid, Sighting>,
+    write: bool,
 }
 
 impl Audit<'_> {
@@ -157,6 +199,10 @@ impl Audit<'_> {
             self.stop,
             t.id.to_string(),
         );
+        let mut held = HeldState {
+            sightings: held::load(&*db, t.id).await?,
+            write: self.fix || journal.is_some(),
+        };
         let reads_before = memory.reads;
         let mut listing_ids: HashSet<String> = HashSet::new();
         let mut ambiguous = 0;
@@ -191,6 +237,7 @@ impl Audit<'_> {
                             database: None,
                             detail: Some(bad.problem.to_string()),
                             repaired: false,
+                            held_until: None,
                         };
                         found(&mut memory, &mut step, finding);
                     }
@@ -208,11 +255,9 @@ impl Audit<'_> {
                         }
                         step.seen.push(key);
                         match listed.find(&listing.key) {
-                            Lookup::Product(product, key) => compared.push(Candidate {
-                                product,
-                                key: key.to_string(),
-                                shown: Some(listing),
-                            }),
+                            Lookup::Product(product, key) => {
+                                compared.push(Candidate::shown(product, key, listing))
+                            }
                             Lookup::Ambiguous => ambiguous += 1,
                             Lookup::Unknown => {
                                 let finding = Finding {
@@ -223,15 +268,16 @@ impl Audit<'_> {
                                     database: None,
                                     detail: None,
                                     repaired: false,
+                                    held_until: None,
                                 };
                                 found(&mut memory, &mut step, finding);
                             }
                         }
                     }
                     let doubtful = self
-                        .first_look(db, &mut memory, &mut step, compared)
+                        .first_look(db, &mut memory, &mut step, &mut held, compared)
                         .await?;
-                    self.confirm(db, &mut reader, doubtful, &mut memory, &mut step)
+                    self.confirm(db, &mut reader, doubtful, &mut memory, &mut step, &mut held)
                         .await?;
                     memory.position = match page.next {
                         Some(cursor) => Position::Pages { cursor },
@@ -251,14 +297,10 @@ impl Audit<'_> {
                     }
                     let batch: Vec<Candidate> = queue
                         .drain(..queue.len().min(MAX_KEYS_PER_READ))
-                        .map(|(product, key)| Candidate {
-                            product,
-                            key,
-                            shown: None,
-                        })
+                        .map(|(product, key)| Candidate::not_seen(t.provider, product, key))
                         .collect();
                     let last = batch.last().map(|c| c.product);
-                    self.confirm(db, &mut reader, batch, &mut memory, &mut step)
+                    self.confirm(db, &mut reader, batch, &mut memory, &mut step, &mut held)
                         .await?;
                     memory.position = Position::NotSeen { after: last };
                 }
@@ -279,7 +321,7 @@ impl Audit<'_> {
         info!(
             store = %t.id, pages = memory.pages, reads = memory.reads,
             checked = tally.checked(), agree = tally.agree, drifted = tally.drifted,
-            repaired = tally.repaired, missing = tally.missing_at_marketplace,
+            repaired = tally.repaired, held_back = tally.held_back, missing = tally.missing_at_marketplace,
             unknown_to_database = tally.unknown_to_database, not_repairable = tally.not_repairable,
             unknown = tally.unknown, in_motion = tally.in_motion, bad_rows = tally.bad_rows,
             seconds = started.elapsed().as_secs_f64(),
@@ -304,6 +346,7 @@ impl Audit<'_> {
         db: &Client,
         memory: &mut Memory,
         step: &mut Step,
+        held: &mut HeldState,
         compared: Vec<Candidate>,
     ) -> Result<Vec<Candidate>, ReconcileError> {
         let t = self.target;
@@ -315,7 +358,10 @@ impl Audit<'_> {
             let want = truth.get(&c.product).copied().unwrap_or(0);
             let Some(shown) = &c.shown else { continue };
             match judge(shown, want) {
-                Verdict::Agree => memory.tally.add(Kind::Agree),
+                Verdict::Agree => {
+                    memory.tally.add(Kind::Agree);
+                    held.forget(step, c.product);
+                }
                 Verdict::Unknown => {
                     let finding = Finding {
                         kind: Kind::Unknown,
@@ -325,6 +371,7 @@ impl Audit<'_> {
                         database: Some(want),
                         detail: None,
                         repaired: false,
+                        held_until: None,
                     };
                     found(memory, step, finding);
                 }
@@ -337,7 +384,10 @@ impl Audit<'_> {
     /// Before anything is reported or repaired: the listings are read again by key, the truth
     /// is computed after that read, capture is waited for until it has passed the truth's
     /// WAL position (so every change the truth saw is in the queue), and pairs in motion are
-    /// set apart. Listings absent on the re-read are missing at the marketplace.
+    /// set apart. Listings absent on the re-read are missing at the marketplace. A listing
+    /// shown lower than the truth is held back until the difference has persisted
+    /// ([`held`]).
+    #[allow(clippy::too_many_arguments)]
     async fn confirm(
         &self,
         db: &Client,
@@ -345,14 +395,17 @@ impl Audit<'_> {
         candidates: Vec<Candidate>,
         memory: &mut Memory,
         step: &mut Step,
+        held: &mut HeldState,
     ) -> Result<(), ReconcileError> {
         if candidates.is_empty() {
             return Ok(());
         }
         let t = self.target;
-        let keys: Vec<String> = candidates.iter().map(|c| c.key.clone()).collect();
+        // Read back by the marketplace's spelling of each key.
+        let keys: Vec<String> = candidates.iter().map(|c| c.read_key.clone()).collect();
         let (groups, unreadable) = key_groups(t.provider, &keys);
         let read_at = Instant::now();
+        let read_started = held::clock(db).await?;
         let mut fresh: HashMap<String, Listing> = HashMap::new();
         for group in groups {
             let page = reader.read(db, &ReadQuery::Keys(&group)).await?;
@@ -362,10 +415,12 @@ impl Audit<'_> {
                     .or_insert(listing);
             }
         }
+        let read_done = held::clock(db).await?;
         let products: Vec<Uuid> = candidates.iter().map(|c| c.product).collect();
         let rules = self.settings.rules_for(t.id);
         let truth = catalogue::truth(db, t.id, &products, &rules).await?;
         let settled = self.capture_settled(db).await?;
+        let accepted = queue::last_accepted(db, t.id, &products).await?;
         // The motion window reaches back to the re-read, not only from now: a push accepted,
         // or an entry closed, while capture was waited for is newer than what the read showed
         // (and than the truth).
@@ -373,10 +428,10 @@ impl Audit<'_> {
         let moving = queue::in_motion(db, t.id, &products, window).await?;
         for c in candidates {
             let want = truth.get(&c.product).copied().unwrap_or(0);
-            let shown = match fresh.remove(&match_key(t.provider, &c.key)) {
+            let shown = match fresh.remove(&match_key(t.provider, &c.read_key)) {
                 Some(listing) => Some(listing),
                 // Keys the marketplace cannot filter by keep what the page showed.
-                None if unreadable.contains(&c.key) => c.shown,
+                None if unreadable.contains(&c.read_key) => c.shown,
                 None => None,
             };
             let (kind, detail) = match &shown {
@@ -397,6 +452,46 @@ impl Audit<'_> {
             } else {
                 kind
             };
+            // The marketplace shows less: an order it applied may not be imported yet.
+            let mut held_until = None;
+            let kind = match &shown {
+                Some(listing)
+                    if kind == Kind::Drifted
+                        && listing.quantity.is_some_and(|q| q < i64::from(want))
+                        && !held::unchanged_since_push(listing, accepted.get(&c.product)) =>
+                {
+                    let shown_q = listing.quantity.unwrap_or_default();
+                    match held::decide(
+                        self.settings.confirm_after,
+                        held.sightings.get(&c.product),
+                        shown_q,
+                        want,
+                        read_started,
+                        read_done,
+                    ) {
+                        Decision::Repair => Kind::Drifted,
+                        Decision::Hold { until, remember } => {
+                            if let Some(first_seen) = remember {
+                                held.remember(
+                                    step,
+                                    c.product,
+                                    Sighting {
+                                        shown: shown_q,
+                                        truth: want,
+                                        first_seen,
+                                    },
+                                );
+                            }
+                            held_until = Some(until);
+                            Kind::HeldBack
+                        }
+                    }
+                }
+                _ => kind,
+            };
+            if kind != Kind::HeldBack {
+                held.forget(step, c.product);
+            }
             if matches!(kind, Kind::Agree | Kind::InMotion) {
                 memory.tally.add(kind);
                 continue;
@@ -413,6 +508,7 @@ impl Audit<'_> {
                 database: Some(want),
                 detail,
                 repaired: repair,
+                held_until,
             };
             found(memory, step, finding);
         }
@@ -464,7 +560,11 @@ impl Audit<'_> {
         memory: &mut Memory,
         step: Step,
     ) -> Result<(), ReconcileError> {
-        if journal.is_none() && step.repairs.is_empty() {
+        if journal.is_none()
+            && step.repairs.is_empty()
+            && step.remember.is_empty()
+            && step.forget.is_empty()
+        {
             return Ok(());
         }
         let store = self.target.id;
@@ -474,11 +574,30 @@ impl Audit<'_> {
             queue::forget_told(&tx, store, &step.repairs).await?;
             queue::enqueue_pairs(&tx, store, &step.repairs, Reason::Reconcile).await?;
         }
+        held::forget(&tx, store, &step.forget).await?;
+        held::remember(&tx, store, &step.remember).await?;
         if let Some(run) = journal {
             journal::save(&tx, run, store, memory, &step.seen, &step.kept).await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+impl HeldState {
+    /// Keeps a first sighting (when writing).
+    fn remember(&mut self, step: &mut Step, product: Uuid, sighting: Sighting) {
+        if self.write {
+            self.sightings.insert(product, sighting);
+            step.remember.push((product, sighting));
+        }
+    }
+
+    /// Forgets a kept sighting, if there is one.
+    fn forget(&mut self, step: &mut Step, product: Uuid) {
+        if self.write && self.sightings.remove(&product).is_some() {
+            step.forget.push(product);
+        }
     }
 }
 

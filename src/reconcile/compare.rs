@@ -1,6 +1,7 @@
 //! What one listing's comparison says ([`judge`]), the categories an audit counts ([`Kind`],
 //! [`Tally`]) and the findings it keeps ([`Finding`], [`Examples`]). Pure.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -15,6 +16,10 @@ pub enum Kind {
     Agree,
     /// It shows another quantity, the pair is not in motion, and the listing may be pushed to.
     Drifted,
+    /// It shows *less* than the database (an order it applied that the database may not
+    /// have imported yet): not repaired until the difference has persisted
+    /// `confirm_after` (see [`crate::reconcile::held`]); the finding says until when.
+    HeldBack,
     /// Listed in the database, absent at the marketplace (also when read by key).
     MissingAtMarketplace,
     /// At the marketplace, not a listing of this store in the database.
@@ -33,8 +38,9 @@ pub enum Kind {
 
 impl Kind {
     /// The kinds kept as findings (agreement and motion are only counted).
-    pub const FINDINGS: [Kind; 6] = [
+    pub const FINDINGS: [Kind; 7] = [
         Kind::Drifted,
+        Kind::HeldBack,
         Kind::NotRepairable,
         Kind::MissingAtMarketplace,
         Kind::UnknownToDatabase,
@@ -46,6 +52,7 @@ impl Kind {
         match self {
             Kind::Agree => "agree",
             Kind::Drifted => "drifted",
+            Kind::HeldBack => "held_back",
             Kind::MissingAtMarketplace => "missing_at_marketplace",
             Kind::UnknownToDatabase => "unknown_to_database",
             Kind::NotRepairable => "not_repairable",
@@ -59,6 +66,7 @@ impl Kind {
         [
             Kind::Agree,
             Kind::Drifted,
+            Kind::HeldBack,
             Kind::MissingAtMarketplace,
             Kind::UnknownToDatabase,
             Kind::NotRepairable,
@@ -76,6 +84,9 @@ impl Kind {
 pub struct Tally {
     pub agree: u64,
     pub drifted: u64,
+    /// Shown lower than the database, not repaired yet (not part of `drifted`).
+    #[serde(default)]
+    pub held_back: u64,
     pub missing_at_marketplace: u64,
     pub unknown_to_database: u64,
     pub not_repairable: u64,
@@ -92,6 +103,7 @@ impl Tally {
     pub fn checked(&self) -> u64 {
         self.agree
             + self.drifted
+            + self.held_back
             + self.missing_at_marketplace
             + self.unknown_to_database
             + self.not_repairable
@@ -103,6 +115,7 @@ impl Tally {
         match kind {
             Kind::Agree => &mut self.agree,
             Kind::Drifted => &mut self.drifted,
+            Kind::HeldBack => &mut self.held_back,
             Kind::MissingAtMarketplace => &mut self.missing_at_marketplace,
             Kind::UnknownToDatabase => &mut self.unknown_to_database,
             Kind::NotRepairable => &mut self.not_repairable,
@@ -117,6 +130,7 @@ impl Tally {
         match kind {
             Kind::Agree => self.agree,
             Kind::Drifted => self.drifted,
+            Kind::HeldBack => self.held_back,
             Kind::MissingAtMarketplace => self.missing_at_marketplace,
             Kind::UnknownToDatabase => self.unknown_to_database,
             Kind::NotRepairable => self.not_repairable,
@@ -133,10 +147,11 @@ impl Tally {
     /// The counts in one line for people (`checked` apart).
     pub fn summary(&self) -> String {
         let mut line = format!(
-            "agree {}, drifted {} ({} repaired), missing at the marketplace {}, unknown to the database {}, not repairable {}, unknown quantity {}, in motion {}",
+            "agree {}, drifted {} ({} repaired), held back {}, missing at the marketplace {}, unknown to the database {}, not repairable {}, unknown quantity {}, in motion {}",
             self.agree,
             self.drifted,
             self.repaired,
+            self.held_back,
             self.missing_at_marketplace,
             self.unknown_to_database,
             self.not_repairable,
@@ -149,7 +164,9 @@ impl Tally {
         line
     }
 
-    /// Drift that is still there: drifted listings not enqueued for repair.
+    /// Drift that is still there: drifted listings not enqueued for repair. Held-back
+    /// listings are not in it: they wait for the database (an order import) by rule, and an
+    /// audit after their time repairs them if they still differ.
     pub fn unrepaired(&self) -> u64 {
         self.drifted.saturating_sub(self.repaired)
     }
@@ -171,6 +188,10 @@ pub struct Finding {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub repaired: bool,
+    /// A held-back listing: the earliest time an audit may repair it if the difference is
+    /// still the same then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<DateTime<Utc>>,
 }
 
 impl Finding {
@@ -187,10 +208,13 @@ impl Finding {
                 .as_ref()
                 .map(|d| format!(" ({d})"))
                 .unwrap_or_default(),
-            if self.repaired {
-                ", repair enqueued"
-            } else {
-                ""
+            match (self.repaired, self.held_until) {
+                (true, _) => ", repair enqueued".to_string(),
+                (false, Some(until)) => format!(
+                    ", held back until {} (an order not imported yet?)",
+                    until.format("%Y-%m-%dT%H:%M:%SZ")
+                ),
+                (false, None) => String::new(),
             }
         )
     }
@@ -285,6 +309,7 @@ mod tests {
             key: "K".into(),
             quantity,
             listing_id: None,
+            stock_modified_at: None,
             flags,
         }
     }
@@ -377,6 +402,7 @@ mod tests {
             database: Some(2),
             detail: None,
             repaired: false,
+            held_until: None,
         };
         for n in 0..8 {
             e.offer(&finding(Kind::Unknown, n));

@@ -26,7 +26,7 @@ pub const MAX_STORED_PER_KIND: u64 = 1000;
 const RUNNING_SQL: &str = r#"
 SELECT id, position::text, pages, reads,
        ARRAY[agree, drifted, missing_at_marketplace, unknown_to_database, not_repairable,
-             unknown, in_motion, repaired, bad_rows]
+             unknown, in_motion, repaired, bad_rows, held_back]
 FROM stock_sync.reconcile_runs WHERE store_id = $1 AND state = 'running'
 "#;
 
@@ -37,7 +37,8 @@ const SEEN_SQL: &str = "SELECT key FROM stock_sync.reconcile_seen WHERE run_id =
 
 /// The first `$2` findings of each kind of audit `$1`.
 const EXAMPLES_SQL: &str = r#"
-SELECT kind, product_id, key, marketplace_quantity, database_quantity, detail, repaired
+SELECT kind, product_id, key, marketplace_quantity, database_quantity, detail, repaired,
+       held_until
 FROM (SELECT d.*, row_number() OVER (PARTITION BY kind ORDER BY id) AS n
       FROM stock_sync.reconcile_drift d WHERE run_id = $1) ranked
 WHERE n <= $2 ORDER BY id
@@ -50,7 +51,7 @@ SET position = $2::text::jsonb, pages = $3, reads = $4,
     agree = ($5::int[])[1], drifted = ($5::int[])[2], missing_at_marketplace = ($5::int[])[3],
     unknown_to_database = ($5::int[])[4], not_repairable = ($5::int[])[5],
     unknown = ($5::int[])[6], in_motion = ($5::int[])[7], repaired = ($5::int[])[8],
-    bad_rows = ($5::int[])[9],
+    bad_rows = ($5::int[])[9], held_back = ($5::int[])[10],
     updated_at = now()
 WHERE id = $1 AND state = 'running'
 "#;
@@ -62,10 +63,12 @@ SELECT $1, k FROM unnest($2::text[]) AS k ON CONFLICT DO NOTHING
 
 const FINDINGS_SQL: &str = r#"
 INSERT INTO stock_sync.reconcile_drift
-    (run_id, store_id, kind, product_id, key, marketplace_quantity, database_quantity, detail, repaired)
-SELECT $1, $2, u.kind, u.product_id, u.key, u.shown, u.truth, u.detail, u.repaired
-FROM unnest($3::text[], $4::uuid[], $5::text[], $6::bigint[], $7::int[], $8::text[], $9::bool[])
-     AS u(kind, product_id, key, shown, truth, detail, repaired)
+    (run_id, store_id, kind, product_id, key, marketplace_quantity, database_quantity, detail,
+     repaired, held_until)
+SELECT $1, $2, u.kind, u.product_id, u.key, u.shown, u.truth, u.detail, u.repaired, u.held_until
+FROM unnest($3::text[], $4::uuid[], $5::text[], $6::bigint[], $7::int[], $8::text[], $9::bool[],
+            $10::timestamptz[])
+     AS u(kind, product_id, key, shown, truth, detail, repaired, held_until)
 "#;
 
 /// An audit ends (`$2` done or failed, `$3` why it failed); its seen keys go.
@@ -145,7 +148,7 @@ SELECT COALESCE(l.store_id, sc.store_id), l.id, l.state,
        ARRAY[COALESCE(l.agree, 0), COALESCE(l.drifted, 0), COALESCE(l.missing_at_marketplace, 0),
              COALESCE(l.unknown_to_database, 0), COALESCE(l.not_repairable, 0),
              COALESCE(l.unknown, 0), COALESCE(l.in_motion, 0), COALESCE(l.repaired, 0),
-             COALESCE(l.bad_rows, 0)],
+             COALESCE(l.bad_rows, 0), COALESCE(l.held_back, 0)],
        l.error, COALESCE(l.fix, false)
 FROM latest l FULL JOIN stock_sync.reconcile_schedule sc ON sc.store_id = l.store_id
 ORDER BY 1
@@ -163,6 +166,7 @@ fn counts(t: &Tally) -> Vec<i32> {
         t.in_motion,
         t.repaired,
         t.bad_rows,
+        t.held_back,
     ]
     .iter()
     .map(|n| i32::try_from(*n).unwrap_or(i32::MAX))
@@ -181,6 +185,7 @@ fn tally(c: &[i32]) -> Tally {
         in_motion: at(6),
         repaired: at(7),
         bad_rows: at(8),
+        held_back: at(9),
     }
 }
 
@@ -240,6 +245,7 @@ async fn findings(
                 database: r.get(4),
                 detail: r.get(5),
                 repaired: r.get(6),
+                held_until: r.get(7),
             })
         })
         .collect())
@@ -274,10 +280,21 @@ pub async fn save(
         let truth: Vec<Option<i32>> = kept.iter().map(|f| f.database).collect();
         let detail: Vec<Option<&str>> = kept.iter().map(|f| f.detail.as_deref()).collect();
         let repaired: Vec<bool> = kept.iter().map(|f| f.repaired).collect();
+        let held_until: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+            kept.iter().map(|f| f.held_until).collect();
         db.execute(
             FINDINGS_SQL,
             &[
-                &run, &store, &kinds, &products, &keys, &shown, &truth, &detail, &repaired,
+                &run,
+                &store,
+                &kinds,
+                &products,
+                &keys,
+                &shown,
+                &truth,
+                &detail,
+                &repaired,
+                &held_until,
             ],
         )
         .await?;

@@ -15,12 +15,17 @@
 //!    barcodes, Hepsiburada skus compare case-insensitively); the quantity the database
 //!    implies comes from the quantity SQL ([`crate::stock::compute_quantities`]) for the
 //!    page's products at once. Agreement and unknown (`null`) quantities are settled here.
-//! 4. **Confirm**: every other listing is read again by key (50 per request), the truth is
+//! 4. **Confirm**: every other listing is read again by key (50 per request, in the
+//!    marketplace's spelling of the key: the listing's own, or a Trendyol barcode without
+//!    spaces), the truth is
 //!    computed after that read, and capture is waited for until its checkpoint passes the
 //!    server's WAL position at that moment, so every change the truth saw is in the queue;
 //!    then a pair *in motion* (a pending or in-flight entry, a push whose item result is
 //!    open, or an entry closed or a push accepted since `flush_interval` before the re-read)
-//!    is set apart, never counted as drift.
+//!    is set apart, never counted as drift. A listing shown *lower* than the truth is held
+//!    back ([`held`]) until the same difference has persisted `confirm_after`, unless
+//!    Trendyol's `stockLastModifiedDate` shows nothing changed there since the last accepted
+//!    push; one shown higher is drift at once.
 //! 5. **Repair** (with `fix`): each drifted pair gets a `RECONCILE` entry (priority 55) and
 //!    its last accepted quantity is forgotten, so the only-changed rule cannot skip the
 //!    repair; the running service pushes it as usual (limits, identical-body rule, batch
@@ -29,8 +34,8 @@
 //!    at the marketplace.
 //!
 //! # Categories
-//! Every listing looked at lands in exactly one ([`compare::Kind`]): agree, drifted, missing
-//! at the marketplace, unknown to the database, not repairable (Hepsiburada: fulfilled by
+//! Every listing looked at lands in exactly one ([`compare::Kind`]): agree, drifted, held back
+//! (with the time it may be repaired), missing at the marketplace, unknown to the database, not repairable (Hepsiburada: fulfilled by
 //! Hepsiburada, locked, frozen, a decrease during a campaign — reported, never pushed),
 //! unknown (no quantity shown), in motion. `checked` is their sum; `repaired` counts the
 //! drifted pairs enqueued. Rows of an answer that cannot be read are reported as bad rows
@@ -50,6 +55,9 @@
 //! * No read without a recorded request and a free slot in every limit that applies.
 //! * A pair is reported drifted only after a re-read by key, with the truth computed after
 //!   that read, capture past the truth's position, and the pair not in motion.
+//! * A listing shown lower than the database is never repaired on a first sighting (an
+//!   order may not be imported yet), except where the marketplace dates its stock to no later
+//!   than stocksync's last accepted push and shows what that push set.
 //! * Nothing a marketplace wrote is logged or stored but parsed figures, keys and lock or
 //!   freeze reasons (masked of the store's credentials).
 //! * Lower stages only: `queue`, `stores`, `stock`, `marketplace`, `db`, `locks`, `backoff`,
@@ -58,6 +66,7 @@
 pub mod audit;
 pub mod catalogue;
 pub mod compare;
+pub mod held;
 pub mod journal;
 pub mod periodic;
 pub mod scan;
@@ -108,6 +117,10 @@ pub struct ReconcileSettings {
     pub interval: Duration,
     /// Periodic audits repair.
     pub fix: bool,
+    /// A listing shown lower than the database is repaired only once the difference has
+    /// persisted across reads this far apart (zero: at once), unless the marketplace shows
+    /// that nothing changed on its side since the last accepted push ([`held`]).
+    pub confirm_after: Duration,
 }
 
 impl ReconcileSettings {

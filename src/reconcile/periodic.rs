@@ -106,6 +106,7 @@ async fn round(
         let _ = targets::unlock(&conn, target.id).await;
         result?;
         journal::prune(&conn, RETENTION_DAYS).await?;
+        super::held::prune(&conn, RETENTION_DAYS).await?;
     }
     Ok(())
 }

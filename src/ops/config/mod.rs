@@ -130,6 +130,8 @@ pub struct Config {
     pub safe_wal_size_warn: i64,
     pub reconcile_interval: Duration,
     pub reconcile_fix: bool,
+    /// A lower marketplace quantity is repaired once it persisted this long.
+    pub reconcile_confirm_after: Duration,
     /// Percent of the Trendyol read cap reconciliation may use.
     pub reconcile_read_share: u32,
     pub hepsiburada_reads_per_minute: u32,
@@ -186,6 +188,8 @@ struct Raw {
     #[serde(with = "humantime_serde")]
     reconcile_interval: Duration,
     reconcile_fix: bool,
+    #[serde(with = "humantime_serde")]
+    reconcile_confirm_after: Duration,
     reconcile_read_share: String,
     hepsiburada_reads_per_minute: i64,
     hepsiburada_page_limit: i64,
@@ -622,6 +626,7 @@ impl Raw {
             )?,
             reconcile_interval: self.reconcile_interval,
             reconcile_fix: self.reconcile_fix,
+            reconcile_confirm_after: self.reconcile_confirm_after,
             reconcile_read_share: percent(&keys::RECONCILE_READ_SHARE, &self.reconcile_read_share)?,
             hepsiburada_reads_per_minute: in_range(
                 &keys::HEPSIBURADA_READS_PER_MINUTE,
@@ -846,6 +851,7 @@ mod tests {
         let c = Config::load_from(None, env(&[])).unwrap();
         assert_eq!(c.reconcile_interval, Duration::from_secs(24 * 3600));
         assert!(c.reconcile_fix);
+        assert_eq!(c.reconcile_confirm_after, Duration::from_secs(30 * 60));
         assert_eq!(c.reconcile_read_share, 50);
         assert_eq!(
             (c.hepsiburada_reads_per_minute, c.hepsiburada_page_limit),

@@ -306,6 +306,13 @@ pub mod keys {
         Boolean,
         "the periodic audit enqueues a repair (reason `RECONCILE`) for every drifted listing (never in dry run)",
     );
+    pub const RECONCILE_CONFIRM_AFTER: Key = Key::new(
+        "reconcile_confirm_after",
+        "STOCKSYNC_RECONCILE_CONFIRM_AFTER",
+        "30m",
+        Duration,
+        "a listing a marketplace shows *lower* than the database (an order it applied that the database has not imported yet) is repaired only once the difference has persisted across audits this far apart, or at once where Trendyol's `stockLastModifiedDate` shows no change since the last accepted push; higher is repaired at once (`0s` = no holding back)",
+    );
     pub const RECONCILE_READ_SHARE: Key = Key::new(
         "reconcile_read_share",
         "STOCKSYNC_RECONCILE_READ_SHARE",
@@ -366,6 +373,7 @@ pub const KEYS: &[Key] = &[
     keys::SAFE_WAL_SIZE_WARN,
     keys::RECONCILE_INTERVAL,
     keys::RECONCILE_FIX,
+    keys::RECONCILE_CONFIRM_AFTER,
     keys::RECONCILE_READ_SHARE,
     keys::HEPSIBURADA_READS_PER_MINUTE,
     keys::HEPSIBURADA_PAGE_LIMIT,

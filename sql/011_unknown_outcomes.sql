@@ -1,4 +1,4 @@
--- stocksync 012: unknown upload outcomes in a row, per pair.
+-- stocksync 011: unknown upload outcomes in a row, per pair.
 -- Written by `stocksync setup`; the whole file runs in one transaction.
 
 -- An upload result that names no item of the request (an error row without a sku of ours)
