@@ -78,15 +78,20 @@ FROM stock_sync.listing_state
 WHERE store_id = $1 AND product_id = ANY($2::uuid[])
 "#;
 
-/// Listings of store `$1` the marketplace fulfils itself (`$3`) or no longer does, as a read
-/// or a refusal showed.
+/// Listings of store `$1` the marketplace fulfils itself, as a read or a refusal showed.
 const MARK_FULFILLED_SQL: &str = r#"
 INSERT INTO stock_sync.listing_state AS l
     (store_id, product_id, fulfilled_by_marketplace, fulfilled_seen_at)
-SELECT $1, u.product_id, $3, now() FROM unnest($2::uuid[]) AS u(product_id)
+SELECT $1, u.product_id, true, now() FROM unnest($2::uuid[]) AS u(product_id)
 ON CONFLICT (store_id, product_id) DO UPDATE
-SET fulfilled_by_marketplace = EXCLUDED.fulfilled_by_marketplace, fulfilled_seen_at = now()
-WHERE l.fulfilled_by_marketplace IS DISTINCT FROM EXCLUDED.fulfilled_by_marketplace
+SET fulfilled_by_marketplace = true, fulfilled_seen_at = now()
+WHERE NOT l.fulfilled_by_marketplace
+"#;
+
+/// Listings of store `$1` a read showed the seller's own again.
+const UNMARK_FULFILLED_SQL: &str = r#"
+UPDATE stock_sync.listing_state SET fulfilled_by_marketplace = false, fulfilled_seen_at = now()
+WHERE store_id = $1 AND product_id = ANY($2::uuid[]) AND fulfilled_by_marketplace
 "#;
 
 /// Reconciliation saw the marketplace show something else: nothing is known to be told any
@@ -168,9 +173,12 @@ pub async fn mark_fulfilled_by_marketplace(
     if products.is_empty() {
         return Ok(0);
     }
-    Ok(db
-        .execute(MARK_FULFILLED_SQL, &[&store, &products, &fulfilled])
-        .await?)
+    let sql = if fulfilled {
+        MARK_FULFILLED_SQL
+    } else {
+        UNMARK_FULFILLED_SQL
+    };
+    Ok(db.execute(sql, &[&store, &products]).await?)
 }
 
 /// Records an accepted push: `quantities[i]` sent for `products[i]` in `batch_id`.

@@ -156,6 +156,10 @@ struct Step {
     remember: Vec<(Uuid, Sighting)>,
     /// Pairs whose kept sighting goes (they agree, moved, or are repaired).
     forget: Vec<Uuid>,
+    /// Hepsiburada listings the page showed fulfilled by Hepsiburada, and not: dispatch
+    /// never pushes the former ([`queue::mark_fulfilled_by_marketplace`]).
+    fulfilled: Vec<Uuid>,
+    not_fulfilled: Vec<Uuid>,
 }
 
 /// One audit of one store.
@@ -357,6 +361,12 @@ impl Audit<'_> {
         for c in compared {
             let want = truth.get(&c.product).copied().unwrap_or(0);
             let Some(shown) = &c.shown else { continue };
+            if held.write && t.provider == Provider::Hepsiburada {
+                match shown.flags.fulfilled_by_hb {
+                    true => step.fulfilled.push(c.product),
+                    false => step.not_fulfilled.push(c.product),
+                }
+            }
             match judge(shown, want) {
                 Verdict::Agree => {
                     memory.tally.add(Kind::Agree);
@@ -564,6 +574,8 @@ impl Audit<'_> {
             && step.repairs.is_empty()
             && step.remember.is_empty()
             && step.forget.is_empty()
+            && step.fulfilled.is_empty()
+            && step.not_fulfilled.is_empty()
         {
             return Ok(());
         }
@@ -576,6 +588,8 @@ impl Audit<'_> {
         }
         held::forget(&tx, store, &step.forget).await?;
         held::remember(&tx, store, &step.remember).await?;
+        queue::mark_fulfilled_by_marketplace(&tx, store, &step.fulfilled, true).await?;
+        queue::mark_fulfilled_by_marketplace(&tx, store, &step.not_fulfilled, false).await?;
         if let Some(run) = journal {
             journal::save(&tx, run, store, memory, &step.seen, &step.kept).await?;
         }

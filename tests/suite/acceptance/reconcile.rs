@@ -659,6 +659,19 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
         7,
         "one RECONCILE entry per drifted pair"
     );
+    // The listing Hepsiburada fulfils is learnt from the read: dispatch never pushes it.
+    let fulfilled: Vec<String> = client
+        .query(
+            "SELECT p.sku FROM stock_sync.listing_state l JOIN products p ON p.id = l.product_id \
+             WHERE l.store_id = $1 AND l.fulfilled_by_marketplace",
+            &[&hb],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(fulfilled, ["qsku-00003"]);
     for (key, q) in [("QB-00000", 10), ("QB-00001", 11), ("QB-00002", 12)] {
         shows(&mock, Marketplace::Trendyol, "3001", key, q).await;
     }
