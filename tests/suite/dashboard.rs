@@ -14,7 +14,6 @@ use std::time::Duration;
 use common::*;
 use stocksync::mock::MockMarketplace;
 use stocksync::ops::config::Config;
-use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -171,14 +170,6 @@ fn card<'a>(cards: &'a str, field: &str) -> &'a str {
     let rest = &rest[rest.find("<b").unwrap()..];
     let rest = &rest[rest.find('>').unwrap() + 1..];
     &rest[..rest.find("</b>").unwrap_or(rest.len())]
-}
-
-async fn count(
-    client: &Client,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> i64 {
-    client.query_one(sql, params).await.unwrap().get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1077,6 +1077,14 @@ async fn uploads_whose_result_names_no_sku_of_the_request_end_in_a_dead_letter()
         },
     )
     .await;
+    let accepted_uploads = || {
+        stack
+            .mock
+            .requests()
+            .iter()
+            .filter(|r| r.endpoint.as_deref() == Some("push") && r.status == 200)
+            .count()
+    };
     let dead = || async {
         stack
             .client
@@ -1092,29 +1100,15 @@ async fn uploads_whose_result_names_no_sku_of_the_request_end_in_a_dead_letter()
         Duration::from_secs(90),
         "the item dead-lettered",
         || async { dead().await.is_some() },
-        || async {
-            let uploads = stack
-                .mock
-                .requests()
-                .iter()
-                .filter(|r| r.endpoint.as_deref() == Some("push") && r.status == 200)
-                .count();
-            format!("{uploads} uploads accepted so far")
-        },
+        || async { format!("{} uploads accepted so far", accepted_uploads()) },
     )
     .await;
     let (attempts, error) = dead().await.unwrap();
     assert_eq!(attempts, max_attempts);
     assert!(error.contains("unreadable item by item"), "{error}");
     // The first few unknown outcomes were free; then every one counted.
-    let uploads = stack
-        .mock
-        .requests()
-        .iter()
-        .filter(|r| r.endpoint.as_deref() == Some("push") && r.status == 200)
-        .count();
     assert_eq!(
-        uploads,
+        accepted_uploads(),
         stocksync::dispatch::FREE_UNKNOWN_OUTCOMES as usize + max_attempts as usize
     );
     stack.stop().await;

@@ -67,14 +67,6 @@ async fn product(client: &Client, key: &str, sellable: i32, stores: &[Uuid]) -> 
     id
 }
 
-async fn count(
-    client: &Client,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> i64 {
-    client.query_one(sql, params).await.unwrap().get(0)
-}
-
 async fn outcome_count(client: &Client, product: Uuid, outcome: &str) -> i64 {
     count(
         client,

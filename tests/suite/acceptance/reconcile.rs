@@ -465,6 +465,27 @@ async fn shows(
     .await;
 }
 
+/// Keys (barcode or sku, by marketplace) of the products of `store` with a `RECONCILE` entry.
+async fn repaired_keys(client: &Client, store: Uuid, marketplace: Marketplace) -> BTreeSet<String> {
+    let sql = match marketplace {
+        Marketplace::Trendyol => {
+            "SELECT p.barcode FROM stock_sync.queue q JOIN products p ON p.id = q.product_id \
+             WHERE q.reason = 'RECONCILE' AND q.store_id = $1"
+        }
+        Marketplace::Hepsiburada => {
+            "SELECT p.sku FROM stock_sync.queue q JOIN products p ON p.id = q.product_id \
+             WHERE q.reason = 'RECONCILE' AND q.store_id = $1"
+        }
+    };
+    client
+        .query(sql, &[&store])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 async fn reconcile_entries(client: &Client) -> i64 {
     client
         .query_one(
@@ -704,17 +725,8 @@ async fn injected_drift_is_found_exactly_and_fixed_while_a_workload_runs() {
             Some(q)
         );
     }
-    let repaired_products: BTreeSet<String> = client
-        .query(
-            "SELECT p.sku FROM stock_sync.queue q JOIN products p ON p.id = q.product_id \
-             WHERE q.reason = 'RECONCILE' AND q.store_id = $1",
-            &[&hb],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let repaired_products: BTreeSet<String> =
+        repaired_keys(&client, hb, Marketplace::Hepsiburada).await;
     assert_eq!(
         repaired_products,
         set(&["qsku-00000", "qsku-00001", "qsku-00002", "qsku-00006"])
@@ -1580,17 +1592,7 @@ async fn a_listing_shown_lower_than_the_database_is_held_back_until_the_differen
         chrono::DateTime::parse_from_rfc3339(&held_until).unwrap(),
         first_seen + chrono::Duration::hours(1)
     );
-    let repaired: BTreeSet<String> = client
-        .query(
-            "SELECT p.barcode FROM stock_sync.queue q JOIN products p ON p.id = q.product_id \
-             WHERE q.reason = 'RECONCILE' AND q.store_id = $1",
-            &[&store],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let repaired: BTreeSet<String> = repaired_keys(&client, store, Marketplace::Trendyol).await;
     assert_eq!(
         repaired,
         set(&["H-00006", "H-00004"]),

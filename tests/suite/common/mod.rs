@@ -209,6 +209,15 @@ pub async fn capture_caught_up(client: &tokio_postgres::Client, slot: &str) {
     .await;
 }
 
+/// The one `bigint` a statement returns (a `count(*)`).
+pub async fn count(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> i64 {
+    client.query_one(sql, params).await.unwrap().get(0)
+}
+
 pub fn uuid() -> uuid::Uuid {
     uuid::Uuid::new_v4()
 }
