@@ -485,7 +485,7 @@ async fn recvlogical(
         args.extend(["-o".into(), "proto_version=1".into()]);
     }
     let started = Instant::now();
-    let status = Command::new(cluster.bin_dir().join("pg_recvlogical"))
+    let status = Command::new(cluster.client_tool("pg_recvlogical"))
         .args(&args)
         .status()
         .expect("run pg_recvlogical");

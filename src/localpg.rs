@@ -236,7 +236,7 @@ impl LocalCluster {
     /// Runs SQL with `psql` as the superuser (setup scripts with many statements).
     pub fn psql(&self, database: &str, sql: &str) -> Result<String, LocalPgError> {
         let url = self.url_for("postgres", database);
-        let out = Command::new(self.bin.join("psql"))
+        let out = Command::new(self.client_tool("psql"))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", &url, "-c", sql])
             .output()
             .map_err(|source| LocalPgError::Io {
@@ -244,6 +244,18 @@ impl LocalCluster {
                 source,
             })?;
         check("psql", out).map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// A client program (`psql`, `pg_recvlogical`): beside the server binaries when they have
+    /// it, else the one on `PATH` (relocatable server builds ship only `initdb`, `pg_ctl` and
+    /// `postgres`; any recent client speaks to every supported server).
+    pub fn client_tool(&self, name: &str) -> PathBuf {
+        let beside = self.bin.join(name);
+        if beside.exists() {
+            beside
+        } else {
+            PathBuf::from(name)
+        }
     }
 
     /// Stops the server. `mode` is `fast` or `immediate` (a crash as far as the server knows).

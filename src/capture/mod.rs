@@ -648,6 +648,18 @@ impl Capture<'_> {
                         )));
                     }
                     debug!(%commit_lsn, "already captured before restart; dropped");
+                } else if current.row_changes == 0 {
+                    // PostgreSQL 14 and older send Begin/Commit for transactions that changed
+                    // no published table (capture's own batch commits, the heartbeat): there
+                    // is nothing to capture, and a batch for it would come back as another
+                    // empty transaction, forever. Like a keepalive (rule 2), its end is safe
+                    // to confirm when nothing is in flight; otherwise the batch covers it.
+                    if self.batch.is_empty() {
+                        stream.feedback.confirm(end_lsn.max(self.checkpoint));
+                    } else {
+                        self.batch.position = self.batch.position.max(end_lsn);
+                    }
+                    return Ok(());
                 } else {
                     self.batch.transactions.push(CapturedTransaction {
                         commit_lsn,

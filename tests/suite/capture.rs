@@ -1211,3 +1211,73 @@ fn unsafe_sigterm(child: &std::process::Child) {
         .unwrap();
     assert!(status.success());
 }
+
+/// PostgreSQL 14 and older send Begin/Commit for transactions that changed no published
+/// table, capture's own batch commits among them: an idle service must not turn them into
+/// capture batches (each would come back as another empty transaction, forever). Over a
+/// quiet minute with the heartbeat on, no batch is written, while the slot keeps being
+/// confirmed past the heartbeats (capture is alive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_service_writes_no_capture_batches() {
+    use crate::common::stack::{settled, start, wait_quantity};
+    let seller = "4001";
+    let stack = start(
+        "capture_idle",
+        stocksync::mock::MockConfig {
+            accounts: vec![stocksync::mock::MockAccount::trendyol(
+                seller,
+                "ty-key",
+                "ty-secret",
+            )],
+            ..stocksync::mock::MockConfig::default()
+        },
+        &[("STOCKSYNC_HEARTBEAT_INTERVAL", "1s".into())],
+        async |c: &Client| {
+            let store = uuid();
+            c.execute(
+                "INSERT INTO stores (id, name, type, is_active, send_stock, seller_id, api_key, api_secret) \
+                 VALUES ($1, 'TY', 'TRENDYOL', true, true, $2, 'ty-key', 'ty-secret')",
+                &[&store, &seller],
+            )
+            .await
+            .unwrap();
+            let product = uuid();
+            c.execute(
+                "INSERT INTO products (id, barcode, sku, name) VALUES ($1, 'IDLE-1', 'IDLE-1', 'Idle')",
+                &[&product],
+            )
+            .await
+            .unwrap();
+            c.execute(
+                "INSERT INTO product_stores (id, product_id, store_id, sellable_quantity) VALUES ($1, $2, $3, 3)",
+                &[&uuid(), &product, &store],
+            )
+            .await
+            .unwrap();
+        },
+    )
+    .await;
+    wait_quantity(&stack.mock, seller, "IDLE-1", 3).await;
+    settled(&stack).await;
+    let batches = "SELECT count(*) FROM stock_sync.capture_batches";
+    let confirmed = "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'capture_idle'";
+    let before = count(&stack.client, batches, &[]).await;
+    let confirmed_before: String = stack.client.query_one(confirmed, &[]).await.unwrap().get(0);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let after = count(&stack.client, batches, &[]).await;
+    assert_eq!(after, before, "capture batches written by an idle service");
+    let moved: bool = stack
+        .client
+        .query_one(
+            "SELECT confirmed_flush_lsn > $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = 'capture_idle'",
+            &[&confirmed_before],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        moved,
+        "the slot was confirmed past the heartbeats meanwhile"
+    );
+    stack.stop().await;
+}
