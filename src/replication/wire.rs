@@ -7,7 +7,13 @@
 //! cleartext, MD5 or SCRAM-SHA-256 authentication — SCRAM-SHA-256-PLUS (channel binding
 //! `tls-server-end-point`) over TLS per `channel_binding` — checked against `require_auth`
 //! before anything is answered (`crate::db::auth`). `AuthenticationOk` before the SCRAM
-//! exchange finished (the server never proved it knows the password) is an error.
+//! exchange finished (the server never proved it knows the password) is an error. As on the
+//! query connections, only `S` answers the SSLRequest with TLS and `N` without; any other
+//! byte fails ([`WireError::SslAnswer`]); an offer of SCRAM-SHA-256-PLUS over TLS whose
+//! certificate gives no `tls-server-end-point` hash is refused unless `channel_binding=disable`.
+//! No message may claim more than `crate::db::auth::check_message_length` allows (30,000
+//! bytes before `AuthenticationOk`, 1 GiB after), and the read buffer grows with the bytes
+//! that arrive, never to a length a header merely claims.
 //! [`ReplicationConnection::start_replication`] enters CopyBoth mode; after that
 //! [`ReplicationConnection::recv`] yields CopyData payloads (cancel-safe: bytes read are kept
 //! in the connection's buffer) and [`ReplicationConnection::send_copy_data`] writes standby
@@ -21,7 +27,10 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Lsn;
-use crate::db::auth::{AuthError, AuthMethod, AuthTracker, ChannelBinding};
+use crate::db::auth::{
+    check_message_length, ssl_answer, AuthError, AuthMethod, AuthTracker, ChannelBinding,
+    MessageTooLong, SslAnswer, SslAnswerError,
+};
 use crate::db::{DbConfig, Socket, SslMode};
 
 /// SQLSTATE 55006: the slot is active for another process.
@@ -45,6 +54,10 @@ pub enum WireError {
     },
     #[error("the server does not offer TLS, but sslmode requires it")]
     TlsNotOffered,
+    #[error(transparent)]
+    SslAnswer(#[from] SslAnswerError),
+    #[error(transparent)]
+    MessageTooLong(#[from] MessageTooLong),
     #[error("TLS handshake failed: {0}")]
     Tls(#[from] native_tls::Error),
     #[error("TLS configuration: {0}")]
@@ -109,6 +122,8 @@ pub struct ReplicationConnection {
     /// Backend process id of this walsender.
     pub backend_pid: i32,
     in_copy: bool,
+    /// `AuthenticationOk` arrived: the longer message limit applies.
+    authenticated: bool,
 }
 
 impl ReplicationConnection {
@@ -140,16 +155,18 @@ impl ReplicationConnection {
             server_version_num: 0,
             backend_pid: 0,
             in_copy: false,
+            authenticated: false,
         };
         conn.startup(config, end_point).await?;
         Ok(conn)
     }
 
-    /// `end_point`: the TLS server certificate's hash for channel binding (`None`: no TLS).
+    /// `end_point`: with TLS, the server certificate's hash for channel binding or (`Err`) the
+    /// name of its signature algorithm when it has none; `None`: no TLS.
     async fn startup(
         &mut self,
         config: &DbConfig,
-        end_point: Option<Vec<u8>>,
+        end_point: Option<Result<Vec<u8>, String>>,
     ) -> Result<(), WireError> {
         let params = [
             ("user", config.user.as_str()),
@@ -192,7 +209,7 @@ impl ReplicationConnection {
     async fn authenticate(
         &mut self,
         config: &DbConfig,
-        end_point: Option<Vec<u8>>,
+        end_point: Option<Result<Vec<u8>, String>>,
     ) -> Result<(), WireError> {
         let mut tracker = AuthTracker::new(config.require_auth.clone());
         let require_binding = config.channel_binding == ChannelBinding::Require;
@@ -208,6 +225,7 @@ impl ReplicationConnection {
             match message {
                 Message::AuthenticationOk => {
                     tracker.ok()?;
+                    self.authenticated = true;
                     if require_binding && !bound {
                         return Err(AuthError::ChannelBindingRequired(
                             "the server let stocksync in without SCRAM-SHA-256-PLUS",
@@ -255,7 +273,7 @@ impl ReplicationConnection {
                     // As libpq: bind when TLS is in use and the server offers it (unless
                     // disabled); "y" tells a server that offers no binding that we could have.
                     let (mechanism, binding) = match (&end_point, config.channel_binding) {
-                        (Some(hash), ChannelBinding::Prefer | ChannelBinding::Require)
+                        (Some(Ok(hash)), ChannelBinding::Prefer | ChannelBinding::Require)
                             if plus_offered =>
                         {
                             bound = true;
@@ -263,6 +281,17 @@ impl ReplicationConnection {
                                 sasl::SCRAM_SHA_256_PLUS,
                                 sasl::ChannelBinding::tls_server_end_point(hash.clone()),
                             )
+                        }
+                        // As libpq: no falling back to unbound SCRAM when the server offers
+                        // binding but this certificate cannot give it.
+                        (
+                            Some(Err(algorithm)),
+                            ChannelBinding::Prefer | ChannelBinding::Require,
+                        ) if plus_offered => {
+                            return Err(AuthError::ChannelBindingUnavailable {
+                                algorithm: algorithm.clone(),
+                            }
+                            .into())
                         }
                         (_, ChannelBinding::Require) => {
                             return Err(AuthError::ChannelBindingRequired(if end_point.is_none() {
@@ -272,7 +301,7 @@ impl ReplicationConnection {
                             })
                             .into())
                         }
-                        (Some(_), ChannelBinding::Prefer) => {
+                        (Some(Ok(_)), ChannelBinding::Prefer) => {
                             (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested())
                         }
                         _ => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
@@ -531,9 +560,11 @@ impl ReplicationConnection {
         let Some(header) = Header::parse(&self.read_buf).map_err(proto)? else {
             return Ok(None);
         };
+        check_message_length(header.tag(), header.len() as u32, self.authenticated)?;
         let total = header.len() as usize + 1;
+        // The buffer grows as bytes arrive (`fill`), never to the length a header claims:
+        // postgres-protocol's parser would reserve it all at once.
         if self.read_buf.len() < total {
-            self.read_buf.reserve(total - self.read_buf.len());
             return Ok(None);
         }
         // CopyBothResponse ('W') is not known to postgres-protocol's parser.
@@ -555,7 +586,7 @@ async fn negotiate_tls(
     mut socket: Socket,
     config: &DbConfig,
     url: &str,
-) -> Result<(Stream, Option<Vec<u8>>), WireError> {
+) -> Result<(Stream, Option<Result<Vec<u8>, String>>), WireError> {
     let io_err = |source| WireError::Io {
         url: url.to_string(),
         source,
@@ -565,22 +596,19 @@ async fn negotiate_tls(
     socket.write_all(&buf).await.map_err(io_err)?;
     let mut answer = [0u8; 1];
     socket.read_exact(&mut answer).await.map_err(io_err)?;
-    match answer[0] {
-        b'S' => {
+    match ssl_answer(answer[0])? {
+        SslAnswer::Tls => {
             let connector = config
                 .tls_connector()
                 .map_err(|e| WireError::TlsConfig(e.to_string()))?
                 .ok_or_else(|| WireError::TlsConfig("TLS with sslmode=disable".into()))?;
             let connector = tokio_native_tls::TlsConnector::from(connector);
             let tls = connector.connect(&config.host, socket).await?;
-            let end_point = tls.get_ref().tls_server_end_point().ok().flatten();
-            Ok((Socket::boxed(tls), end_point))
+            let end_point = crate::db::tls::end_point_of(tls.get_ref());
+            Ok((Socket::boxed(tls), Some(end_point)))
         }
-        b'N' if !config.tls_required() => Ok((Socket::boxed(socket), None)),
-        b'N' => Err(WireError::TlsNotOffered),
-        other => Err(WireError::Protocol(format!(
-            "unexpected answer {other:#x} to SSLRequest"
-        ))),
+        SslAnswer::Plain if !config.tls_required() => Ok((Socket::boxed(socket), None)),
+        SslAnswer::Plain => Err(WireError::TlsNotOffered),
     }
 }
 

@@ -21,6 +21,7 @@ mod demo;
 mod deploy;
 mod errors;
 mod ha;
+mod hostile;
 mod http_surface;
 mod marketplace_clients;
 mod mock_marketplace;
