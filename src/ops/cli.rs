@@ -190,7 +190,7 @@ async fn cmd_setup(config: &Config, print_sql: bool) -> Result<ExitCode> {
             println!("-- could not inspect the database ({e}); this is the full plan for an empty database.");
             print!(
                 "{}",
-                setup::render(&setup::full_plan(&config.slot, &config.publication))
+                setup::render(&setup::full_plan(&config.slot, &config.publication, None))
             );
             return Ok(ExitCode::SUCCESS);
         }
@@ -242,6 +242,15 @@ async fn preflight_exit(config: &Config, allow_active_slot: bool) -> Result<Opti
     for p in &problems {
         eprintln!("stocksync: {}", p.0);
         error!(problem = %p.0, "preflight");
+    }
+    if problems.is_empty() {
+        for w in setup::failover_warnings(&client, &config.slot)
+            .await
+            .context("checking whether the slot survives a failover")?
+        {
+            eprintln!("stocksync: warning: {w}");
+            warn!(warning = %w, "preflight");
+        }
     }
     Ok(match problems.iter().any(setup::Problem::slot_gone) {
         _ if problems.is_empty() => None,

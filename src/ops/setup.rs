@@ -84,6 +84,20 @@ struct Observed {
     slot_plugin: Option<String>,
     /// Database of the slot when it belongs to another database (slot names are cluster-wide).
     slot_elsewhere: Option<String>,
+    /// `server_version_num`.
+    server_version: i32,
+}
+
+/// Logical slots can survive a failover from PostgreSQL 17 on: created with `failover`, a
+/// standby with `sync_replication_slots = on` keeps a copy.
+pub const FAILOVER_SLOTS_FROM: i32 = 170_000;
+
+async fn server_version(client: &Client) -> Result<i32, SetupError> {
+    let v: String = client
+        .query_one("SHOW server_version_num", &[])
+        .await?
+        .get(0);
+    Ok(v.trim().parse().unwrap_or(0))
 }
 
 async fn observe(client: &Client, slot: &str, publication: &str) -> Result<Observed, SetupError> {
@@ -96,6 +110,7 @@ async fn observe(client: &Client, slot: &str, publication: &str) -> Result<Obser
         .get(0);
     let mut o = Observed {
         schema_exists,
+        server_version: server_version(client).await?,
         ..Observed::default()
     };
     let has_table: bool = client
@@ -185,14 +200,15 @@ pub async fn plan(client: &Client, slot: &str, publication: &str) -> Result<Vec<
             "replication slot {slot:?} exists with plugin {plugin:?}; drop it or choose another STOCKSYNC_SLOT"
         )));
     }
-    Ok(full_plan(slot, publication)
+    Ok(full_plan(slot, publication, Some(o.server_version))
         .into_iter()
         .filter(|step| step_needed(step, &o))
         .collect())
 }
 
-/// Every step, as on an empty database (also what `--print-sql` shows when it cannot connect).
-pub fn full_plan(slot: &str, publication: &str) -> Vec<Step> {
+/// Every step, as on an empty database of `server_version` (`None`: unknown, what
+/// `--print-sql` shows when it cannot connect).
+pub fn full_plan(slot: &str, publication: &str, server_version: Option<i32>) -> Vec<Step> {
     // A separate step, skipped when the schema exists: even CREATE SCHEMA IF NOT EXISTS
     // needs CREATE on the database, which a least-privilege role that was given its schema
     // by the DBA does not have.
@@ -232,12 +248,86 @@ pub fn full_plan(slot: &str, publication: &str) -> Vec<Step> {
             transactional: true,
         });
     }
-    steps.push(Step {
-        description: format!("replication slot {slot}"),
-        sql: format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput');"),
-        transactional: false,
+    // Arguments: name, plugin, temporary, two-phase, failover (17+).
+    let plain = format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput');");
+    let failover = format!(
+        "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput', false, false, true);"
+    );
+    steps.push(match server_version {
+        Some(v) if v >= FAILOVER_SLOTS_FROM => Step {
+            description: format!(
+                "replication slot {slot} (failover = true: a standby with sync_replication_slots \
+                 keeps a copy)"
+            ),
+            sql: failover,
+            transactional: false,
+        },
+        Some(_) => Step {
+            description: format!(
+                "replication slot {slot} (this server keeps it on the primary only: no failover \
+                 slots before PostgreSQL 17)"
+            ),
+            sql: plain,
+            transactional: false,
+        },
+        None => Step {
+            description: format!("replication slot {slot}"),
+            sql: format!(
+                "-- On PostgreSQL 17 and later, with failover = true (survives a failover):\n\
+                 -- {failover}\n{plain}"
+            ),
+            transactional: false,
+        },
     });
     steps
+}
+
+/// Whether the slot would survive a failover, as warnings (never a refusal: a DBA may run
+/// without a standby): before 17 logical slots live on the primary only; from 17 the slot
+/// needs `failover`, and the primary should hold it back for the failover standbys
+/// (`synchronized_standby_slots`), or a standby's copy may lag behind what was confirmed.
+pub async fn failover_warnings(client: &Client, slot: &str) -> Result<Vec<String>, SetupError> {
+    let version = server_version(client).await?;
+    if version < FAILOVER_SLOTS_FROM {
+        return Ok(vec![format!(
+            "PostgreSQL {} keeps logical replication slots on the primary only: after a \
+             failover slot {slot:?} is gone and stocksync stops (exit 3) until `stocksync setup` \
+             and `stocksync resync` are run; PostgreSQL 17 and later can keep it on a standby",
+            version / 10_000
+        )]);
+    }
+    let Some(row) = client
+        .query_opt(
+            "SELECT failover FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut warnings = Vec::new();
+    if !row.get::<_, bool>(0) {
+        warnings.push(format!(
+            "replication slot {slot:?} was created without failover = true: it will not survive \
+             a failover; recreate it (`stocksync teardown`, `stocksync setup`, `stocksync \
+             resync`) or run ALTER_REPLICATION_SLOT {slot} (FAILOVER true) on a replication \
+             connection"
+        ));
+    } else {
+        let standbys: String = client
+            .query_one("SHOW synchronized_standby_slots", &[])
+            .await?
+            .get(0);
+        if standbys.trim().is_empty() {
+            warnings.push(format!(
+                "synchronized_standby_slots is empty on this server: a standby's copy of slot \
+                 {slot:?} may lag behind what stocksync confirmed; name the failover standbys' \
+                 physical slots there (and set sync_replication_slots = on, hot_standby_feedback \
+                 = on on the standbys)"
+            ));
+        }
+    }
+    Ok(warnings)
 }
 
 fn step_needed(step: &Step, o: &Observed) -> bool {
