@@ -346,8 +346,12 @@ pub async fn spawn(
     let cap = connection_cap(open_files_limit());
     let app = router(state.clone());
     Ok(supervisor.spawn("http", move || {
-        let (listener, app, state, shutdown) =
-            (listener.clone(), app.clone(), state.clone(), shutdown.clone());
+        let (listener, app, state, shutdown) = (
+            listener.clone(),
+            app.clone(),
+            state.clone(),
+            shutdown.clone(),
+        );
         async move {
             tokio::join!(
                 serve(listener, app, cap, shutdown.clone()),

@@ -321,9 +321,11 @@ async fn a_trickle_of_slow_connections_cannot_starve_metrics_and_readiness() {
     const BOUND: Duration = Duration::from_secs(1);
     let s = start("http_flood", "127.0.0.1", &[]).await;
     let c = client();
-    eventually(Duration::from_secs(30), "/readyz ready before the flood", || async {
-        status(c.get(s.at("/readyz"))).await == StatusCode::OK
-    })
+    eventually(
+        Duration::from_secs(30),
+        "/readyz ready before the flood",
+        || async { status(c.get(s.at("/readyz"))).await == StatusCode::OK },
+    )
     .await;
 
     let stop = CancellationToken::new();
@@ -393,8 +395,15 @@ async fn a_trickle_of_slow_connections_cannot_starve_metrics_and_readiness() {
     }
     flood.await.unwrap();
     let opened = opened.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(opened >= PER_SECOND * 9, "the flood opened {opened} connections");
-    assert!(late.is_empty(), "{} of {probes} probes failed: {late:#?}", late.len());
+    assert!(
+        opened >= PER_SECOND * 9,
+        "the flood opened {opened} connections"
+    );
+    assert!(
+        late.is_empty(),
+        "{} of {probes} probes failed: {late:#?}",
+        late.len()
+    );
     assert!(probes >= 20, "{probes} probes");
     s.stop().await;
 }

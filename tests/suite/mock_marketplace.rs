@@ -1604,7 +1604,12 @@ async fn admin_endpoints_are_loopback_only_with_a_host_check() {
             let r = get(&m.base_url(), path, Some(host)).await.unwrap();
             assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path} Host {host}");
         }
-        for host in [None, Some("localhost:8089"), Some("127.0.0.1"), Some("[::1]:1")] {
+        for host in [
+            None,
+            Some("localhost:8089"),
+            Some("127.0.0.1"),
+            Some("[::1]:1"),
+        ] {
             let r = get(&m.base_url(), path, host).await.unwrap();
             assert_eq!(r.status(), StatusCode::OK, "{path} Host {host:?}");
         }
@@ -1645,6 +1650,10 @@ async fn admin_endpoints_are_loopback_only_with_a_host_check() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let r = get(&outside, "/_mock/state", None).await.unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "Host is the outside address");
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "Host is the outside address"
+    );
     m.shutdown().await;
 }
