@@ -68,7 +68,7 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(15);
 /// Largest request head read (Node's default): a trickling client's buffer stays small.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// How often `/readyz`'s database checks run in the background.
-pub const READINESS_REFRESH: Duration = Duration::from_secs(1);
+pub const READINESS_REFRESH: Duration = Duration::from_secs(2);
 /// A background check older than this counts as a database that does not answer.
 const READINESS_STALE: Duration = Duration::from_secs(15);
 
