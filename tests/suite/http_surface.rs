@@ -407,3 +407,45 @@ async fn a_trickle_of_slow_connections_cannot_starve_metrics_and_readiness() {
     assert!(probes >= 20, "{probes} probes");
     s.stop().await;
 }
+
+/// `/readyz` answers from the last background check, not from a query of its own: while
+/// the queue is locked (every readiness query would wait on it until its 5 s
+/// `statement_timeout`), an anonymous `/readyz` still answers ready, from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_answered_from_memory_without_a_query() {
+    let s = start(
+        "http_ready_memory",
+        "127.0.0.1",
+        &[("STOCKSYNC_HTTP_TOKEN", TOKEN)],
+    )
+    .await;
+    let c = client();
+    eventually(Duration::from_secs(30), "/readyz ready", || async {
+        status(c.get(s.at("/readyz"))).await == StatusCode::OK
+    })
+    .await;
+    let mut admin = connect(&s.url).await;
+    let tx = admin.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE stock_sync.queue IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let answer = c.get(s.at("/readyz")).send().await.unwrap();
+    let code = answer.status();
+    let body: serde_json::Value = answer.json().await.unwrap();
+    // Still holding the lock: a query of the request's own could not have finished.
+    let held: bool = tx
+        .query_one(
+            "SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'relation' \
+             AND relation = 'stock_sync.queue'::regclass AND mode = 'AccessExclusiveLock' \
+             AND granted AND pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(held);
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["database"], true, "{body}");
+    tx.rollback().await.unwrap();
+    s.stop().await;
+}
