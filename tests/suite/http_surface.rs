@@ -2,6 +2,7 @@
 //! open health endpoints, `STOCKSYNC_METRICS_PUBLIC`, refusing non-loopback binds without a
 //! token, DNS rebinding (`Host`), no bodies, the header-read timeout, idle connections that
 //! cannot hold the surface, one request per connection, a trickle of slow connections,
+//! readiness answered from memory,
 //! its own small pool, and no connection strings in `/readyz` or `/api/status`.
 
 use crate::common;
