@@ -120,6 +120,12 @@ pub struct MockArgs {
     /// Fault: Retry-After of those forced 429s (default: seconds left in the window).
     #[arg(long)]
     pub retry_after_secs: Option<u64>,
+
+    /// Serve the page and `/_mock/*` to peers that are not loopback (only for a container
+    /// whose published port is bound to the host's 127.0.0.1); requests must still name a
+    /// loopback `Host`.
+    #[arg(long)]
+    pub admin_any_peer: bool,
 }
 
 impl MockArgs {
@@ -132,6 +138,7 @@ impl MockArgs {
         accounts.extend(self.account.iter().cloned());
         let config = MockConfig {
             open: self.open,
+            admin_any_peer: self.admin_any_peer,
             accounts,
             identical_window: self.identical_window,
             identical_status: self.identical_status,

@@ -435,6 +435,9 @@ pub struct MockConfig {
     pub reads: super::reads::ReadsConfig,
     /// User agents, status words, barcode normalisation (also settable at run time).
     pub behaviour: super::Behaviour,
+    /// Serve `/` and `/_mock/*` to peers that are not loopback too (a container whose
+    /// published port is bound to the host's loopback); the `Host` check stays.
+    pub admin_any_peer: bool,
 }
 
 impl Default for MockConfig {
@@ -456,6 +459,7 @@ impl Default for MockConfig {
             faults: Faults::default(),
             reads: super::reads::ReadsConfig::default(),
             behaviour: super::Behaviour::default(),
+            admin_any_peer: false,
         }
     }
 }

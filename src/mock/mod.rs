@@ -85,7 +85,10 @@
 //! lowering a listing's stock on the marketplace's side, [`MockMarketplace::order`]),
 //! and an HTML page at `/` refreshing every 2 s. Credentials are never logged or shown.
 //! State-changing `/_mock/*` requests must carry `Content-Type: application/json` (`415`
-//! otherwise: no cross-site form posts) and at most 1 MiB of body (`413`).
+//! otherwise: no cross-site form posts) and at most 1 MiB of body (`413`). The page and
+//! `/_mock/*` answer only loopback peers (unless [`MockConfig::admin_any_peer`]) asking for a
+//! loopback `Host` (`403` otherwise: another machine, or a web page through a name that
+//! resolves to 127.0.0.1, cannot read or change the mock's state).
 
 mod behaviour;
 mod cli;
@@ -413,6 +416,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_mock/listing", post(admin_set_listing))
         .route("/_mock/order", post(admin_order))
         .route_layer(middleware::from_fn(admin_guard))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), admin_origin))
         .route_layer(DefaultBodyLimit::max(MAX_ADMIN_BODY));
     marketplaces
         .merge(admin)
@@ -674,6 +678,44 @@ async fn not_found(State(shared): State<Arc<Shared>>, req: Request) -> Response 
         )
             .into_response(),
     }
+}
+
+/// The page and `/_mock/*`: a loopback peer (unless `admin_any_peer`) and a loopback `Host`.
+async fn admin_origin(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let peer_ok = shared.config.admin_any_peer
+        || req
+            .extensions()
+            .get::<ConnectInfo<ConnHandle>>()
+            .is_some_and(|c| c.0.peer.ip().to_canonical().is_loopback());
+    let host_ok = match req.headers().get(header::HOST) {
+        None => true,
+        Some(host) => host.to_str().is_ok_and(loopback_host),
+    };
+    if peer_ok && host_ok {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::FORBIDDEN,
+        Json(json!({ "error": "the mock's page and /_mock/* answer only loopback clients asking for localhost or a loopback address" })),
+    )
+        .into_response()
+}
+
+/// `localhost`, `*.localhost`, a 127.0.0.0/8 address or `[::1]`, any port (the rule of
+/// stocksync's own HTTP surface, `ops::http`, which this lower module cannot import).
+fn loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => host,
+        }
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Every state-changing `/_mock/*` request (any method but GET/HEAD) must say its body is

@@ -5,8 +5,18 @@
 //!
 //! It cannot hurt the pipeline: it has its own pool ([`POOL`]: 2 connections,
 //! `statement_timeout` 5 s), so a burst of requests never takes connections from capture or
-//! dispatch; headers must arrive within [`HEADER_READ_TIMEOUT`]; at most [`MAX_CONNECTIONS`]
-//! connections are served at once (more wait in the listen backlog).
+//! dispatch.
+//!
+//! It cannot be starved by slow clients: idle connections cost a few kilobytes, so up to
+//! [`MAX_CONNECTIONS`] are held at once (fewer when the process's file-descriptor limit is
+//! low: at most half of it, the rest stays for the pipeline). When full, or when `accept`
+//! fails (out of descriptors), the connection that has waited longest without sending its
+//! headers is closed first. Headers must arrive within [`HEADER_READ_TIMEOUT`] and a whole
+//! request, from its first byte to the end of its answer, within [`REQUEST_DEADLINE`]; every
+//! connection carries one request (no keep-alive), so that deadline is the connection's.
+//! `/healthz` and `/readyz` touch no database: `/readyz` answers from state refreshed in the
+//! background every [`READINESS_REFRESH`], so without the token no request reaches the
+//! database.
 //!
 //! Access: with `STOCKSYNC_HTTP_TOKEN` set, `/api/*`, the dashboard and (unless
 //! `STOCKSYNC_METRICS_PUBLIC=true`) `/metrics` need `Authorization: Bearer <token>`
@@ -50,8 +60,17 @@ pub const POOL: PoolSettings = PoolSettings {
 pub const POOL_APPLICATION_NAME: &str = "stocksync-http";
 /// A request's headers must arrive within this (slow or idle clients are closed).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once.
-pub const MAX_CONNECTIONS: usize = 32;
+/// Connections held at once (idle ones included), at most: see [`connection_cap`].
+pub const MAX_CONNECTIONS: usize = 4096;
+/// A request, from its first byte to the end of its answer (header read, pool wait and
+/// statement timeouts of 5 s each fit in it).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(15);
+/// Largest request head read (Node's default): a trickling client's buffer stays small.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How often `/readyz`'s database checks run in the background.
+pub const READINESS_REFRESH: Duration = Duration::from_secs(2);
+/// A background check older than this counts as a database that does not answer.
+const READINESS_STALE: Duration = Duration::from_secs(15);
 
 /// Who may read what.
 #[derive(Clone, Debug)]
@@ -101,6 +120,68 @@ pub struct AppState {
     pub tasks: Arc<super::supervise::Tasks>,
     /// What dispatch did per store lately, and when a due store counts as stuck.
     pub dispatch: DispatchReadiness,
+    /// The database checks of `/readyz`, as last run in the background.
+    pub checked: Arc<Checked>,
+}
+
+/// The result of the last background readiness check ([`refresh_readiness`]).
+#[derive(Debug, Default)]
+pub struct Checked {
+    last: std::sync::Mutex<Option<Check>>,
+}
+
+#[derive(Debug, Clone)]
+struct Check {
+    at: std::time::Instant,
+    database: bool,
+    stalled: Vec<uuid::Uuid>,
+}
+
+impl Checked {
+    /// Whether the database answered and which stores are stalled; a check older than
+    /// [`READINESS_STALE`] (or none yet) counts as a database that does not answer.
+    fn current(&self) -> (bool, Vec<uuid::Uuid>) {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some(c) if c.at.elapsed() < READINESS_STALE => (c.database, c.stalled.clone()),
+            _ => (false, Vec::new()),
+        }
+    }
+
+    fn set(&self, database: bool, stalled: Vec<uuid::Uuid>) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Check {
+            at: std::time::Instant::now(),
+            database,
+            stalled,
+        });
+    }
+}
+
+/// Runs `/readyz`'s database checks every [`READINESS_REFRESH`] until `shutdown`, each
+/// within [`REQUEST_DEADLINE`].
+async fn refresh_readiness(state: AppState, shutdown: CancellationToken) {
+    loop {
+        let check = async {
+            match state.pool.get().await {
+                Ok(client) => match state.dispatch.stalled(&client).await {
+                    Ok(stalled) => (true, stalled),
+                    Err(_) => (false, Vec::new()),
+                },
+                Err(_) => (false, Vec::new()),
+            }
+        };
+        let (database, stalled) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            checked = tokio::time::timeout(REQUEST_DEADLINE, check) => {
+                checked.unwrap_or((false, Vec::new()))
+            }
+        };
+        state.checked.set(database, stalled);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(READINESS_REFRESH) => {}
+        }
+    }
 }
 
 /// Dispatch is ready while every store with due work has had a finished cycle within
@@ -262,57 +343,158 @@ pub async fn spawn(
     tracing::info!(addr = %bound, "HTTP listening: /metrics /healthz /readyz /api/status and the dashboard at /");
     // Bound once, at start (a taken port is reported then); a restarted accept loop keeps it.
     let listener = Arc::new(listener);
-    let app = router(state);
+    let cap = connection_cap(open_files_limit());
+    let app = router(state.clone());
     Ok(supervisor.spawn("http", move || {
-        serve(listener.clone(), app.clone(), shutdown.clone())
+        let (listener, app, state, shutdown) = (
+            listener.clone(),
+            app.clone(),
+            state.clone(),
+            shutdown.clone(),
+        );
+        async move {
+            tokio::join!(
+                serve(listener, app, cap, shutdown.clone()),
+                refresh_readiness(state, shutdown),
+            );
+        }
     }))
 }
 
-/// The accept loop: at most [`MAX_CONNECTIONS`] at once, HTTP/1.1 with a header-read timeout.
-async fn serve(listener: Arc<tokio::net::TcpListener>, app: Router, shutdown: CancellationToken) {
+/// [`MAX_CONNECTIONS`], or half the file-descriptor limit when that is lower (the pipeline's
+/// database and marketplace connections keep the other half).
+fn connection_cap(open_files: Option<u64>) -> usize {
+    open_files.map_or(MAX_CONNECTIONS, |n| {
+        MAX_CONNECTIONS.min(usize::try_from(n / 2).unwrap_or(usize::MAX).max(1))
+    })
+}
+
+/// The soft `RLIMIT_NOFILE` of this process (Linux: `/proc/self/limits`; `None` elsewhere or
+/// unlimited).
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The connections being served, oldest first (ids grow with accept time).
+#[derive(Default)]
+struct Open {
+    next: u64,
+    by_id: std::collections::BTreeMap<u64, Held>,
+}
+
+struct Held {
+    /// Set once the request's headers are complete (the service was called).
+    headers_read: Arc<std::sync::atomic::AtomicBool>,
+    /// Cancelled to close the connection.
+    close: CancellationToken,
+}
+
+impl Open {
+    fn add(&mut self, held: Held) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.by_id.insert(id, held);
+        id
+    }
+
+    /// Closes the connection that has waited longest for its headers; false when every
+    /// connection is past its headers (those end within [`REQUEST_DEADLINE`]).
+    fn close_slowest(&mut self) -> bool {
+        let slowest = self
+            .by_id
+            .iter()
+            .find(|(_, h)| !h.headers_read.load(Ordering::Acquire))
+            .map(|(id, _)| *id);
+        match slowest.and_then(|id| self.by_id.remove(&id)) {
+            Some(held) => {
+                held.close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn lock(open: &std::sync::Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
+    open.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The accept loop: up to `cap` connections, the slowest closed first when full; HTTP/1.1,
+/// one request per connection, with a header-read timeout and a total deadline.
+async fn serve(
+    listener: Arc<tokio::net::TcpListener>,
+    app: Router,
+    cap: usize,
+    shutdown: CancellationToken,
+) {
+    use hyper::service::Service as _;
     use hyper_util::rt::{TokioIo, TokioTimer};
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(std::sync::Mutex::new(Open::default()));
     let mut connections = tokio::task::JoinSet::new();
     let mut accept_failures = crate::failures::FailureLog::new("accepting HTTP connections");
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (tcp, _peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors, typically: warned once per stretch.
+                    // Out of file descriptors, typically: the slowest connection gives its
+                    // own back; warned once per stretch.
                     accept_failures.failed(&e);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if !lock(&open).close_slowest() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                     continue;
                 }
             },
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let stop = shutdown.clone();
+        let held = Held {
+            headers_read: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            close: CancellationToken::new(),
+        };
+        let (headers_read, close) = (held.headers_read.clone(), held.close.clone());
+        let id = {
+            let mut open = lock(&open);
+            if open.by_id.len() >= cap && !open.close_slowest() {
+                // Every held connection is past its headers and ends within the deadline.
+                continue;
+            }
+            open.add(held)
+        };
+        let tower = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = hyper::service::service_fn(move |req| {
+            headers_read.store(true, Ordering::Release);
+            tower.call(req)
+        });
+        let (stop, open) = (shutdown.clone(), open.clone());
         connections.spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false)
+                .max_buf_size(MAX_HEAD_BYTES);
             let conn = builder.serve_connection(TokioIo::new(tcp), service);
             tokio::pin!(conn);
             tokio::select! {
-                _ = conn.as_mut() => {}
+                _ = tokio::time::timeout(REQUEST_DEADLINE, conn.as_mut()) => {}
                 _ = stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
                 }
+                // Closed to make room (dropping the connection closes the socket).
+                _ = close.cancelled() => {}
             }
-            drop(permit);
+            lock(&open).by_id.remove(&id);
         });
         while connections.try_join_next().is_some() {}
+        accept_failures.succeeded();
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while connections.join_next().await.is_some() {}
@@ -328,18 +510,13 @@ async fn metrics_text() -> Response {
         .into_response()
 }
 
-/// Ready: the database answers, capture streams or stands by, every supervised task is up,
+/// Ready: the database answered the last background check, capture streams or stands by, every supervised task is up,
 /// and no store with due work has gone without a finished cycle for ten flush intervals.
 async fn readyz(State(state): State<AppState>) -> Response {
     let streaming = state.capture.streaming.load(Ordering::Acquire);
     let standby = state.capture.standby.load(Ordering::Acquire);
-    let (db_ok, stalled) = match state.pool.get().await {
-        Ok(client) => match state.dispatch.stalled(&client).await {
-            Ok(stalled) => (true, stalled),
-            Err(_) => (false, Vec::new()),
-        },
-        Err(_) => (false, Vec::new()),
-    };
+    // From the background check: no request reaches the database here.
+    let (db_ok, stalled) = state.checked.current();
     let down = state.tasks.down();
     let body = serde_json::json!({
         "streaming": streaming,
@@ -435,6 +612,36 @@ async fn dashboard() -> Html<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_slowest_connection_is_closed_first() {
+        let mut open = Open::default();
+        let held = |headers: bool| Held {
+            headers_read: Arc::new(std::sync::atomic::AtomicBool::new(headers)),
+            close: CancellationToken::new(),
+        };
+        let served = open.add(held(true));
+        let (oldest, newer) = (held(false), held(false));
+        let (oldest_close, newer_close) = (oldest.close.clone(), newer.close.clone());
+        let oldest = open.add(oldest);
+        let newer = open.add(newer);
+        assert!(open.close_slowest());
+        assert!(oldest_close.is_cancelled() && !newer_close.is_cancelled());
+        assert!(!open.by_id.contains_key(&oldest) && open.by_id.contains_key(&served));
+        assert!(open.close_slowest());
+        assert!(newer_close.is_cancelled() && !open.by_id.contains_key(&newer));
+        // Past their headers, connections end within the deadline: none is closed.
+        assert!(!open.close_slowest());
+        assert_eq!(open.by_id.len(), 1);
+    }
+
+    #[test]
+    fn the_cap_leaves_half_the_descriptors() {
+        assert_eq!(connection_cap(None), MAX_CONNECTIONS);
+        assert_eq!(connection_cap(Some(1024)), 512);
+        assert_eq!(connection_cap(Some(1 << 20)), MAX_CONNECTIONS);
+        assert!(open_files_limit().is_some_and(|n| n > 0));
+    }
 
     #[test]
     fn loopback_hosts() {

@@ -90,6 +90,7 @@ impl Service {
                 min_send_interval: settings.limits.min_send_interval,
                 batch: settings.batch_size(crate::marketplace::Provider::Trendyol),
             },
+            checked: Arc::default(),
         };
         tasks.push(
             super::http::spawn(config.http_addr, state, &supervisor, shutdown.clone()).await?,

@@ -11,7 +11,11 @@
 //! * every alert has a firing and a silent unit test; the board's queries are valid PromQL
 //!   (`promtool`), its panels well formed;
 //! * the Dockerfile parses and copies everything the build reads (no container engine here:
-//!   this is a parse check, see [`dockerfile_parses_and_copies_what_the_build_reads`]).
+//!   this is a parse check, see [`dockerfile_parses_and_copies_what_the_build_reads`]); its
+//!   base images are pinned by digest, the build is `--locked`, it runs as its own user;
+//! * `docker-compose.yml` connects as the README's least-privilege role (created by the
+//!   stack from `deploy/postgres/stocksync-role.sql`, the README's very text) and publishes
+//!   its ports on 127.0.0.1 only.
 
 use crate::common;
 
@@ -988,4 +992,168 @@ fn normalize(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// The base images are pinned by tag and digest (`image:tag@sha256:...`; the digest is a
+/// build argument, see the Dockerfile's header), `cargo build` is `--locked`, and the final
+/// stage runs as a user it creates for itself (not root, not `nobody`).
+#[test]
+fn the_image_is_pinned_locked_and_runs_as_its_own_user() {
+    let instructions = dockerfile_instructions(&read("Dockerfile"));
+    let mut stages = Vec::new();
+    let mut builds = 0;
+    let mut final_user = None;
+    let mut created_in_final: Vec<String> = Vec::new();
+    for (keyword, args) in &instructions {
+        match keyword.as_str() {
+            "FROM" => {
+                let image = args.split_whitespace().next().unwrap();
+                if !stages.contains(&image.to_string()) {
+                    let (name_tag, digest) = image
+                        .split_once("@sha256:")
+                        .unwrap_or_else(|| panic!("FROM {image}: pin image:tag@sha256:<digest>"));
+                    assert!(
+                        name_tag
+                            .split_once(':')
+                            .is_some_and(|(_, t)| !t.is_empty() && t != "latest"),
+                        "FROM {image}: a tag as well as the digest"
+                    );
+                    assert!(
+                        digest == "${RUST_DIGEST}"
+                            || digest == "${DEBIAN_DIGEST}"
+                            || (digest.len() == 64
+                                && digest.chars().all(|c| c.is_ascii_hexdigit())),
+                        "FROM {image}: a digest or its build argument"
+                    );
+                }
+                if let Some((_, stage)) = args.split_once(" AS ") {
+                    stages.push(stage.trim().to_string());
+                }
+                created_in_final.clear();
+                final_user = None;
+            }
+            "ARG" => {}
+            "RUN" => {
+                for command in args.split("&&") {
+                    let words: Vec<&str> = command.split_whitespace().collect();
+                    if words.starts_with(&["cargo", "build"]) {
+                        builds += 1;
+                        assert!(
+                            words.contains(&"--locked"),
+                            "RUN {command}: cargo build --locked"
+                        );
+                    }
+                    if words
+                        .first()
+                        .is_some_and(|w| *w == "useradd" || *w == "adduser")
+                    {
+                        let uid = words
+                            .iter()
+                            .position(|w| *w == "--uid")
+                            .map(|i| words[i + 1].to_string());
+                        created_in_final.extend(uid);
+                        created_in_final.push(words.last().unwrap().to_string());
+                    }
+                }
+            }
+            "USER" => final_user = Some(args.clone()),
+            _ => {}
+        }
+    }
+    assert!(builds >= 1, "the Dockerfile runs cargo build");
+    let user = final_user.expect("the final stage sets USER");
+    let name = user.split(':').next().unwrap();
+    assert!(
+        !["root", "0", "nobody", "65534"].contains(&name),
+        "USER {user}: a dedicated user"
+    );
+    assert!(
+        created_in_final.iter().any(|u| u == name),
+        "USER {user} is created in the final stage (created: {created_in_final:?})"
+    );
+    // The digest arguments are declared before the first FROM (so FROM can use them).
+    let first_from = instructions.iter().position(|(k, _)| k == "FROM").unwrap();
+    for arg in ["RUST_DIGEST", "DEBIAN_DIGEST"] {
+        assert!(
+            instructions[..first_from]
+                .iter()
+                .any(|(k, a)| k == "ARG" && a.split('=').next() == Some(arg)),
+            "ARG {arg} before the first FROM"
+        );
+    }
+}
+
+/// The README's role SQL, the block that starts with `CREATE ROLE stocksync`.
+fn readme_role_sql() -> String {
+    let readme = read("README.md");
+    let start = readme
+        .find("```sql\nCREATE ROLE stocksync")
+        .expect("README has the role SQL");
+    let block = &readme[start + "```sql\n".len()..];
+    block[..block.find("```").unwrap()].to_string()
+}
+
+/// The stack creates the README's least-privilege role (the same text, from
+/// `deploy/postgres/`) and stocksync connects as it, never as `postgres`; every published
+/// port listens on 127.0.0.1 unless `STOCKSYNC_PUBLISH_ADDR` says otherwise; the mock lifts
+/// its loopback-peer rule only there.
+#[test]
+fn compose_connects_as_the_readme_role_and_publishes_on_loopback() {
+    let role_sql = read("deploy/postgres/stocksync-role.sql");
+    assert_eq!(
+        readme_role_sql(),
+        role_sql,
+        "the README's role SQL and deploy/postgres/stocksync-role.sql are one text"
+    );
+    let role = role_sql
+        .strip_prefix("CREATE ROLE ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap();
+    assert_ne!(role, "postgres");
+    for grant in ["GRANT SELECT (", "ON stores TO", "ON products TO"] {
+        assert!(role_sql.contains(grant), "column-level grants: {grant}");
+    }
+    let init = read("deploy/postgres/initdb-stocksync-role.sh");
+    assert!(
+        init.contains("-f /stocksync/stocksync-role.sql") && init.contains("ON_ERROR_STOP=1"),
+        "{init}"
+    );
+
+    let compose = read("docker-compose.yml");
+    for mount in [
+        "./deploy/postgres/initdb-stocksync-role.sh:/docker-entrypoint-initdb.d/",
+        "./deploy/postgres/stocksync-role.sql:/stocksync/stocksync-role.sql:ro",
+    ] {
+        assert!(compose.contains(mount), "postgres mounts {mount}");
+    }
+    let mut urls = 0;
+    let mut ports = 0;
+    for line in compose.lines().map(str::trim) {
+        if let Some(url) = line.strip_prefix("DATABASE_URL:") {
+            urls += 1;
+            let user = url
+                .trim()
+                .strip_prefix("postgres://")
+                .and_then(|rest| rest.split([':', '@']).next())
+                .unwrap();
+            assert_eq!(user, role, "{line}");
+            assert!(!url.contains(":postgres@"), "{line}");
+        }
+        if let Some(list) = line.strip_prefix("ports:") {
+            let list: Vec<String> = serde_json::from_str(list.trim())
+                .unwrap_or_else(|e| panic!("{line}: a JSON-style list expected: {e}"));
+            for port in list {
+                ports += 1;
+                assert!(
+                    port.starts_with("${STOCKSYNC_PUBLISH_ADDR:-127.0.0.1}:")
+                        || port.starts_with("127.0.0.1:"),
+                    "{port}: publish on 127.0.0.1 unless the user changes it"
+                );
+            }
+        }
+    }
+    assert!(urls >= 2, "DATABASE_URL of setup and run: {urls}");
+    assert!(ports >= 2, "published ports: {ports}");
+    // The mock lifts its loopback-peer rule only behind a loopback-published port.
+    assert!(compose.contains("--admin-any-peer"));
 }

@@ -1,6 +1,8 @@
 //! The HTTP surface against the real service and real HTTP clients: the bearer token, the
 //! open health endpoints, `STOCKSYNC_METRICS_PUBLIC`, refusing non-loopback binds without a
-//! token, DNS rebinding (`Host`), no bodies, the header-read timeout and the connection cap,
+//! token, DNS rebinding (`Host`), no bodies, the header-read timeout, idle connections that
+//! cannot hold the surface, one request per connection, a trickle of slow connections,
+//! readiness answered from memory,
 //! its own small pool, and no connection strings in `/readyz` or `/api/status`.
 
 use crate::common;
@@ -172,7 +174,7 @@ async fn non_loopback_needs_a_token() {
 }
 
 #[tokio::test]
-async fn loopback_refuses_foreign_hosts_bodies_and_slow_or_excess_clients() {
+async fn loopback_refuses_foreign_hosts_bodies_and_slow_clients_and_serves_beside_idle_ones() {
     let s = start("http_guard", "127.0.0.1", &[]).await;
     let c = client();
     let port = s.addr.port();
@@ -278,29 +280,173 @@ async fn loopback_refuses_foreign_hosts_bodies_and_slow_or_excess_clients() {
         "{waited:?}"
     );
 
-    // Connections beyond the cap wait (idle ones hold their slot until the timeout).
+    // Idle connections do not hold the surface: with far more open than the old cap of
+    // 32 slots, a request is served at once (before the idle ones time out).
     let mut idle = Vec::new();
-    for _ in 0..http::MAX_CONNECTIONS {
+    for _ in 0..200 {
         idle.push(tokio::net::TcpStream::connect(s.addr).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let quick = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    assert!(
-        quick.get(s.at("/healthz")).send().await.is_err(),
-        "a connection beyond the cap must not be served"
+    assert_eq!(
+        status(quick.get(s.at("/healthz"))).await,
+        StatusCode::OK,
+        "served while 200 idle connections are open"
     );
-    // Once the idle ones are dropped by the header-read timeout, it is served.
-    let started = Instant::now();
+    // One request per connection: the answer closes it.
+    let mut once = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    once.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), once.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed after its one answer")
+        .unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    drop(idle);
+    s.stop().await;
+}
+
+/// A trickle of slow connections cannot starve the surface (issue 25, item 8): 60 new
+/// connections a second from 127.0.0.1 (the probe's own address), each sending one header
+/// byte a second and never finishing, for 10 s; meanwhile `/metrics` and `/readyz`, probed
+/// every 200 ms on fresh connections, each answer within a second (the issue's contract;
+/// only the probe's own request is timed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_of_slow_connections_cannot_starve_metrics_and_readiness() {
+    const PER_SECOND: u32 = 60;
+    const FLOOD: Duration = Duration::from_secs(10);
+    const BOUND: Duration = Duration::from_secs(1);
+    let s = start("http_flood", "127.0.0.1", &[]).await;
+    let c = client();
     eventually(
-        Duration::from_secs(15),
-        "served after the idle clients left",
-        || async { client().get(s.at("/healthz")).send().await.is_ok() },
+        Duration::from_secs(30),
+        "/readyz ready before the flood",
+        || async { status(c.get(s.at("/readyz"))).await == StatusCode::OK },
     )
     .await;
-    assert!(started.elapsed() < http::HEADER_READ_TIMEOUT + Duration::from_secs(5));
-    drop(idle);
+
+    let stop = CancellationToken::new();
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let flood = {
+        let (addr, stop, opened) = (s.addr, stop.clone(), opened.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1) / PER_SECOND);
+            let mut tricklers = tokio::task::JoinSet::new();
+            for _ in 0..PER_SECOND * FLOOD.as_secs() as u32 {
+                every.tick().await;
+                let (stop, opened) = (stop.clone(), opened.clone());
+                tricklers.spawn(async move {
+                    let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
+                        return;
+                    };
+                    opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // A request line and headers that never end, a byte a second.
+                    let header = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+                    for byte in header.iter().chain(std::iter::repeat(&b'a')) {
+                        if tcp.write_all(&[*byte]).await.is_err() {
+                            return;
+                        }
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                });
+            }
+            stop.cancel();
+            while tricklers.join_next().await.is_some() {}
+        })
+    };
+
+    // Fresh connections (no pooling), a bound per request: a request refused, failed or
+    // slower than the bound is recorded with its time.
+    let probe = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(BOUND)
+        .build()
+        .unwrap();
+    let begun = Instant::now();
+    let mut late = Vec::new();
+    let mut probes = 0;
+    while !stop.is_cancelled() {
+        for path in ["/metrics", "/readyz"] {
+            let sent = Instant::now();
+            let answer = match probe.get(s.at(path)).send().await {
+                Ok(r) => {
+                    let code = r.status();
+                    r.bytes().await.map(|_| code)
+                }
+                Err(e) => Err(e),
+            };
+            let took = sent.elapsed();
+            probes += 1;
+            match answer {
+                Ok(StatusCode::OK) if took < BOUND => {}
+                other => late.push(format!(
+                    "{path} at {:?}: {other:?} after {took:?}",
+                    sent - begun
+                )),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    flood.await.unwrap();
+    let opened = opened.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        opened >= PER_SECOND * 9,
+        "the flood opened {opened} connections"
+    );
+    assert!(
+        late.is_empty(),
+        "{} of {probes} probes failed: {late:#?}",
+        late.len()
+    );
+    assert!(probes >= 20, "{probes} probes");
+    s.stop().await;
+}
+
+/// `/readyz` answers from the last background check, not from a query of its own: while
+/// the queue is locked (every readiness query would wait on it until its 5 s
+/// `statement_timeout`), an anonymous `/readyz` still answers ready, from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_answered_from_memory_without_a_query() {
+    let s = start(
+        "http_ready_memory",
+        "127.0.0.1",
+        &[("STOCKSYNC_HTTP_TOKEN", TOKEN)],
+    )
+    .await;
+    let c = client();
+    eventually(Duration::from_secs(30), "/readyz ready", || async {
+        status(c.get(s.at("/readyz"))).await == StatusCode::OK
+    })
+    .await;
+    let mut admin = connect(&s.url).await;
+    let tx = admin.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE stock_sync.queue IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let answer = c.get(s.at("/readyz")).send().await.unwrap();
+    let code = answer.status();
+    let body: serde_json::Value = answer.json().await.unwrap();
+    // Still holding the lock: a query of the request's own could not have finished.
+    let held: bool = tx
+        .query_one(
+            "SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'relation' \
+             AND relation = 'stock_sync.queue'::regclass AND mode = 'AccessExclusiveLock' \
+             AND granted AND pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(held);
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["database"], true, "{body}");
+    tx.rollback().await.unwrap();
     s.stop().await;
 }

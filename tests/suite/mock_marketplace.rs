@@ -1562,3 +1562,98 @@ async fn post_chunked(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> u1
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
 }
+
+/// This host's address on its default route (not loopback): a UDP "connect" sends nothing.
+fn non_loopback_ip() -> std::net::IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+    probe
+        .connect("198.51.100.1:9")
+        .expect("this test needs a non-loopback route");
+    let ip = probe.local_addr().unwrap().ip();
+    assert!(
+        !ip.is_loopback() && !ip.is_unspecified(),
+        "this test needs a non-loopback address, got {ip}"
+    );
+    ip
+}
+
+/// The page and `/_mock/*` answer only loopback peers asking for a loopback `Host`
+/// (issue 25, item 9); the marketplace endpoints answer anyone. `--admin-any-peer` (the
+/// compose file's container) lifts the peer rule, never the `Host` rule.
+#[tokio::test]
+async fn admin_endpoints_are_loopback_only_with_a_host_check() {
+    let m = MockMarketplace::start(config(), "0.0.0.0:0".parse().unwrap())
+        .await
+        .expect("mock starts");
+    let port = m.addr().port();
+    let outside = format!("http://{}:{port}", non_loopback_ip());
+    let c = reqwest::Client::new();
+    let get = |base: &str, path: &str, host: Option<&str>| {
+        let mut r = c.get(format!("{base}{path}"));
+        if let Some(host) = host {
+            r = r.header("host", host);
+        }
+        r.send()
+    };
+    for path in ["/", "/_mock/state", "/_mock/faults"] {
+        // From this machine's own non-loopback address: another machine, as the mock sees it.
+        let r = get(&outside, path, Some("localhost")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path} from outside");
+        // DNS rebinding: a page whose name resolves to 127.0.0.1.
+        for host in ["evil.example", "evil.example:8089", "127.0.0.1.nip.io"] {
+            let r = get(&m.base_url(), path, Some(host)).await.unwrap();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path} Host {host}");
+        }
+        for host in [
+            None,
+            Some("localhost:8089"),
+            Some("127.0.0.1"),
+            Some("[::1]:1"),
+        ] {
+            let r = get(&m.base_url(), path, host).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{path} Host {host:?}");
+        }
+    }
+    let reset = c
+        .post(format!("{outside}/_mock/reset"))
+        .header("content-type", "application/json")
+        .header("host", "localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status(), StatusCode::FORBIDDEN);
+    // The marketplace endpoints stay open to any peer (stocksync in another container).
+    let batch = c
+        .get(format!(
+            "{outside}/integration/product/sellers/{TY}/products/batch-requests/nope"
+        ))
+        .header("authorization", basic(TY_KEY, TY_SECRET))
+        .header("user-agent", TY_UA)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), StatusCode::NOT_FOUND);
+    m.shutdown().await;
+
+    let m = MockMarketplace::start(
+        MockConfig {
+            admin_any_peer: true,
+            ..config()
+        },
+        "0.0.0.0:0".parse().unwrap(),
+    )
+    .await
+    .expect("mock starts");
+    let outside = format!("http://{}:{}", non_loopback_ip(), m.addr().port());
+    let r = get(&outside, "/_mock/state", Some("localhost:8089"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = get(&outside, "/_mock/state", None).await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "Host is the outside address"
+    );
+    m.shutdown().await;
+}

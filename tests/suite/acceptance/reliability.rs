@@ -876,7 +876,7 @@ async fn least_privilege_role_from_the_readme_runs_the_pipeline() {
     let url = fresh_database("rel_role");
     let database = url.rsplit('/').next().unwrap().to_string();
     cluster()
-        .psql(&database, &sql.replace("'...'", "'role-pw'"))
+        .psql(&database, &sql.replace(":'password'", "'role-pw'"))
         .expect("the README's SQL runs");
     let admin = connect(&url).await;
     let mut rng = StdRng::seed_from_u64(1);
