@@ -537,3 +537,55 @@ async fn run_stops_on_sigterm_after_its_log_reader_went_away() {
         .unwrap();
     assert!(status.success(), "clean stop expected, got {status:?}");
 }
+
+/// From PostgreSQL 17 the slot is created with `failover = true` (and `--print-sql` says
+/// so); `check` warns, without failing, when the slot would not survive a failover: before 17
+/// always, from 17 while `synchronized_standby_slots` is empty. Runs on every version of the
+/// CI matrix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_slots_are_created_where_the_server_has_them_and_check_warns() {
+    let slot = "ops_failover";
+    let url = fresh_database(slot);
+    let client = connect(&url).await;
+    let version: i32 = client
+        .query_one("SHOW server_version_num", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap();
+    let printed = stocksync(&url, slot, &["setup", "--print-sql"]).await;
+    assert!(printed.status.success(), "{}", describe(&printed));
+    let sql = text(&printed.stdout);
+    let has_failover_slots = version >= stocksync::ops::setup::FAILOVER_SLOTS_FROM;
+    assert_eq!(
+        sql.contains("'pgoutput', false, false, true)"),
+        has_failover_slots,
+        "{sql}"
+    );
+    setup(&url, slot, slot).await;
+    if has_failover_slots {
+        let failover: bool = client
+            .query_one(
+                "SELECT failover FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(failover, "the slot survives a failover");
+    }
+    let checked = stocksync(&url, slot, &["check"]).await;
+    assert!(checked.status.success(), "{}", describe(&checked));
+    let stderr = text(&checked.stderr);
+    let expected = if has_failover_slots {
+        "synchronized_standby_slots is empty"
+    } else {
+        "keeps logical replication slots on the primary only"
+    };
+    assert!(
+        stderr.contains("warning:") && stderr.contains(expected),
+        "{}",
+        describe(&checked)
+    );
+}
