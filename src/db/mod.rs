@@ -203,7 +203,8 @@ impl std::fmt::Debug for DbConfig {
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSettings {
     pub max_size: usize,
-    /// `statement_timeout` of its sessions (none: the server's).
+    /// `statement_timeout` of its sessions (none: no timeout, whatever the server's or the
+    /// role's default).
     pub statement_timeout: Option<Duration>,
     /// How long a caller waits for a free connection.
     pub wait_timeout: Duration,
@@ -449,9 +450,14 @@ impl DbConfig {
         // cannot size; JIT compilation (hundreds of ms when estimates are off, e.g. on
         // tables without statistics yet) would dwarf their run time.
         let mut options = "-c jit=off".to_string();
-        if let Some(timeout) = statement_timeout {
-            options.push_str(&format!(" -c statement_timeout={}", timeout.as_millis()));
-        }
+        // A DBA's default `statement_timeout` or `idle_in_transaction_session_timeout` (for
+        // the database or the role, often set with the application in mind) would cut
+        // capture's large moves or its batch transaction, which stays open while the stream
+        // delivers: every session says what it can live with (none, unless its pool sets one).
+        let statement_ms = statement_timeout.map_or(0, |t| t.as_millis().max(1));
+        options.push_str(&format!(
+            " -c statement_timeout={statement_ms} -c idle_in_transaction_session_timeout=0"
+        ));
         config
             .user(&self.user)
             .dbname(&self.dbname)

@@ -243,6 +243,17 @@ async fn preflight_exit(config: &Config, allow_active_slot: bool) -> Result<Opti
         eprintln!("stocksync: {}", p.0);
         error!(problem = %p.0, "preflight");
     }
+    // `check` refuses a setting that would hang capture; `run` (allowed an active slot)
+    // says so loudly and goes on, because the DBA may be changing it.
+    let replication_name = config.db()?.application_name;
+    let hang = setup::synchronous_standby_problem(&client, &replication_name)
+        .await
+        .context("reading synchronous_standby_names")?;
+    if let Some(hang) = &hang {
+        eprintln!("stocksync: {hang}");
+        error!(problem = %hang, "preflight");
+    }
+    let refuses_hang = hang.is_some() && !allow_active_slot;
     if problems.is_empty() {
         for w in setup::failover_warnings(&client, &config.slot)
             .await
@@ -253,9 +264,9 @@ async fn preflight_exit(config: &Config, allow_active_slot: bool) -> Result<Opti
         }
     }
     Ok(match problems.iter().any(setup::Problem::slot_gone) {
-        _ if problems.is_empty() => None,
         true => Some(EXIT_SLOT_LOST),
-        false => Some(EXIT_CONFIG),
+        false if !problems.is_empty() || refuses_hang => Some(EXIT_CONFIG),
+        false => None,
     })
 }
 

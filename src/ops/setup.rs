@@ -282,6 +282,47 @@ pub fn full_plan(slot: &str, publication: &str, server_version: Option<i32>) -> 
     steps
 }
 
+/// Whether `synchronous_standby_names` makes a walsender named `application_name` a
+/// synchronous standby: `*`, or the name among its standbys (any of the `FIRST n (...)`,
+/// `ANY n (...)` and plain-list forms; names compare case-insensitively, quoted or not).
+pub fn names_a_synchronous_standby(
+    synchronous_standby_names: &str,
+    application_name: &str,
+) -> bool {
+    synchronous_standby_names
+        .split(|c: char| c == ',' || c == '(' || c == ')' || c.is_whitespace())
+        .map(|name| name.trim_matches('"'))
+        .filter(|name| !name.is_empty())
+        .filter(|name| {
+            !name.eq_ignore_ascii_case("first")
+                && !name.eq_ignore_ascii_case("any")
+                && !name.chars().all(|c| c.is_ascii_digit())
+        })
+        .any(|name| name == "*" || name.eq_ignore_ascii_case(application_name))
+}
+
+/// A server whose `synchronous_standby_names` includes stocksync's own walsender makes
+/// every commit wait for stocksync to confirm it, while stocksync's capture waits for its
+/// own commits: capture and the application hang. A sentence naming the fix, or `None`.
+pub async fn synchronous_standby_problem(
+    client: &Client,
+    application_name: &str,
+) -> Result<Option<String>, SetupError> {
+    let names: String = client
+        .query_one("SHOW synchronous_standby_names", &[])
+        .await?
+        .get(0);
+    Ok(names_a_synchronous_standby(&names, application_name).then(|| {
+        format!(
+            "synchronous_standby_names = '{names}' makes stocksync's replication connection \
+             (application_name {application_name:?}) a synchronous standby: every commit would wait \
+             for stocksync, and stocksync for its own commits, so capture and the application \
+             hang; name the physical standbys there explicitly instead of '*' (or give stocksync \
+             another application_name in DATABASE_URL)"
+        )
+    }))
+}
+
 /// Whether the slot would survive a failover, as warnings (never a refusal: a DBA may run
 /// without a standby): before 17 logical slots live on the primary only; from 17 the slot
 /// needs `failover`, and the primary should hold it back for the failover standbys
@@ -553,4 +594,22 @@ pub async fn preflight(
         ))),
     }
     Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synchronous_standby_names_are_read_in_every_form() {
+        let names = |s| names_a_synchronous_standby(s, "stocksync");
+        assert!(names("*"));
+        assert!(names("FIRST 1 (*)"));
+        assert!(names("ANY 2 (s1, \"StockSync\", s2)"));
+        assert!(names("s1,stocksync"));
+        assert!(names_a_synchronous_standby("ANY 1 (*)", "other"));
+        assert!(!names(""));
+        assert!(!names("FIRST 2 (s1, s2)"));
+        assert!(!names("stocksync_standby"));
+    }
 }
