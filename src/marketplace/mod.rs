@@ -28,6 +28,7 @@ mod batch;
 mod classify;
 mod client;
 pub mod read;
+mod redact;
 
 use std::fmt;
 use std::time::Duration;
@@ -272,38 +273,35 @@ impl StoreCredentials {
 
     /// Text that came from the marketplace (an error body, a status word, a failure reason)
     /// with every credential of this store masked as `***`: the api key and secret, the Basic
-    /// token, and their JSON- and URL-escaped forms. Every such text passes through here
-    /// before it is logged, stored or shown. The seller (merchant) id is not a secret: it is
-    /// in every request's path, and an error naming it must stay readable.
+    /// token, base64 of the key and of the secret alone (standard and URL-safe alphabets,
+    /// padded or not), each in any mix of JSON escapes, percent-encoding and form encoding
+    /// ([`redact::mask`]), and the token after any `Basic`/`Bearer`. Every such text passes
+    /// through here whole, before it is cut, logged, stored or shown. The seller (merchant)
+    /// id is not a secret: it is in every request's path, and an error naming it must stay
+    /// readable.
     pub fn redact(&self, text: &str) -> String {
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
         let user = match self.provider {
             Provider::Trendyol => self.api_key.clone().unwrap_or_default(),
             Provider::Hepsiburada => self.seller_id.clone(),
         };
-        let token =
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", self.api_secret));
-        let mut plain: Vec<String> = vec![self.api_secret.clone(), token];
-        plain.extend(self.api_key.clone());
-        let mut secrets: Vec<String> = Vec::new();
-        for s in plain.into_iter().filter(|s| !s.is_empty()) {
-            let json = serde_json::to_string(&s).unwrap_or_default();
-            secrets.push(json.trim_matches('"').to_string());
-            secrets.push(
-                percent_encoding::utf8_percent_encode(&s, percent_encoding::NON_ALPHANUMERIC)
-                    .to_string(),
-            );
-            secrets.push(s);
-        }
-        // Longest first, so a secret containing another is masked whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.dedup();
-        let mut out = text.to_string();
-        for s in secrets.iter().filter(|s| !s.is_empty()) {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), "***");
+        let plain: Vec<String> = std::iter::once(self.api_secret.clone())
+            .chain(self.api_key.clone())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut encoded: Vec<Vec<u8>> = plain.iter().map(|s| s.as_bytes().to_vec()).collect();
+        encoded.push(format!("{user}:{}", self.api_secret).into_bytes());
+        let mut secrets = plain;
+        for bytes in &encoded {
+            for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+                secrets.push(engine.encode(bytes));
             }
         }
-        out
+        secrets.sort();
+        secrets.dedup();
+        redact::mask(text, &secrets)
     }
 }
 
