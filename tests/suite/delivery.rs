@@ -971,6 +971,113 @@ async fn the_batch_size_a_413_left_survives_an_unrelated_unpause() {
     assert_eq!(open.state.batch_limit, Some(250));
 }
 
+/// The fingerprint of refused credentials kept in `store_state` is an HMAC keyed with the
+/// install's key (`stock_sync.install`), not a bare SHA-256 anyone reading the table could
+/// test guesses against. A pause an earlier version wrote (bare SHA-256) is compared by its
+/// rule once and rewritten keyed, so the upgrade lifts no pause; changed credentials still
+/// lift one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_fingerprints_are_keyed_and_old_ones_are_rewritten() {
+    use sha2::{Digest, Sha256};
+    use stocksync::stores::{gates, state, Gate};
+    let url = fresh_database("delivery_keyed_fp");
+    let client = connect(&url).await;
+    setup(&url, "delivery_keyed_fp", "delivery_keyed_fp").await;
+    let store = uuid();
+    hepsiburada_store(&client, store, &[]).await;
+    state::read(&client, store, Duration::ZERO).await.unwrap();
+    // What versions before 013 stored: hex SHA-256 of the length-prefixed material.
+    let bare = |secret: &str| {
+        let mut h = Sha256::new();
+        h.update(b"stocksync.store-credentials.v1\0");
+        for field in [
+            &b"HEPSIBURADA"[..],
+            HB_MERCHANT.as_bytes(),
+            b"nokey",
+            secret.as_bytes(),
+        ] {
+            h.update((field.len() as u64).to_be_bytes());
+            h.update(field);
+        }
+        h.finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let refused = |fingerprint: String| {
+        let client = &client;
+        async move {
+            let pause = state::Pause {
+                kind: state::PauseKind::Credentials,
+                reason: "credentials refused (401)",
+                fingerprint: &fingerprint,
+                look_again_after: Duration::ZERO,
+                forbidden: false,
+            };
+            state::pause(client, store, &pause).await.unwrap();
+        }
+    };
+    let stored = || async {
+        let row = client
+            .query_one(
+                "SELECT paused_credentials FROM stock_sync.store_state WHERE store_id = $1",
+                &[&store],
+            )
+            .await
+            .unwrap();
+        row.get::<_, Option<String>>(0)
+    };
+    let user_agents = stocksync::marketplace::UserAgents {
+        hepsiburada_default: Some("test_dev".into()),
+        ..Default::default()
+    };
+    let settings = gates::GateSettings {
+        min_send_interval: Duration::ZERO,
+        user_agents: &user_agents,
+    };
+    // An upgrade: the pause names today's credentials in the old form. It holds, and its
+    // fingerprint is rewritten keyed.
+    refused(bare("hb-secret")).await;
+    assert!(matches!(
+        gates::check(&client, store, settings).await.unwrap(),
+        Gate::Shut
+    ));
+    let keyed = stored().await.expect("still paused");
+    assert!(keyed.starts_with("hmac-sha256:"), "{keyed}");
+    assert!(!keyed.contains(&bare("hb-secret")));
+    let key: Vec<u8> = client
+        .query_one("SELECT fingerprint_key FROM stock_sync.install", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(key.len(), 32);
+    // The keyed form holds the pause too.
+    assert!(matches!(
+        gates::check(&client, store, settings).await.unwrap(),
+        Gate::Shut
+    ));
+    assert_eq!(stored().await.as_deref(), Some(keyed.as_str()));
+    // Another install's key gives another fingerprint: the same row no longer matches.
+    client
+        .execute(
+            "UPDATE stock_sync.install SET fingerprint_key = $1",
+            &[&vec![9u8; 32]],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        gates::check(&client, store, settings).await.unwrap(),
+        Gate::Open(_)
+    ));
+    // An old-form pause of credentials since changed lifts.
+    refused(bare("the-old-secret")).await;
+    assert!(matches!(
+        gates::check(&client, store, settings).await.unwrap(),
+        Gate::Open(_)
+    ));
+    assert_eq!(stored().await, None);
+}
+
 /// At most five Hepsiburada uploads are open at once, also when a 400 splits a batch into
 /// halves that each become an upload of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

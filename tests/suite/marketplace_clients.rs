@@ -621,6 +621,7 @@ fn prepare_is_deterministic_with_exact_bytes() {
 
 #[test]
 fn credentials_debug_hides_secrets() {
+    let key = stocksync::marketplace::FingerprintKey::generate();
     for creds in [ty_creds(), hb_creds()] {
         let dbg = format!("{creds:?}");
         let pretty = format!("{creds:#?}");
@@ -629,12 +630,12 @@ fn credentials_debug_hides_secrets() {
             assert!(s.contains("***"), "{s}");
             assert!(s.contains(&creds.seller_id), "{s}");
         }
-        let fp = creds.fingerprint();
-        assert_eq!(fp.len(), 64);
+        let fp = creds.fingerprint(&key);
+        assert_eq!(fp.len(), "hmac-sha256:".len() + 64);
         assert!(!fp.contains(&creds.api_secret));
-        assert_eq!(fp, creds.clone().fingerprint());
+        assert_eq!(fp, creds.clone().fingerprint(&key));
     }
-    assert_ne!(ty_creds().fingerprint(), hb_creds().fingerprint());
+    assert_ne!(ty_creds().fingerprint(&key), hb_creds().fingerprint(&key));
 }
 
 #[test]
