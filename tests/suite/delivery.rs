@@ -1220,3 +1220,133 @@ async fn uploads_whose_result_names_no_sku_of_the_request_end_in_a_dead_letter()
     );
     stack.stop().await;
 }
+
+/// A gateway echoing the credentials in every spelling (JSON `\uXXXX` and `\/`, lower-case
+/// percent hex, form `+`, URL-safe base64, base64 of the secret alone, `Bearer`), with filler
+/// putting the secret across the 1000-character cut of an outcome's message: nothing of
+/// them reaches the API log, `store_state`, the queue or `status`, and the body of the 401 is
+/// not kept at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoed_credentials_leak_nowhere_end_to_end() {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    const KEY: &str = "k3y+Alpha/Beta~z";
+    const SECRET: &str = "s3cr3t+v@lue/with space~é";
+    let s = seed_ids();
+    let mut config = mock_config();
+    config.accounts[0] = MockAccount::trendyol(TRENDYOL_SELLER, KEY, SECRET);
+    let stack = start("delivery_echo", config, &[], async |c: &Client| {
+        load_seed(c, &s).await;
+        c.execute(
+            "UPDATE stores SET api_key = $2, api_secret = $3 WHERE id = $1",
+            &[&s.trendyol, &KEY, &SECRET],
+        )
+        .await
+        .unwrap();
+    })
+    .await;
+    let mock = &stack.mock;
+    wait_quantity(mock, TRENDYOL_SELLER, "SET-001", 15).await;
+    let half = |t: &str| t.chars().take(t.chars().count() / 2).collect::<String>();
+    let percent = |t: &str| {
+        t.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                b => format!("%{b:02x}"),
+            })
+            .collect::<String>()
+    };
+    let escaped = |t: &str| {
+        t.encode_utf16()
+            .map(|u| format!("\\u{u:04X}"))
+            .collect::<String>()
+    };
+    let forms = [
+        half(SECRET),
+        half(KEY),
+        percent(SECRET),
+        half(&escaped(SECRET)),
+        STANDARD.encode(SECRET),
+        URL_SAFE_NO_PAD.encode(SECRET),
+        URL_SAFE_NO_PAD.encode(format!("{KEY}:{SECRET}")),
+        STANDARD.encode(format!("{KEY}:{SECRET}")),
+    ];
+    let prefix = "request refused by the gateway for ".chars().count();
+    // The outcome's message is cut at 1000 characters, 14 into the secret: a cut made before
+    // masking keeps more than its first half.
+    let padding = 1000 - prefix - KEY.chars().count() - 1 - 14;
+    let mut quantity = 20;
+    for status in [400u16, 401] {
+        mock.set_faults(Faults {
+            status: Some(status),
+            echo: stocksync::mock::EchoMode {
+                encodings: true,
+                padding,
+            },
+            scope: stocksync::mock::FaultScope::Push,
+            ..Faults::default()
+        });
+        quantity += 1;
+        stack
+            .exec(
+                "UPDATE product_stores SET sellable_quantity = $1 WHERE product_id = $2 AND store_id = $3",
+                &[&quantity, &s.eldiven, &s.trendyol],
+            )
+            .await;
+        eventually(
+            Duration::from_secs(20),
+            "the echoing answer is in the API log",
+            || async {
+                count(
+                    &stack.client,
+                    "SELECT count(*) FROM stock_sync.api_log WHERE store_id = $1 AND status_code = $2",
+                    &[&s.trendyol, &i32::from(status)],
+                )
+                .await
+                    > 0
+            },
+        )
+        .await;
+    }
+    mock.set_faults(Faults::default());
+    let mut texts: Vec<String> = Vec::new();
+    for sql in [
+        "SELECT concat_ws(' ', request_body, response_body, error_message) FROM stock_sync.api_log",
+        "SELECT concat_ws(' ', last_error, paused_reason) FROM stock_sync.store_state",
+        "SELECT coalesce(last_error, '') FROM stock_sync.queue",
+    ] {
+        for row in stack.client.query(sql, &[]).await.unwrap() {
+            texts.push(row.get(0));
+        }
+    }
+    let status = stocksync::ops::status::read(&stack.client, "delivery_echo")
+        .await
+        .unwrap();
+    texts.push(serde_json::to_string(&status).unwrap());
+    let mut saw_message = false;
+    for text in &texts {
+        saw_message |= text.contains("request refused by the gateway");
+        for form in &forms {
+            assert!(!text.contains(form.as_str()), "{form:?} in {text}");
+        }
+    }
+    assert!(saw_message, "the (masked) reason is kept: {texts:#?}");
+    let kept_401: Vec<String> = stack
+        .client
+        .query(
+            "SELECT response_body FROM stock_sync.api_log WHERE status_code = 401",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !kept_401.is_empty() && kept_401.iter().all(|b| !b.contains("gateway")),
+        "a 401 body is not kept: {kept_401:?}"
+    );
+    stack.stop().await;
+}

@@ -725,9 +725,9 @@ async fn echoed_credentials_are_masked_in_every_spelling_and_across_the_cut() {
         };
         let user_chars = user.chars().count();
         // The outcome's message is cut at 1000 characters: these paddings cut the echoed
-        // `user:password` six characters into the secret, and six into the user (the key,
-        // for Trendyol).
-        let paddings = [0, 1000 - prefix - user_chars - 1 - 6, 1000 - prefix - 6];
+        // `user:password` past the first half of the secret, and past the first half of the
+        // user (the key, for Trendyol): a cut made before masking keeps that half.
+        let paddings = [0, 1000 - prefix - user_chars - 1 - 14, 1000 - prefix - 9];
         let mut forbidden = spellings(SECRET);
         if p == Provider::Trendyol {
             forbidden.extend(spellings(KEY));
