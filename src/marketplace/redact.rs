@@ -85,18 +85,19 @@ fn utf8_len(lead: u8) -> usize {
 
 /// The end of the longest occurrence of `secret` starting at `start`, if any.
 fn match_at(text: &[u8], start: usize, secret: &[char]) -> Option<usize> {
-    // Cheap refusal first: every spelling starts with the literal's first byte, a backslash, `%`,
-    // or (for a blank or a plus) `+` / a blank.
+    // Cheap refusal first (bodies reach 16 MiB): every spelling starts with the literal's
+    // first byte, a backslash or `%`, or, for a blank or a plus, with the other one.
     let first = *text.get(start)?;
-    let lead = secret.first().map(|&c| {
-        let mut buf = [0u8; 4];
-        c.encode_utf8(&mut buf).as_bytes()[0]
-    })?;
-    if first != lead && !matches!(first, b'\\' | b'%' | b'+' | b' ') {
+    let c = *secret.first()?;
+    let mut buf = [0u8; 4];
+    let lead = c.encode_utf8(&mut buf).as_bytes()[0];
+    let swapped = matches!((c, first), (' ', b'+') | ('+', b' '));
+    if first != lead && first != b'\\' && first != b'%' && !swapped {
         return None;
     }
-    let mut here: Vec<usize> = vec![start];
-    let mut next: Vec<usize> = Vec::new();
+    let mut here: Vec<usize> = Vec::with_capacity(4);
+    here.push(start);
+    let mut next: Vec<usize> = Vec::with_capacity(4);
     for &c in secret {
         next.clear();
         for &p in &here {
