@@ -39,6 +39,9 @@ application_name, connect_timeout";
 pub enum DbError {
     #[error("DATABASE_URL is not a valid postgres:// URL: {0}")]
     InvalidUrl(String),
+    /// Says nothing of the URL: any part of it may be part of the password.
+    #[error("DATABASE_URL's password seems to hold an unescaped '/', '?' or '#', which ends the host part of a URL: percent-encode them in the password (%2F, %3F, %23; '%' itself as %25)")]
+    UnescapedPassword,
     #[error("DATABASE_URL has an unsupported sslmode {0:?} (use disable, prefer, require, verify-ca or verify-full)")]
     InvalidSslMode(String),
     #[error("DATABASE_URL parameter {name}={value:?} is invalid: {expected}")]
@@ -225,6 +228,9 @@ impl DbConfig {
     /// A missing user defaults to `postgres`, a missing database to the user name. Every
     /// problem is reported without the password.
     pub fn from_url(text: &str) -> Result<DbConfig, DbError> {
+        if password_unescaped(text) {
+            return Err(DbError::UnescapedPassword);
+        }
         let url = match url::Url::parse(text) {
             // `postgres://user@/db?host=/run/postgresql` (a socket directory in the query) is
             // valid libpq but has an empty authority host; parse it with a placeholder that
@@ -666,6 +672,33 @@ impl AsyncWrite for LazySocket {
 
 /// Percent-decoding of URL parts (a `%` not followed by two hex digits stays as it is); the
 /// result must be UTF-8.
+/// Whether `text` looks like `scheme://user:pass/word@host...`: a password holding `/`, `?`
+/// or `#` unescaped, which a URL parser splits into a host, a port and a path (so the
+/// password would be cut, and its rest taken for a database name or a parameter). The
+/// authority ends at the first of those characters; it is a password's doing when an `@`
+/// follows, and either the authority's "port" is not a number or what lies between the end
+/// and that `@` is no query parameter (no `=`; an `@` in a parameter value stays allowed).
+fn password_unescaped(text: &str) -> bool {
+    let Some((_, rest)) = text.split_once("://") else {
+        return false;
+    };
+    let Some(end) = rest.find(['/', '?', '#']) else {
+        return false;
+    };
+    let (authority, after) = rest.split_at(end);
+    if authority.contains('@') {
+        return false;
+    }
+    let Some((_, port)) = authority.split_once(':') else {
+        return false;
+    };
+    let Some(at) = after.find('@') else {
+        return false;
+    };
+    let numeric_port = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+    !numeric_port || !after[..at].contains('=')
+}
+
 fn percent_decode(s: &str) -> Result<String, std::str::Utf8Error> {
     percent_encoding::percent_decode_str(s)
         .decode_utf8()
@@ -734,6 +767,31 @@ mod tests {
         assert_eq!(c.roots, Roots::File(PathBuf::from("/etc/ca.pem")));
         assert!(!c.redacted_url().contains("p@ss"));
         assert!(!format!("{c:?}").contains("p@ss"));
+    }
+
+    #[test]
+    fn a_password_with_an_unescaped_slash_question_mark_or_hash_is_refused_unquoted() {
+        for url in [
+            "postgres://svc:pq7/ssw0rd@db.example:5432/shop",
+            "postgres://svc:pq7?ssw0rd@db.example/shop",
+            "postgres://svc:pq7#ssw0rd@db.example/shop",
+            "postgres://svc:1234/ssw0rd@db.example/shop",
+            "postgresql://svc:1234?ssw0rd@db.example/shop?sslmode=require",
+        ] {
+            let err = DbConfig::from_url(url).unwrap_err();
+            assert!(matches!(err, DbError::UnescapedPassword), "{url}: {err:?}");
+            let text = err.to_string();
+            assert!(text.contains("percent-encode"), "{text}");
+            for part in ["svc", "pq7", "ssw0rd", "1234", "db.example", "shop"] {
+                assert!(!text.contains(part), "{part:?} in {text}");
+            }
+        }
+        // An escaped one, and an `@` in a parameter value, are fine.
+        let ok = DbConfig::from_url("postgres://svc:pa%2Fss%3Fw%23@db.example/shop").unwrap();
+        assert_eq!(ok.password.as_deref(), Some("pa/ss?w#"));
+        let ok =
+            DbConfig::from_url("postgres://db.example:5432/shop?application_name=a@b").unwrap();
+        assert_eq!((ok.host.as_str(), ok.port), ("db.example", 5432));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde_json::{Map, Value};
 
-use super::classify::clip;
+use super::classify::{clip, Mask};
 use super::{fold_sku, BatchStatus, ItemResult, Provider};
 
 /// Reason of an item a complete Trendyol result does not mention.
@@ -27,6 +27,9 @@ pub(crate) const MISSING_FROM_RESULT: &str = "item missing from the batch result
 ///   `merchantSku`, only a `hepsiburadaSku`, or a sku not sent) makes the whole upload
 ///   `OutcomeUnknown`.
 ///
+/// Every text quoted from the body (failure reasons, status words, the body itself) is
+/// masked whole with `mask` before it is cut.
+///
 /// Trendyol removes spaces inside barcodes, so barcodes are compared without whitespace.
 /// Failure reasons that name a listing state only a person can change (a campaign forbidding
 /// decreases, a locked, frozen or suspended listing) mark the item `permanent`.
@@ -34,18 +37,23 @@ pub fn parse_batch_status(
     provider: Provider,
     body: &str,
     request_keys: &[String],
+    mask: Mask<'_>,
 ) -> Result<BatchStatus, String> {
-    let value: Value = serde_json::from_str(body)
-        .map_err(|e| format!("batch status is not JSON ({e}): {}", clip(body.trim(), 200)))?;
+    let value: Value = serde_json::from_str(body).map_err(|e| {
+        format!(
+            "batch status is not JSON ({e}): {}",
+            clip(&mask(body.trim()), 200)
+        )
+    })?;
     let Value::Object(obj) = value else {
         return Err(format!(
             "batch status is not a JSON object: {}",
-            clip(body.trim(), 200)
+            clip(&mask(body.trim()), 200)
         ));
     };
     match provider {
         Provider::Trendyol => trendyol(&obj, request_keys),
-        Provider::Hepsiburada => hepsiburada(&obj, request_keys),
+        Provider::Hepsiburada => hepsiburada(&obj, request_keys, mask),
     }
 }
 
@@ -257,7 +265,11 @@ impl UploadWord {
     }
 }
 
-fn hepsiburada(obj: &Map<String, Value>, request_keys: &[String]) -> Result<BatchStatus, String> {
+fn hepsiburada(
+    obj: &Map<String, Value>,
+    request_keys: &[String],
+    mask: Mask<'_>,
+) -> Result<BatchStatus, String> {
     let status = match obj.get("status") {
         Some(Value::String(s)) => s.trim().to_string(),
         // `null` (or no word at all) is still pending.
@@ -268,7 +280,7 @@ fn hepsiburada(obj: &Map<String, Value>, request_keys: &[String]) -> Result<Batc
         UploadWord::Succeeded | UploadWord::Partial => false,
         UploadWord::Failed => true,
         UploadWord::Working => return Ok(BatchStatus::Pending),
-        UploadWord::Unknown => return Ok(BatchStatus::UnknownStatus(clip(&status, 64))),
+        UploadWord::Unknown => return Ok(BatchStatus::UnknownStatus(clip(&mask(&status), 64))),
     };
     let errors: &[Value] = match obj.get("errors") {
         Some(Value::Array(a)) => a,
@@ -294,7 +306,7 @@ fn hepsiburada(obj: &Map<String, Value>, request_keys: &[String]) -> Result<Batc
             );
             return Ok(BatchStatus::OutcomeUnknown(format!(
                 "an error row with {named} matches no item of the upload: {}",
-                clip(&texts.join("; "), 300)
+                clip(&mask(&texts.join("; ")), 300)
             )));
         };
         for i in positions {
@@ -327,6 +339,10 @@ fn hepsiburada(obj: &Map<String, Value>, request_keys: &[String]) -> Result<Batc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_batch_status(p: Provider, body: &str, keys: &[String]) -> Result<BatchStatus, String> {
+        super::parse_batch_status(p, body, keys, &|s: &str| s.to_string())
+    }
 
     fn keys(k: &[&str]) -> Vec<String> {
         k.iter().map(|s| s.to_string()).collect()

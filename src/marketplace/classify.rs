@@ -1,4 +1,8 @@
 //! Push answers -> [`PushOutcome`]; error-message extraction shared with batch polling.
+//!
+//! Every text quoted from a body is masked whole ([`Mask`], the store's
+//! `StoreCredentials::redact`) before it is cut to length: a cut made first could keep the
+//! first part of a credential that only the whole text shows.
 
 use std::time::{Duration, SystemTime};
 
@@ -7,6 +11,10 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 
 use super::{Provider, PushOutcome};
+
+/// Masks the credentials out of a whole text (`StoreCredentials::redact` of the store the
+/// answer came to).
+pub type Mask<'a> = &'a dyn Fn(&str) -> String;
 
 /// Longest message kept in an outcome (characters).
 const MAX_MESSAGE_CHARS: usize = 1000;
@@ -18,8 +26,14 @@ const MAX_MESSAGE_CHARS: usize = 1000;
 /// then 429, 401, 403, 400, 413, 5xx, and any other status as unexpected; a 2xx without
 /// valid JSON or without an id is a transport failure (the push may or may not have been
 /// queued).
-pub fn classify(provider: Provider, status: u16, headers: &HeaderMap, body: &str) -> PushOutcome {
-    classify_at(provider, status, headers, body, SystemTime::now())
+pub fn classify(
+    provider: Provider,
+    status: u16,
+    headers: &HeaderMap,
+    body: &str,
+    mask: Mask<'_>,
+) -> PushOutcome {
+    classify_at(provider, status, headers, body, SystemTime::now(), mask)
 }
 
 pub(crate) fn classify_at(
@@ -28,6 +42,7 @@ pub(crate) fn classify_at(
     headers: &HeaderMap,
     body: &str,
     now: SystemTime,
+    mask: Mask<'_>,
 ) -> PushOutcome {
     let json: Option<Value> = serde_json::from_str(body).ok();
     let success = (200..300).contains(&status);
@@ -39,14 +54,14 @@ pub(crate) fn classify_at(
     if is_identical_refusal(json.as_ref(), body) {
         return PushOutcome::IdenticalBody {
             status,
-            message: error_message(status, body),
+            message: error_message(status, body, mask),
         };
     }
     if success {
         let message = match &json {
             None => format!(
                 "HTTP {status} with a body that is not JSON: {}",
-                clip(body.trim(), 200)
+                clip(&mask(body.trim()), 200)
             ),
             Some(_) => format!(
                 "HTTP {status} without {}: {}",
@@ -54,7 +69,7 @@ pub(crate) fn classify_at(
                     Provider::Trendyol => "batchRequestId",
                     Provider::Hepsiburada => "id",
                 },
-                clip(body.trim(), 200)
+                clip(&mask(body.trim()), 200)
             ),
         };
         return PushOutcome::Transport { message };
@@ -65,25 +80,25 @@ pub(crate) fn classify_at(
         },
         401 => PushOutcome::AuthRejected {
             status,
-            message: error_message(status, body),
+            message: error_message(status, body, mask),
         },
         403 => PushOutcome::Forbidden {
-            message: error_message(status, body),
+            message: error_message(status, body, mask),
         },
         400 => PushOutcome::BadRequest {
             status,
-            message: error_message(status, body),
+            message: error_message(status, body, mask),
         },
         413 => PushOutcome::TooLarge {
-            message: error_message(status, body),
+            message: error_message(status, body, mask),
         },
         500..=599 => PushOutcome::ServerError {
             status,
-            message: error_message(status, body),
+            message: error_message(status, body, mask),
         },
         _ => PushOutcome::Unexpected {
             status,
-            message: error_message(status, body),
+            message: error_message(status, body, mask),
         },
     }
 }
@@ -145,7 +160,7 @@ fn is_identical_refusal(json: Option<&Value>, body: &str) -> bool {
 /// "; "), `{"errors":["text"]}`, `{"errors":{"field":["text"]}}`, `{"message"}`,
 /// `{"title"}` (with `detail`), `{"error"}` / `{"error_description"}`, `{"text"}`;
 /// any other body is used as plain text; an empty one gives `HTTP <status>`.
-pub(crate) fn error_message(status: u16, body: &str) -> String {
+pub(crate) fn error_message(status: u16, body: &str, mask: Mask<'_>) -> String {
     let trimmed = body.trim();
     let from_json = serde_json::from_str::<Value>(trimmed)
         .ok()
@@ -155,7 +170,7 @@ pub(crate) fn error_message(status: u16, body: &str) -> String {
         None if trimmed.is_empty() => format!("HTTP {status}"),
         None => trimmed.to_string(),
     };
-    clip(&message, MAX_MESSAGE_CHARS)
+    clip(&mask(&message), MAX_MESSAGE_CHARS)
 }
 
 fn message_from_json(v: &Value) -> Option<String> {
@@ -320,6 +335,24 @@ fn http_date(v: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plain(s: &str) -> String {
+        s.to_string()
+    }
+
+    fn classify(p: Provider, status: u16, headers: &HeaderMap, body: &str) -> PushOutcome {
+        super::classify(p, status, headers, body, &plain)
+    }
+
+    fn classify_at(
+        p: Provider,
+        status: u16,
+        headers: &HeaderMap,
+        body: &str,
+        now: SystemTime,
+    ) -> PushOutcome {
+        super::classify_at(p, status, headers, body, now, &plain)
+    }
     use reqwest::header::HeaderValue;
 
     const IDENTICAL: &str = "15 dakika boyunca aynı isteği tekrarlı olarak atamazsınız!";

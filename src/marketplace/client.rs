@@ -35,7 +35,8 @@ pub struct Exchange {
     /// `None` when no answer arrived.
     pub status: Option<u16>,
     pub duration: Duration,
-    /// At most 4 KiB (cut on a character boundary); credentials are masked.
+    /// Masked of the credentials, then cut to at most 4 KiB (on a character boundary); a
+    /// 401/403 body is replaced by a description of it.
     pub response_body: String,
 }
 
@@ -127,8 +128,9 @@ impl MarketplaceClient {
             "marketplace push"
         );
         let answer = self.send(call, Some(request.body.clone())).await;
+        let mask = |text: &str| creds.redact(text);
         let outcome = match &answer.result {
-            Ok((status, headers, body)) => classify(creds.provider, *status, headers, body),
+            Ok((status, headers, body)) => classify(creds.provider, *status, headers, body, &mask),
             Err(message) if !answer.left => PushOutcome::NotDelivered {
                 message: message.clone(),
             },
@@ -180,19 +182,20 @@ impl MarketplaceClient {
             "marketplace batch status"
         );
         let answer = self.send(call, None).await;
+        let mask = |text: &str| creds.redact(text);
         let status = match &answer.result {
             Err(message) => BatchStatus::Failed(PushOutcome::Transport {
                 message: message.clone(),
             }),
             Ok((status, _, body)) if (200..300).contains(status) => {
-                match parse_batch_status(creds.provider, body, request_keys) {
+                match parse_batch_status(creds.provider, body, request_keys, &mask) {
                     Ok(s) => s,
                     Err(message) => BatchStatus::Failed(PushOutcome::Transport { message }),
                 }
             }
             Ok((404, _, _)) => BatchStatus::NotFound,
             Ok((status, headers, body)) => {
-                BatchStatus::Failed(classify(creds.provider, *status, headers, body))
+                BatchStatus::Failed(classify(creds.provider, *status, headers, body, &mask))
             }
         }
         .redacted(creds);
@@ -240,6 +243,7 @@ impl MarketplaceClient {
         };
         tracing::debug!(provider = %creds.provider, url = %call.url, "marketplace read");
         let answer = self.send(call, None).await;
+        let mask = |text: &str| creds.redact(text);
         let result = match &answer.result {
             Err(message) => Err(ReadFailure::Transport(message.clone())),
             Ok((status, _, body)) if (200..300).contains(status) => {
@@ -248,7 +252,7 @@ impl MarketplaceClient {
                     .map_err(ReadFailure::Malformed)
             }
             Ok((status, headers, body)) => Err(ReadFailure::Refused(
-                classify(creds.provider, *status, headers, body).redacted(creds),
+                classify(creds.provider, *status, headers, body, &mask).redacted(creds),
             )),
         };
         (result, answer.exchange(creds))
@@ -362,15 +366,22 @@ struct Answer {
 }
 
 impl Answer {
+    /// What the api_log keeps: the body masked whole, then cut. The body of a 401/403 is not
+    /// kept: a gateway refusing credentials is the likeliest to echo them in a form no mask
+    /// foresees; the outcome carries its (masked) reason.
     fn exchange(&self, creds: &StoreCredentials) -> Exchange {
         let body = match &self.result {
-            Ok((_, _, body)) => creds.redact(body),
+            Ok((status @ (401 | 403), _, body)) => format!(
+                "(body of the {status} answer not kept: {} bytes; the reason is in the outcome)",
+                body.len()
+            ),
+            Ok((_, _, body)) => truncate_bytes(&creds.redact(body), EXCHANGE_BODY_LIMIT),
             Err(_) => String::new(),
         };
         Exchange {
             status: self.status,
             duration: self.duration,
-            response_body: truncate_bytes(&body, EXCHANGE_BODY_LIMIT),
+            response_body: body,
         }
     }
 }
@@ -425,13 +436,18 @@ fn error_chain(e: &reqwest::Error) -> String {
     parts.join(": ")
 }
 
-/// Lock and freeze reasons are marketplace text: masked like a response body.
+/// Lock and freeze reasons are marketplace text: masked whole like a response body, then
+/// cut to [`read::MAX_REASON_CHARS`].
 fn redact_reasons(mut page: ListingPage, creds: &StoreCredentials) -> ListingPage {
     for listing in &mut page.listings {
         let flags = &mut listing.flags;
         for reasons in [&mut flags.locked, &mut flags.frozen].into_iter().flatten() {
             for reason in reasons.iter_mut() {
-                *reason = creds.redact(reason);
+                *reason = creds
+                    .redact(reason)
+                    .chars()
+                    .take(read::MAX_REASON_CHARS)
+                    .collect();
             }
         }
     }

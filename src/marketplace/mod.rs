@@ -28,11 +28,13 @@ mod batch;
 mod classify;
 mod client;
 pub mod read;
+mod redact;
 
 use std::fmt;
 use std::time::Duration;
 
 use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -248,14 +250,31 @@ impl fmt::Debug for StoreCredentials {
 }
 
 impl StoreCredentials {
-    /// Hex SHA-256 of the credential material (provider, seller id, key, secret;
-    /// length-prefixed and domain-separated), to notice when an operator changed them.
-    pub fn fingerprint(&self) -> String {
+    /// The credential fingerprint kept in `store_state` (to notice when an operator changed
+    /// the credentials): `hmac-sha256:` and the hex HMAC-SHA256, keyed with the install's
+    /// [`FingerprintKey`], of the credential material (provider, seller id, key, secret;
+    /// length-prefixed and domain-separated). Keyed, so that whoever reads `store_state`
+    /// cannot test guesses of a short secret against it offline.
+    pub fn fingerprint(&self, key: &FingerprintKey) -> String {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key.0)
+            .expect("HMAC takes a key of any length");
+        self.material(|bytes| mac.update(bytes));
+        format!("{FINGERPRINT_PREFIX}{}", hex(&mac.finalize().into_bytes()))
+    }
+
+    /// The fingerprint versions before 013 kept: the bare hex SHA-256 of the same material.
+    /// Only compared with a fingerprint they stored, which is then rewritten keyed.
+    pub fn legacy_fingerprint(&self) -> String {
         let mut h = Sha256::new();
-        h.update(b"stocksync.store-credentials.v1\0");
+        self.material(|bytes| h.update(bytes));
+        hex(&h.finalize())
+    }
+
+    fn material(&self, mut out: impl FnMut(&[u8])) {
+        out(b"stocksync.store-credentials.v1\0");
         let mut field = |bytes: &[u8]| {
-            h.update((bytes.len() as u64).to_be_bytes());
-            h.update(bytes);
+            out(&(bytes.len() as u64).to_be_bytes());
+            out(bytes);
         };
         field(self.provider.as_str().as_bytes());
         field(self.seller_id.as_bytes());
@@ -267,43 +286,75 @@ impl StoreCredentials {
             None => field(b"nokey"),
         }
         field(self.api_secret.as_bytes());
-        hex(&h.finalize())
     }
 
     /// Text that came from the marketplace (an error body, a status word, a failure reason)
     /// with every credential of this store masked as `***`: the api key and secret, the Basic
-    /// token, and their JSON- and URL-escaped forms. Every such text passes through here
-    /// before it is logged, stored or shown. The seller (merchant) id is not a secret: it is
-    /// in every request's path, and an error naming it must stay readable.
+    /// token, base64 of the key and of the secret alone (standard and URL-safe alphabets,
+    /// padded or not), each in any mix of JSON escapes, percent-encoding and form encoding
+    /// ([`redact::mask`]), and the token after any `Basic`/`Bearer`. Every such text passes
+    /// through here whole, before it is cut, logged, stored or shown. The seller (merchant)
+    /// id is not a secret: it is in every request's path, and an error naming it must stay
+    /// readable.
     pub fn redact(&self, text: &str) -> String {
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
         let user = match self.provider {
             Provider::Trendyol => self.api_key.clone().unwrap_or_default(),
             Provider::Hepsiburada => self.seller_id.clone(),
         };
-        let token =
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", self.api_secret));
-        let mut plain: Vec<String> = vec![self.api_secret.clone(), token];
-        plain.extend(self.api_key.clone());
-        let mut secrets: Vec<String> = Vec::new();
-        for s in plain.into_iter().filter(|s| !s.is_empty()) {
-            let json = serde_json::to_string(&s).unwrap_or_default();
-            secrets.push(json.trim_matches('"').to_string());
-            secrets.push(
-                percent_encoding::utf8_percent_encode(&s, percent_encoding::NON_ALPHANUMERIC)
-                    .to_string(),
-            );
-            secrets.push(s);
-        }
-        // Longest first, so a secret containing another is masked whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.dedup();
-        let mut out = text.to_string();
-        for s in secrets.iter().filter(|s| !s.is_empty()) {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), "***");
+        let plain: Vec<String> = std::iter::once(self.api_secret.clone())
+            .chain(self.api_key.clone())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut encoded: Vec<Vec<u8>> = plain.iter().map(|s| s.as_bytes().to_vec()).collect();
+        encoded.push(format!("{user}:{}", self.api_secret).into_bytes());
+        let mut secrets = plain;
+        for bytes in &encoded {
+            for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+                secrets.push(engine.encode(bytes));
             }
         }
-        out
+        secrets.sort();
+        secrets.dedup();
+        redact::mask(text, &secrets)
+    }
+}
+
+/// How a keyed fingerprint begins ([`StoreCredentials::fingerprint`]); one without it was
+/// written by an earlier version ([`StoreCredentials::legacy_fingerprint`]).
+pub const FINGERPRINT_PREFIX: &str = "hmac-sha256:";
+
+/// The per-install key of credential fingerprints (kept in `stock_sync.install`). `Debug`
+/// does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FingerprintKey(Vec<u8>);
+
+impl FingerprintKey {
+    /// Bytes of a new key.
+    pub const LEN: usize = 32;
+
+    pub fn from_bytes(bytes: Vec<u8>) -> FingerprintKey {
+        FingerprintKey(bytes)
+    }
+
+    /// A new random key (the operating system's generator).
+    pub fn generate() -> FingerprintKey {
+        use rand::RngCore;
+        let mut bytes = vec![0u8; Self::LEN];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        FingerprintKey(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for FingerprintKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FingerprintKey(<redacted>)")
     }
 }
 
@@ -675,18 +726,26 @@ mod tests {
             api_secret: "s3cr3t".into(),
             user_agent: "1 - SelfIntegration".into(),
         };
-        let f = c.fingerprint();
-        assert_eq!(f.len(), 64);
-        assert_eq!(f, c.clone().fingerprint());
+        let key = FingerprintKey::from_bytes(vec![7; 32]);
+        let f = c.fingerprint(&key);
+        assert!(f.starts_with(FINGERPRINT_PREFIX) && f.len() == FINGERPRINT_PREFIX.len() + 64);
+        // Keyed: another install's key gives another fingerprint, and none is the bare
+        // SHA-256 earlier versions stored.
+        assert_ne!(f, c.fingerprint(&FingerprintKey::from_bytes(vec![8; 32])));
+        let legacy = c.legacy_fingerprint();
+        assert_eq!(legacy.len(), 64);
+        assert!(!f.contains(&legacy));
+        assert!(!format!("{key:?}").contains("7"));
+        assert_eq!(f, c.clone().fingerprint(&key));
         let mut d = c.clone();
         d.api_secret = "other".into();
-        assert_ne!(f, d.fingerprint());
+        assert_ne!(f, d.fingerprint(&key));
         let mut d = c.clone();
         d.api_key = None;
-        assert_ne!(f, d.fingerprint());
+        assert_ne!(f, d.fingerprint(&key));
         let mut d = c.clone();
         d.seller_id = "2".into();
-        assert_ne!(f, d.fingerprint());
+        assert_ne!(f, d.fingerprint(&key));
         // Field boundaries matter.
         let a = StoreCredentials {
             api_key: Some("ab".into()),
@@ -698,7 +757,7 @@ mod tests {
             api_secret: "bc".into(),
             ..c.clone()
         };
-        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(&key), b.fingerprint(&key));
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("s3cr3t") && dbg.contains("***"), "{dbg}");
     }

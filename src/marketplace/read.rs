@@ -44,7 +44,8 @@ pub const TRENDYOL_PAGE_SIZE: u32 = 100;
 /// Keys per read by key (Trendyol `barcodes`, Hepsiburada `merchantSkuList`).
 pub const MAX_KEYS_PER_READ: usize = 50;
 /// Longest lock or freeze reason kept (characters); marketplace text is shown, not trusted.
-const MAX_REASON_CHARS: usize = 200;
+/// [`parse_listings`] keeps reasons whole: the client cuts them after masking credentials.
+pub(super) const MAX_REASON_CHARS: usize = 200;
 
 /// Where a scan goes next. Stored (JSON) by a resumable audit, so it must stay readable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -437,7 +438,7 @@ fn parse_hepsiburada(
                         items
                             .iter()
                             .filter_map(Value::as_str)
-                            .map(|r| r.chars().take(MAX_REASON_CHARS).collect())
+                            .map(str::to_string)
                             .collect()
                     })
                     .unwrap_or_default()

@@ -361,8 +361,26 @@ pub struct Faults {
     /// Input convenience: sets `status_until` to now + this many milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_for_ms: Option<u64>,
+    /// How the forced status's body echoes the credentials.
+    pub echo: EchoMode,
     /// Which endpoints the faults hit.
     pub scope: FaultScope,
+}
+
+/// How a forced status (`Faults::status`) echoes the credentials the request carried.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EchoMode {
+    /// `false` (default): the user and password, decoded, and the Authorization header, in a
+    /// JSON message. `true`: also every spelling a service may use: JSON `\uXXXX` escapes of
+    /// every character (upper-case hex, as .NET writes them) with `\/`, lower-case percent
+    /// hex over the RFC 3986 unreserved set, form encoding (`+` for a space), URL-safe
+    /// base64 of `user:password`, standard and URL-safe base64 of the password alone, and
+    /// `Bearer <token>` of that base64.
+    pub encodings: bool,
+    /// Characters of filler before the echo in the message, so that a client cutting the
+    /// message at a fixed length cuts through a credential.
+    pub padding: usize,
 }
 
 impl Faults {

@@ -122,8 +122,8 @@ use tokio::task::JoinHandle;
 pub use behaviour::{Behaviour, ErrorRowSkus, ListingFlags};
 pub use cli::{run_cli, MockArgs};
 pub use config::{
-    load_accounts_file, ConfigError, FaultScope, Faults, Marketplace, MockAccount, MockConfig,
-    RateLimit,
+    load_accounts_file, ConfigError, EchoMode, FaultScope, Faults, Marketplace, MockAccount,
+    MockConfig, RateLimit,
 };
 pub use hepsiburada::UNKNOWN_SKU_ERROR;
 pub use page::escape_html;
@@ -551,7 +551,12 @@ async fn marketplace_layer(
         }
         Some(resp)
     } else if let Some(status) = plan.status {
-        Some(echoing_status(marketplace, status, &parts.headers))
+        Some(echoing_status(
+            marketplace,
+            status,
+            &parts.headers,
+            &shared.faults().echo,
+        ))
     } else if plan.error {
         Some(internal_error(marketplace, "fault:error"))
     } else {
@@ -606,6 +611,7 @@ fn echoing_status(
     marketplace: Marketplace,
     status: u16,
     headers: &axum::http::HeaderMap,
+    echo: &config::EchoMode,
 ) -> Response {
     let authorization = headers
         .get(header::AUTHORIZATION)
@@ -625,6 +631,16 @@ fn echoing_status(
         format!("request refused by the gateway for {decoded} (Authorization: {authorization})");
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     let outcome = Outcome::note("fault:status");
+    if echo.encodings || echo.padding > 0 {
+        let mut resp = (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            encoded_echo(marketplace, &message, &decoded, echo),
+        )
+            .into_response();
+        resp.extensions_mut().insert(outcome);
+        return resp;
+    }
     match marketplace {
         Marketplace::Trendyol => json_response(
             status,
@@ -636,6 +652,63 @@ fn echoing_status(
             json!({"errors": [{"message": message, "code": "Gateway"}]}),
             outcome,
         ),
+    }
+}
+
+/// The JSON body of an echo in [`config::EchoMode`]: written by hand, since a JSON library
+/// escapes only what it must and a .NET service escapes far more (`+` as `\u002B`).
+fn encoded_echo(
+    marketplace: Marketplace,
+    message: &str,
+    decoded: &str,
+    echo: &config::EchoMode,
+) -> String {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    let json = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let json = |s: &str| json(s).trim_matches('"').to_string();
+    let mut text = ".".repeat(echo.padding);
+    text.push_str(&json(message));
+    if echo.encodings {
+        let password = decoded.split_once(':').map(|(_, p)| p).unwrap_or("");
+        // Every character as `\uXXXX` (upper-case hex), `/` as `\/`.
+        let escaped: String = decoded
+            .encode_utf16()
+            .map(|u| match u {
+                0x2F => "\\/".to_string(),
+                u => format!("\\u{u:04X}"),
+            })
+            .collect();
+        // Lower-case hex over the RFC 3986 unreserved set; form: `+` for a space.
+        let percent = |s: &str, form: bool| -> String {
+            s.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    b' ' if form => "+".to_string(),
+                    b => format!("%{b:02x}"),
+                })
+                .collect()
+        };
+        text.push_str(&format!(
+            "; escaped {escaped}; query user={}; form {}; url-safe {} / {}; alone {} {}; Bearer {}",
+            percent(decoded, false),
+            percent(decoded, true),
+            URL_SAFE.encode(decoded),
+            URL_SAFE_NO_PAD.encode(decoded),
+            STANDARD.encode(password),
+            URL_SAFE_NO_PAD.encode(password),
+            STANDARD.encode(password),
+        ));
+    }
+    match marketplace {
+        Marketplace::Trendyol => format!(
+            r#"{{"errors":[{{"key":"gateway","message":"{text}","errorCode":"gateway"}}]}}"#
+        ),
+        Marketplace::Hepsiburada => {
+            format!(r#"{{"errors":[{{"message":"{text}","code":"Gateway"}}]}}"#)
+        }
     }
 }
 

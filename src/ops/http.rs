@@ -513,26 +513,63 @@ async fn metrics_text() -> Response {
 /// Ready: the database answered the last background check, capture streams or stands by, every supervised task is up,
 /// and no store with due work has gone without a finished cycle for ten flush intervals.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let streaming = state.capture.streaming.load(Ordering::Acquire);
-    let standby = state.capture.standby.load(Ordering::Acquire);
     // From the background check: no request reaches the database here.
     let (db_ok, stalled) = state.checked.current();
-    let down = state.tasks.down();
+    let (status, body) = readiness(&state.capture, db_ok, &state.tasks, &stalled);
+    (status, axum::Json(body)).into_response()
+}
+
+/// What `/readyz` answers: *what* is down, by name (`database`, `capture`, `dispatch`, a
+/// task's name), never an error text. `/readyz` is open to anyone who reaches the port;
+/// a server's or a panic's message stays in the log and behind the token (`/api/status`).
+fn readiness(
+    capture: &crate::capture::CaptureHealth,
+    db_ok: bool,
+    tasks: &super::supervise::Tasks,
+    stalled: &[uuid::Uuid],
+) -> (StatusCode, serde_json::Value) {
+    let streaming = capture.streaming.load(Ordering::Acquire);
+    let standby = capture.standby.load(Ordering::Acquire);
+    let tasks_down = tasks.down();
+    let mut down: Vec<&str> = Vec::new();
+    if !db_ok {
+        down.push("database");
+    }
+    if !(streaming || standby) {
+        down.push("capture");
+    }
+    if !stalled.is_empty() {
+        down.push("dispatch");
+    }
+    for name in &tasks_down {
+        if !down.contains(name) {
+            down.push(name);
+        }
+    }
+    let task_states: serde_json::Map<String, serde_json::Value> = tasks
+        .snapshot()
+        .into_iter()
+        .map(|(name, s)| {
+            let state = serde_json::json!({ "up": s.up, "restarts": s.restarts });
+            (name.to_string(), state)
+        })
+        .collect();
     let body = serde_json::json!({
+        "ready": down.is_empty(),
+        "down": down,
         "streaming": streaming,
         "standby": standby,
         "database": db_ok,
-        "tasks": state.tasks.snapshot(),
-        "tasks_down": down,
+        "tasks": task_states,
+        "tasks_down": tasks_down,
         "stalled_stores": stalled,
-        "last_error": state.capture.last_error.lock().map(|e| e.clone()).unwrap_or(None),
     });
-    let status = if db_ok && (streaming || standby) && down.is_empty() && stalled.is_empty() {
+    let status = if down.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(body)).into_response()
+    (status, body)
 }
 
 /// A pool failure, without the connection string.
@@ -612,6 +649,47 @@ async fn dashboard() -> Html<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `/readyz` names what is down and quotes no error: not capture's last server
+    /// message, not a task's panic.
+    #[tokio::test]
+    async fn readiness_names_what_is_down_and_quotes_no_error() {
+        let capture = crate::capture::CaptureHealth::default();
+        *capture.last_error.lock().unwrap() = Some(crate::capture::ErrorSummary {
+            kind: "connection",
+            message: "FATAL: password authentication failed for user \"svc-7f3a\"".into(),
+        });
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let supervisor = super::super::supervise::Supervisor::new(shutdown.clone());
+        let _task = supervisor.spawn("dispatch", || async {
+            panic!("server said: no pg_hba.conf entry for host 10.1.2.3, user svc-7f3a")
+        });
+        let tasks = supervisor.tasks();
+        while tasks.down().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let stalled = [uuid::Uuid::nil()];
+        let (status, body) = readiness(&capture, false, &tasks, &stalled);
+        shutdown.cancel();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let text = body.to_string();
+        for quoted in ["svc-7f3a", "password", "pg_hba", "10.1.2.3", "panicked"] {
+            assert!(!text.contains(quoted), "{quoted:?} in {text}");
+        }
+        let down: Vec<&str> = body["down"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(down, ["database", "capture", "dispatch"], "{text}");
+        // Ready when nothing is down.
+        capture.streaming.store(true, Ordering::Release);
+        let idle = super::super::supervise::Tasks::default();
+        let (status, body) = readiness(&capture, true, &idle, &[]);
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["down"], serde_json::json!([]));
+    }
 
     #[test]
     fn the_slowest_connection_is_closed_first() {

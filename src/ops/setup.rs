@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "unknown_outcomes",
         include_str!("../../sql/011_unknown_outcomes.sql"),
     ),
+    (
+        13,
+        "install_key",
+        include_str!("../../sql/013_install_key.sql"),
+    ),
 ];
 
 /// The application tables stocksync reads through the slot.

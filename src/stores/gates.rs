@@ -7,7 +7,10 @@
 //! * A Hepsiburada store with no user agent configured: paused (`not_configured`) and never
 //!   sent a request; the pause lifts when stocksync runs with one configured.
 //! * Missing credentials, or credentials the marketplace refused (401): paused
-//!   (`credentials`) until the credentials change in `stores` (or `retry-failed`).
+//!   (`credentials`) until the credentials change in `stores` (or `retry-failed`). Which
+//!   credentials were refused is kept as a fingerprint keyed with the install's key
+//!   ([`StoreCredentials::fingerprint`]); one an earlier version wrote (a bare SHA-256) is
+//!   compared by its own rule once and rewritten keyed.
 //! * A 403 (an IP block or overload, not necessarily the credentials): paused (`forbidden`);
 //!   when its wait is over the store is opened for one probe request, whose answer lifts the
 //!   pause or doubles the wait (see [`crate::dispatch`]).
@@ -21,7 +24,7 @@ use uuid::Uuid;
 use super::row::load_store;
 use super::state::{self, Pause, PauseKind, StoreState};
 use super::StoreError;
-use crate::marketplace::{Provider, StoreCredentials, UserAgents};
+use crate::marketplace::{Provider, StoreCredentials, UserAgents, FINGERPRINT_PREFIX};
 use crate::metrics::metrics;
 use crate::queue::{self, Outcome};
 
@@ -69,7 +72,8 @@ pub async fn check(
         return close(db, store_id, Outcome::StoreInactive).await;
     }
     let state = state::read(db, store_id, settings.min_send_interval).await?;
-    let fingerprint = store.credentials_as_is(provider).fingerprint();
+    let as_is = store.credentials_as_is(provider);
+    let fingerprint = as_is.fingerprint(&state::fingerprint_key(db).await?);
     let seller = store.seller_id.clone().unwrap_or_default();
     let user_agent = settings.user_agents.for_store(provider, store_id, &seller);
     let mut probe = false;
@@ -77,7 +81,18 @@ pub async fn check(
         let lifted = match state.pause_kind {
             PauseKind::NotConfigured => user_agent.is_some(),
             PauseKind::Credentials | PauseKind::Forbidden | PauseKind::Other => {
-                state.paused_credentials.as_deref() != Some(fingerprint.as_str())
+                match state.paused_credentials.as_deref() {
+                    // Written by a version before keyed fingerprints: compared by its rule
+                    // once, then rewritten, so an upgrade lifts no pause by itself.
+                    Some(old)
+                        if !old.starts_with(FINGERPRINT_PREFIX)
+                            && old == as_is.legacy_fingerprint() =>
+                    {
+                        state::rewrite_fingerprint(db, store_id, old, &fingerprint).await?;
+                        false
+                    }
+                    stored => stored != Some(fingerprint.as_str()),
+                }
             }
         };
         if lifted {

@@ -64,14 +64,28 @@ SELECT type::text, is_active::boolean, send_stock::boolean, seller_id::text, api
 FROM stores WHERE id = $1
 "#;
 
-/// The `stores` row as dispatch needs it.
-#[derive(Debug, Clone)]
+/// The `stores` row as dispatch needs it. `Debug` shows whether the key and secret are
+/// there, never what they are.
+#[derive(Clone)]
 pub struct StoreRow {
     pub store_type: String,
     pub active: bool,
     pub seller_id: Option<String>,
     pub api_key: Option<String>,
     pub api_secret: Option<String>,
+}
+
+impl std::fmt::Debug for StoreRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("StoreRow")
+            .field("store_type", &self.store_type)
+            .field("active", &self.active)
+            .field("seller_id", &self.seller_id)
+            .field("api_key", &hidden(&self.api_key))
+            .field("api_secret", &hidden(&self.api_secret))
+            .finish()
+    }
 }
 
 impl StoreRow {
@@ -142,6 +156,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn debug_shows_no_key_or_secret() {
+        let row = StoreRow {
+            store_type: "TRENDYOL".into(),
+            active: true,
+            seller_id: Some("1001".into()),
+            api_key: Some("the-api-key".into()),
+            api_secret: Some("the-api-secret".into()),
+        };
+        let text = format!("{row:?} {row:#?}");
+        assert!(!text.contains("the-api-key"), "{text}");
+        assert!(!text.contains("the-api-secret"), "{text}");
+        assert!(
+            text.contains("1001") && text.contains("<redacted>"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn store_credentials_name_the_missing_field() {
         let row = StoreRow {
             store_type: "TRENDYOL".into(),
@@ -168,6 +200,7 @@ mod tests {
             "stores.api_secret is empty"
         );
         // Filling a field changes the fingerprint, so a pause for it lifts.
+        let key = crate::marketplace::FingerprintKey::from_bytes(vec![1; 32]);
         let filled = StoreRow {
             api_secret: Some("new".into()),
             ..blank
@@ -175,13 +208,13 @@ mod tests {
         assert_ne!(
             filled
                 .credentials_as_is(Provider::Hepsiburada)
-                .fingerprint(),
+                .fingerprint(&key),
             StoreRow {
                 api_secret: None,
                 ..filled
             }
             .credentials_as_is(Provider::Hepsiburada)
-            .fingerprint()
+            .fingerprint(&key)
         );
     }
 }

@@ -8,6 +8,19 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::StoreError;
+use crate::marketplace::FingerprintKey;
+
+/// The install's fingerprint key (migration 013), written once when missing.
+const FINGERPRINT_KEY_SQL: &str = "SELECT fingerprint_key FROM stock_sync.install";
+const NEW_FINGERPRINT_KEY_SQL: &str =
+    "INSERT INTO stock_sync.install (fingerprint_key) VALUES ($1) ON CONFLICT DO NOTHING";
+
+/// A pause's fingerprint in an earlier version's form (`$2`), rewritten keyed (`$3`) once it
+/// was found to name the same credentials.
+const REWRITE_FINGERPRINT_SQL: &str = r#"
+UPDATE stock_sync.store_state SET paused_credentials = $3
+WHERE store_id = $1 AND paused_credentials = $2
+"#;
 
 const ENSURE_SQL: &str =
     "INSERT INTO stock_sync.store_state (store_id) VALUES ($1) ON CONFLICT DO NOTHING";
@@ -269,6 +282,31 @@ pub struct Pause<'a> {
     pub look_again_after: Duration,
     /// The pause counts one more 403 answer.
     pub forbidden: bool,
+}
+
+/// The key of this install's credential fingerprints; the first call makes one (32 random
+/// bytes; concurrent first calls agree on whichever row was written first).
+pub async fn fingerprint_key(db: &impl GenericClient) -> Result<FingerprintKey, StoreError> {
+    if let Some(row) = db.query_opt(FINGERPRINT_KEY_SQL, &[]).await? {
+        return Ok(FingerprintKey::from_bytes(row.get(0)));
+    }
+    let fresh = FingerprintKey::generate();
+    db.execute(NEW_FINGERPRINT_KEY_SQL, &[&fresh.as_bytes()])
+        .await?;
+    let row = db.query_one(FINGERPRINT_KEY_SQL, &[]).await?;
+    Ok(FingerprintKey::from_bytes(row.get(0)))
+}
+
+/// Replaces a pause's fingerprint `old` (an earlier version's form) by `new`.
+pub async fn rewrite_fingerprint(
+    db: &impl GenericClient,
+    store: Uuid,
+    old: &str,
+    new: &str,
+) -> Result<(), StoreError> {
+    db.execute(REWRITE_FINGERPRINT_SQL, &[&store, &old, &new])
+        .await?;
+    Ok(())
 }
 
 pub async fn pause(db: &impl GenericClient, store: Uuid, p: &Pause<'_>) -> Result<(), StoreError> {

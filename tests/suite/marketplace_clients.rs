@@ -621,6 +621,7 @@ fn prepare_is_deterministic_with_exact_bytes() {
 
 #[test]
 fn credentials_debug_hides_secrets() {
+    let key = stocksync::marketplace::FingerprintKey::generate();
     for creds in [ty_creds(), hb_creds()] {
         let dbg = format!("{creds:?}");
         let pretty = format!("{creds:#?}");
@@ -629,12 +630,12 @@ fn credentials_debug_hides_secrets() {
             assert!(s.contains("***"), "{s}");
             assert!(s.contains(&creds.seller_id), "{s}");
         }
-        let fp = creds.fingerprint();
-        assert_eq!(fp.len(), 64);
+        let fp = creds.fingerprint(&key);
+        assert_eq!(fp.len(), "hmac-sha256:".len() + 64);
         assert!(!fp.contains(&creds.api_secret));
-        assert_eq!(fp, creds.clone().fingerprint());
+        assert_eq!(fp, creds.clone().fingerprint(&key));
     }
-    assert_ne!(ty_creds().fingerprint(), hb_creds().fingerprint());
+    assert_ne!(ty_creds().fingerprint(&key), hb_creds().fingerprint(&key));
 }
 
 #[test]
@@ -656,4 +657,124 @@ fn provider_api() {
     );
     assert_eq!(Provider::Trendyol.max_batch(), 1000);
     assert!(Provider::Hepsiburada.max_batch() >= 1);
+}
+
+// ------------------------------------------------------------------ echoed credentials
+
+/// Every spelling of `s` the echoing mock writes, and the first half of `s`.
+fn spellings(s: &str) -> Vec<String> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    let escaped: String = s
+        .encode_utf16()
+        .map(|u| match u {
+            0x2F => "\\/".to_string(),
+            u => format!("\\u{u:04X}"),
+        })
+        .collect();
+    let percent = |form: bool| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                b' ' if form => "+".to_string(),
+                b => format!("%{b:02x}"),
+            })
+            .collect()
+    };
+    let half: String = s.chars().take(s.chars().count() / 2).collect();
+    vec![
+        s.to_string(),
+        half,
+        escaped[..escaped.len() / 2].to_string(),
+        percent(false),
+        percent(true),
+        STANDARD.encode(s),
+        URL_SAFE.encode(s),
+        URL_SAFE_NO_PAD.encode(s),
+    ]
+}
+
+/// A gateway echoes the credentials in every spelling a service may use (JSON `\uXXXX`
+/// and `\/`, lower-case percent hex, form `+`, URL-safe base64, base64 of the secret alone,
+/// a `Bearer` token), with filler putting a credential across the 1000-character cut of
+/// the outcome's message. Neither the outcome (what `last_error` and status show) nor the
+/// exchange (what the API log keeps) holds any of it, and a 401/403 body is not kept.
+#[tokio::test]
+async fn echoed_credentials_are_masked_in_every_spelling_and_across_the_cut() {
+    const KEY: &str = "k3y+Alpha/Beta~z";
+    const SECRET: &str = "s3cr3t+v@lue/with space~é";
+    let m = start(
+        MockConfig::default()
+            .with_account(MockAccount::trendyol(TY, KEY, SECRET))
+            .with_account(MockAccount::hepsiburada(HB, SECRET)),
+    )
+    .await;
+    let c = client(&m);
+    let prefix = "request refused by the gateway for ".chars().count();
+    for p in BOTH {
+        let creds = StoreCredentials {
+            api_key: (p == Provider::Trendyol).then(|| KEY.to_string()),
+            api_secret: SECRET.into(),
+            ..creds(p)
+        };
+        let user = match p {
+            Provider::Trendyol => KEY,
+            Provider::Hepsiburada => HB,
+        };
+        let user_chars = user.chars().count();
+        // The outcome's message is cut at 1000 characters: these paddings cut the echoed
+        // `user:password` past the first half of the secret, and past the first half of the
+        // user (the key, for Trendyol): a cut made before masking keeps that half.
+        let paddings = [0, 1000 - prefix - user_chars - 1 - 14, 1000 - prefix - 9];
+        let mut forbidden = spellings(SECRET);
+        if p == Provider::Trendyol {
+            forbidden.extend(spellings(KEY));
+        }
+        // The Basic token's forms (its first half names the user, no secret for Hepsiburada).
+        forbidden.extend(spellings(&format!("{user}:{SECRET}")).into_iter().skip(3));
+        for status in [400, 401, 403, 500] {
+            for padding in paddings {
+                m.set_faults(Faults {
+                    status: Some(status),
+                    echo: stocksync::mock::EchoMode {
+                        encodings: true,
+                        padding,
+                    },
+                    ..Faults::default()
+                });
+                let (outcome, exchange) = c.push(&creds, &prepare(p, &items(&[("A", 1)]))).await;
+                let (read, read_exchange) = c.batch_status(&creds, "x", &["A".to_string()]).await;
+                assert_eq!(exchange.status, Some(status));
+                let texts = [
+                    format!("{outcome:?}"),
+                    exchange.response_body.clone(),
+                    format!("{read:?}"),
+                    read_exchange.response_body.clone(),
+                ];
+                for text in &texts {
+                    for form in &forbidden {
+                        assert!(
+                            !text.contains(form.as_str()),
+                            "{p:?} {status} padding {padding}: {form:?} in {text}"
+                        );
+                    }
+                    assert!(
+                        !text.contains("Bearer ") || text.contains("Bearer ***"),
+                        "{p:?} {status}: a Bearer token in {text}"
+                    );
+                }
+                if matches!(status, 401 | 403) {
+                    assert!(
+                        !exchange.response_body.contains("gateway"),
+                        "a {status} body is not kept: {}",
+                        exchange.response_body
+                    );
+                } else {
+                    assert!(exchange.response_body.contains("gateway"), "{p:?} {status}");
+                }
+            }
+        }
+    }
 }

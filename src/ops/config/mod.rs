@@ -49,6 +49,12 @@ pub enum ConfigError {
         value: String,
         problem: String,
     },
+    #[error("config file {path} holds a secret ({key}) and can be read by others than its owner (mode {mode:04o}): run `chmod 600 {path}`, or keep the secret in the environment (as libpq refuses such a password file)")]
+    Exposed {
+        path: String,
+        key: &'static str,
+        mode: u32,
+    },
     #[error("DATABASE_URL is not set (environment, or `database_url` in the --config file)")]
     MissingDatabaseUrl,
     #[error(transparent)]
@@ -297,12 +303,21 @@ fn typed(key: &'static Key, text: &str) -> Result<toml::Value, ConfigError> {
 
 /// The file's keys, each known; string values are read as their key's kind (so
 /// `max_quantity = "500"` works as it does in the environment).
+///
+/// A file holding a secret (a database URL with a password, the HTTP token) is refused when
+/// its group or others have any permission on it, as libpq refuses such a password file.
 fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    use std::io::Read;
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let read_error = |source| ConfigError::Read {
         path: shown.clone(),
         source,
-    })?;
+    };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    // The mode of the file read, not of whatever the path names a moment later.
+    let metadata = file.metadata().map_err(read_error)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_error)?;
     // The error's message and position only: its `Display` quotes the offending line, which
     // may hold a password or a token.
     let table: toml::Table = text
@@ -319,6 +334,22 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
                 None => e.message().trim().to_string(),
             },
         })?;
+    if let Some(key) = secret_held(&table) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = metadata.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(ConfigError::Exposed {
+                    path: shown,
+                    key: key.name,
+                    mode,
+                });
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (key, &metadata);
+    }
     let mut values = toml::Table::new();
     for (name, value) in table {
         let key = Key::named(&name).ok_or_else(|| ConfigError::UnknownKey {
@@ -335,6 +366,22 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         values.insert(name, value);
     }
     Ok(values)
+}
+
+/// The first secret key the file gives a value: a database URL holding a password (or one
+/// that cannot be read, which may), any other secret key that is not blank.
+fn secret_held(table: &toml::Table) -> Option<&'static Key> {
+    table.iter().find_map(|(name, value)| {
+        let key = Key::named(name).filter(|k| k.secret)?;
+        let held = match value {
+            toml::Value::String(text) if key.name == keys::DATABASE_URL.name => {
+                url::Url::parse(text).map_or(true, |u| u.password().is_some())
+            }
+            toml::Value::String(text) => !text.trim().is_empty(),
+            _ => true,
+        };
+        held.then_some(key)
+    })
 }
 
 /// A percentage `1%`..`100%` (the `%` may be left out).
@@ -844,6 +891,61 @@ mod tests {
             assert!(!e.contains("1234567890123456789"), "{e}");
         }
         assert!(errors[4].contains("line 1"), "{}", errors[4]);
+    }
+
+    /// A file holding a secret is refused while its group or others may read it; one
+    /// without a secret, or private to its owner, is read.
+    #[cfg(unix)]
+    #[test]
+    fn a_file_holding_a_secret_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("stocksync-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        let chmod = |mode: u32| {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        for (text, key) in [
+            (
+                "database_url = \"postgres://svc:pw-1@h/db\"\n",
+                "database_url",
+            ),
+            ("http_token = \"tok-0123456789abcdef\"\n", "http_token"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            for mode in [0o644, 0o640, 0o604, 0o660, 0o610] {
+                chmod(mode);
+                let err = Config::load_from(Some(&file), env(&[])).unwrap_err();
+                assert!(
+                    matches!(err, ConfigError::Exposed { .. }),
+                    "{mode:o}: {err}"
+                );
+                let text = err.to_string();
+                assert!(
+                    text.contains("chmod 600")
+                        && text.contains(key)
+                        && text.contains(&file.display().to_string()),
+                    "{text}"
+                );
+                assert!(
+                    !text.contains("pw-1") && !text.contains("tok-0123"),
+                    "{text}"
+                );
+            }
+            for mode in [0o600, 0o400] {
+                chmod(mode);
+                Config::load_from(Some(&file), env(&[])).unwrap();
+            }
+        }
+        // No secret in it: any mode.
+        std::fs::write(
+            &file,
+            "database_url = \"postgres://svc@h/db\"\nhttp_token = \"\"\n",
+        )
+        .unwrap();
+        chmod(0o644);
+        Config::load_from(Some(&file), env(&[])).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
