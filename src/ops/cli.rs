@@ -259,7 +259,10 @@ async fn preflight_exit(config: &Config, allow_active_slot: bool) -> Result<Opti
             .await
             .context("checking whether the slot survives a failover")?
         {
-            eprintln!("stocksync: warning: {w}");
+            // `check` says it on the terminal; `run` in its log.
+            if !allow_active_slot {
+                eprintln!("stocksync: warning: {w}");
+            }
             warn!(warning = %w, "preflight");
         }
     }
