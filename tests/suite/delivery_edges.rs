@@ -411,3 +411,60 @@ async fn a_429_asking_for_no_wait_waits_the_rate_window() {
     }
     stack.stop().await;
 }
+
+/// A DBA's defaults for the database (`statement_timeout`, `idle_in_transaction_session_timeout`
+/// of 1 ms, as an application's guard might be) do not cut stocksync's own sessions: each
+/// says what it can live with, and the catalogue is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_default_timeouts_do_not_cut_stocksyncs_sessions() {
+    let stack = start_after(
+        "edges_timeouts",
+        mock_config(),
+        &[],
+        async |c: &Client| {
+            let (ty, _) = stores(c).await;
+            for i in 0..50 {
+                product(c, &format!("TO-{i:02}"), i + 1, &[ty]).await;
+            }
+        },
+        async |c: &Client| {
+            let db: String = c
+                .query_one("SELECT current_database()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            c.batch_execute(&format!(
+                "ALTER DATABASE {db} SET statement_timeout = '1ms'; \
+                 ALTER DATABASE {db} SET idle_in_transaction_session_timeout = '1ms'"
+            ))
+            .await
+            .unwrap();
+        },
+    )
+    .await;
+    for i in [0, 24, 49] {
+        wait_quantity(&stack.mock, SELLER, &format!("TO-{i:02}"), i64::from(i + 1)).await;
+    }
+    stack
+        .exec(
+            "UPDATE product_stores SET sellable_quantity = 77 WHERE product_id = (SELECT id FROM products WHERE barcode = 'TO-07')",
+            &[],
+        )
+        .await;
+    wait_quantity(&stack.mock, SELLER, "TO-07", 77).await;
+    let client = connect(&stack.url).await;
+    stack.stop().await;
+    // No session of the database was ended by a timeout (an idle-in-transaction timeout ends
+    // the session with FATAL; the service's sessions are gone now, so their counts are in).
+    let fatal = "SELECT sessions_fatal FROM pg_stat_database WHERE datname = current_database()";
+    client
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fatal: i64 = client.query_one(fatal, &[]).await.unwrap().get(0);
+    assert_eq!(
+        fatal, 0,
+        "sessions of stocksync ended by the database's timeouts"
+    );
+}

@@ -589,3 +589,48 @@ async fn failover_slots_are_created_where_the_server_has_them_and_check_warns() 
         describe(&checked)
     );
 }
+
+/// `synchronous_standby_names = '*'` would make stocksync's own walsender a synchronous
+/// standby of stocksync's commits (capture and the application hang): `check` refuses it,
+/// naming the setting and the fix. A private cluster, because the setting is cluster-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_refuses_a_synchronous_standby_setting_that_would_hang_capture() {
+    use stocksync::localpg::{ClusterOptions, LocalCluster};
+    let cluster = LocalCluster::start(ClusterOptions::default()).expect("cluster");
+    cluster.psql("postgres", "CREATE DATABASE shop").unwrap();
+    cluster.psql("shop", APP_SCHEMA).unwrap();
+    let url = cluster.url_for("postgres", "shop");
+    let slot = "sync_standby";
+    setup(&url, slot, slot).await;
+    let before = stocksync(&url, slot, &["check"]).await;
+    assert!(before.status.success(), "{}", describe(&before));
+    // Set after setup: with no standby every commit would wait from now on.
+    for sql in [
+        "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        "SELECT pg_reload_conf()",
+    ] {
+        cluster.psql("postgres", sql).unwrap();
+    }
+    let client = connect(&url).await;
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the setting reloaded",
+        || async {
+            client
+                .query_one("SHOW synchronous_standby_names", &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+                == "*"
+        },
+    )
+    .await;
+    let after = stocksync(&url, slot, &["check"]).await;
+    assert_eq!(after.status.code(), Some(2), "{}", describe(&after));
+    let stderr = text(&after.stderr);
+    assert!(
+        stderr.contains("synchronous_standby_names") && stderr.contains("hang"),
+        "{}",
+        describe(&after)
+    );
+}

@@ -47,11 +47,24 @@ pub async fn start(
     extra: &[(&str, String)],
     load: impl AsyncFnOnce(&Client),
 ) -> Stack {
+    start_after(prefix, mock_config, extra, load, async |_: &Client| {}).await
+}
+
+/// As [`start`], with `after_setup` run on the database once setup is done and before the
+/// service starts (settings the service's sessions must meet, say).
+pub async fn start_after(
+    prefix: &str,
+    mock_config: MockConfig,
+    extra: &[(&str, String)],
+    load: impl AsyncFnOnce(&Client),
+    after_setup: impl AsyncFnOnce(&Client),
+) -> Stack {
     let url = fresh_database(prefix);
     let client = connect(&url).await;
     load(&client).await;
     // Slot names are cluster-wide: one per test database.
     setup(&url, prefix, prefix).await;
+    after_setup(&client).await;
     let mock = MockMarketplace::start(mock_config, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
