@@ -477,7 +477,6 @@ async fn apply(
     let mut accepted_quantities = Vec::new();
     let mut failed: Vec<RequeuedItem> = Vec::new();
     let mut unknown_items: Vec<(&BatchItem, String)> = Vec::new();
-    let mut fulfilled: Vec<Uuid> = Vec::new();
     let mut fulfilled_items: Vec<RequeuedItem> = Vec::new();
     for (index, fate) in outcomes {
         let item = &items[index];
@@ -504,7 +503,6 @@ async fn apply(
             }
             ItemFate::Unknown(reason) => unknown_items.push((item, reason)),
             ItemFate::Fulfilled(reason) => {
-                fulfilled.push(item.product_id);
                 fulfilled_items.push(RequeuedItem {
                     product_id: item.product_id,
                     priority: item.priority,
@@ -556,6 +554,7 @@ async fn apply(
     }
     // Items that counted an attempt come first (reported below), then the free resends.
     let counted = failed.len();
+    let fulfilled: Vec<Uuid> = fulfilled_items.iter().map(|f| f.product_id).collect();
     failed.extend(free_unknown);
     failed.extend(fulfilled_items);
     let failed_products: Vec<Uuid> = failed.iter().map(|f| f.product_id).collect();

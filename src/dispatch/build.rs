@@ -38,6 +38,8 @@ pub(super) struct Outgoing {
     /// The key it is sent under, as the database spells it (or as it was last told, for a
     /// product whose row is gone).
     pub key: String,
+    /// `key` as the marketplace spells it ([`match_key`]).
+    pub form: String,
     pub quantity: i32,
 }
 
@@ -87,10 +89,10 @@ pub(super) async fn current_keys(
     Ok(keys)
 }
 
-/// Of `keyed` (product, key) listed in `store`, the products whose key names the same
-/// listing at the marketplace as another product listed there — within `keyed`, or a
-/// product told under that spelling or already recorded as colliding (and still keyed so)
-/// — each with the others it collides with.
+/// Of `keyed` (product, its key as the marketplace spells it) listed in `store`, the
+/// products whose key names the same listing at the marketplace as another product listed
+/// there — within `keyed`, or a product told under that spelling or already recorded as
+/// colliding (and still keyed so) — each with the others it collides with.
 pub(super) async fn collisions(
     db: &impl GenericClient,
     store_id: Uuid,
@@ -98,11 +100,8 @@ pub(super) async fn collisions(
     keyed: &[(Uuid, String)],
 ) -> Result<HashMap<Uuid, Vec<Uuid>>, DispatchError> {
     let mut by_form: HashMap<String, HashSet<Uuid>> = HashMap::new();
-    for (product, key) in keyed {
-        by_form
-            .entry(match_key(provider, key))
-            .or_default()
-            .insert(*product);
+    for (product, form) in keyed {
+        by_form.entry(form.clone()).or_default().insert(*product);
     }
     let forms: Vec<&str> = by_form.keys().map(String::as_str).collect();
     let candidates = queue::key_candidates(db, store_id, &forms).await?;
@@ -177,7 +176,7 @@ pub(super) async fn plan(
     let told = queue::last_told(db, store_id, &product_ids).await?;
 
     let mut plan = Plan::default();
-    let mut keyed: Vec<(Claim, String, i32)> = Vec::with_capacity(claims.len());
+    let mut keyed: Vec<Outgoing> = Vec::with_capacity(claims.len());
     for claim in claims {
         let current = keys.get(&claim.product_id).cloned().unwrap_or_default();
         let told = told.get(&claim.product_id).cloned().unwrap_or_default();
@@ -204,42 +203,43 @@ pub(super) async fn plan(
             plan.unchanged.push((claim, quantity));
             continue;
         }
-        keyed.push((claim, key, quantity));
+        let form = match_key(provider, &key);
+        keyed.push(Outgoing {
+            claim,
+            key,
+            form,
+            quantity,
+        });
     }
     let pairs: Vec<(Uuid, String)> = keyed
         .iter()
-        .map(|(c, key, _)| (c.product_id, key.clone()))
+        .map(|o| (o.claim.product_id, o.form.clone()))
         .collect();
     let colliding = collisions(db, store_id, provider, &pairs).await?;
-    let mut recorded: Vec<(Uuid, String, String)> = Vec::new();
-    let mut clear: Vec<Uuid> = Vec::new();
-    for (claim, key, quantity) in keyed {
-        match colliding.get(&claim.product_id) {
-            Some(with) => {
-                let form = match_key(provider, &key);
-                let names: Vec<String> = with.iter().map(Uuid::to_string).collect();
-                recorded.push((claim.product_id, key.clone(), form.clone()));
-                plan.duplicate_key.push((
-                    claim,
-                    format!("{key}, one listing {form:?} with {}", names.join(", ")),
-                ));
-            }
-            None => {
-                clear.push(claim.product_id);
-                plan.outgoing.push(Outgoing {
-                    claim,
-                    key,
-                    quantity,
-                });
-            }
-        }
-    }
-    let rows: Vec<(Uuid, &str, &str)> = recorded
+    let (collided, outgoing): (Vec<Outgoing>, Vec<Outgoing>) = keyed
+        .into_iter()
+        .partition(|o| colliding.contains_key(&o.claim.product_id));
+    let rows: Vec<(Uuid, &str, &str)> = collided
         .iter()
-        .map(|(p, k, f)| (*p, k.as_str(), f.as_str()))
+        .map(|o| (o.claim.product_id, o.key.as_str(), o.form.as_str()))
         .collect();
     queue::record_key_collisions(db, store_id, &rows).await?;
+    let clear: Vec<Uuid> = outgoing.iter().map(|o| o.claim.product_id).collect();
     queue::clear_key_collisions(db, store_id, &clear).await?;
+    for o in collided {
+        let names: Vec<String> = colliding[&o.claim.product_id]
+            .iter()
+            .map(Uuid::to_string)
+            .collect();
+        let why = format!(
+            "{}, one listing {:?} with {}",
+            o.key,
+            o.form,
+            names.join(", ")
+        );
+        plan.duplicate_key.push((o.claim, why));
+    }
+    plan.outgoing = outgoing;
     Ok(plan)
 }
 

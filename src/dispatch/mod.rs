@@ -63,6 +63,7 @@ use uuid::Uuid;
 use crate::backoff::BackoffPolicy;
 use crate::db::DbConfig;
 use crate::failures::FailureLog;
+use crate::marketplace::read::match_key;
 use crate::marketplace::{ClientSettings, MarketplaceClient, Provider, UserAgents};
 use crate::metrics::metrics;
 use crate::queue::{self, QueueError, Reason};
@@ -500,7 +501,7 @@ async fn recheck_key_collisions(d: &Dispatcher) -> Result<(), DispatchError> {
         let keyed: Vec<(Uuid, String)> = current
             .iter()
             .filter(|(_, c)| c.listed)
-            .filter_map(|(p, c)| Some((*p, c.key.clone()?)))
+            .filter_map(|(p, c)| Some((*p, match_key(provider, c.key.as_deref()?))))
             .collect();
         let still = build::collisions(&**db, store, provider, &keyed).await?;
         let resolved: Vec<Uuid> = products

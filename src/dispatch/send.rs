@@ -12,7 +12,6 @@ use super::apilog::{self, kind, Entry};
 use super::build::{ids_and_quantities, stock_items, Outgoing};
 use super::store_cycle::Cycle;
 use super::DispatchError;
-use crate::marketplace::read::match_key;
 use crate::marketplace::{prepare, Exchange, PreparedRequest, Provider, PushOutcome};
 use crate::queue::{self, Outcome, Release};
 use crate::stores::RequestKind;
@@ -52,13 +51,12 @@ impl Cycle<'_> {
         let mut rotations = 0;
         // The identical-body rule is Trendyol's; Hepsiburada takes a repeated body.
         let identical_rule = self.store.provider == Provider::Trendyol;
-        while let Some(wait) = match identical_rule {
-            true => {
-                self.limiter
-                    .identical_body_wait(db, &request.body_sha256)
-                    .await?
-            }
-            false => None,
+        while let Some(wait) = if identical_rule {
+            self.limiter
+                .identical_body_wait(db, &request.body_sha256)
+                .await?
+        } else {
+            None
         } {
             if group.len() < 2 || rotations >= MAX_ROTATIONS.min(group.len() - 1) {
                 self.limiter.waited("identical_body");
@@ -96,11 +94,7 @@ impl Cycle<'_> {
             queue::renew(db, self.token, &ids).await?;
         }
         let keys: Vec<&str> = group.iter().map(|o| o.key.as_str()).collect();
-        let forms: Vec<String> = keys
-            .iter()
-            .map(|k| match_key(self.store.provider, k))
-            .collect();
-        let forms: Vec<&str> = forms.iter().map(String::as_str).collect();
+        let forms: Vec<&str> = group.iter().map(|o| o.form.as_str()).collect();
         queue::mark_leaving(db, self.store_id, &products, &keys, &forms).await?;
         let body_sha256 = identical_rule.then_some(request.body_sha256.as_str());
         let request_id = self

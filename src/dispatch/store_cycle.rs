@@ -168,12 +168,9 @@ impl Cycle<'_> {
         self.skip(db, &duplicates, Outcome::DuplicateKey, why)
             .await?;
         // Not a problem to report on every change: `status` lists such listings.
-        if !plan.fulfilled.is_empty() {
-            let ids: Vec<i64> = plan.fulfilled.iter().map(|c| c.id).collect();
-            let outcome = Outcome::FulfilledByMarketplace;
-            queue::finish(db, self.token, &ids, outcome, &vec![None; ids.len()]).await?;
-            self.count_items(outcome.as_str(), ids.len());
-        }
+        let fulfilled: Vec<i64> = plan.fulfilled.iter().map(|c| c.id).collect();
+        self.close(db, &fulfilled, Outcome::FulfilledByMarketplace)
+            .await?;
         if plan.outgoing.is_empty() {
             return Ok(());
         }
@@ -261,7 +258,15 @@ impl Cycle<'_> {
             },
         )
         .await;
-        queue::finish(db, self.token, &ids, outcome, &vec![None; ids.len()]).await?;
+        self.close(db, &ids, outcome).await
+    }
+
+    /// Closes claims with `outcome` and no quantity sent.
+    async fn close(&self, db: &Client, ids: &[i64], outcome: Outcome) -> Result<(), DispatchError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        queue::finish(db, self.token, ids, outcome, &vec![None; ids.len()]).await?;
         self.count_items(outcome.as_str(), ids.len());
         Ok(())
     }
