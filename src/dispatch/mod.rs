@@ -64,7 +64,7 @@ use crate::backoff::BackoffPolicy;
 use crate::db::DbConfig;
 use crate::failures::FailureLog;
 use crate::marketplace::read::match_key;
-use crate::marketplace::{ClientSettings, MarketplaceClient, Provider, UserAgents};
+use crate::marketplace::{ClientSettings, FingerprintKey, MarketplaceClient, Provider, UserAgents};
 use crate::metrics::metrics;
 use crate::queue::{self, QueueError, Reason};
 use crate::stock::QuantityRules;
@@ -169,11 +169,15 @@ impl DispatchSettings {
         }
     }
 
-    /// What the gates need.
-    pub fn gates(&self) -> stores::gates::GateSettings<'_> {
+    /// What the gates need (`fingerprint_key`: [`Dispatcher::fingerprint_key`]).
+    pub fn gates<'a>(
+        &'a self,
+        fingerprint_key: &'a FingerprintKey,
+    ) -> stores::gates::GateSettings<'a> {
         stores::gates::GateSettings {
             min_send_interval: self.limits.min_send_interval,
             user_agents: &self.user_agents,
+            fingerprint_key,
         }
     }
 
@@ -252,6 +256,21 @@ pub(crate) struct Dispatcher {
     /// Batch polls leased and not finished; outlives the lock connection, which a server
     /// restart takes down with the poll.
     unfinished_polls: Arc<batches::UnfinishedLeases>,
+    /// This install's credential fingerprint key, read from the database once.
+    fingerprint_key: Arc<tokio::sync::OnceCell<FingerprintKey>>,
+}
+
+impl Dispatcher {
+    /// The install's fingerprint key (read, or made, on first use; it never changes).
+    pub(crate) async fn fingerprint_key(
+        &self,
+        db: &impl tokio_postgres::GenericClient,
+    ) -> Result<&FingerprintKey, DispatchError> {
+        Ok(self
+            .fingerprint_key
+            .get_or_try_init(|| store_state::fingerprint_key(db))
+            .await?)
+    }
 }
 
 /// Reconnecting the lock connection: from half a second, doubling to 30 s (an outage of the
@@ -280,6 +299,7 @@ pub async fn run(
     let client = MarketplaceClient::new(settings.client.clone());
     let mut reconnect = RECONNECT.start();
     let unfinished_polls = Arc::new(batches::UnfinishedLeases::default());
+    let fingerprint_key = Arc::new(tokio::sync::OnceCell::new());
     loop {
         let locks = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -295,6 +315,7 @@ pub async fn run(
                     locks,
                     progress: progress.clone(),
                     unfinished_polls: unfinished_polls.clone(),
+                    fingerprint_key: fingerprint_key.clone(),
                 });
                 if run_with(dispatcher, &shutdown).await {
                     return;

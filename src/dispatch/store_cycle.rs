@@ -56,7 +56,9 @@ async fn cycle(
     if orphans > 0 {
         info!(store = %store_id, entries = orphans, "released claims left by a stopped dispatcher");
     }
-    let Gate::Open(store) = gates::check(db, store_id, d.settings.gates()).await? else {
+    let fingerprint_key = d.fingerprint_key(&*db).await?;
+    let Gate::Open(store) = gates::check(db, store_id, d.settings.gates(fingerprint_key)).await?
+    else {
         return Ok(false);
     };
     let limiter = Limiter::new(&d.settings.limits, store_id);

@@ -24,7 +24,9 @@ use uuid::Uuid;
 use super::row::load_store;
 use super::state::{self, Pause, PauseKind, StoreState};
 use super::StoreError;
-use crate::marketplace::{Provider, StoreCredentials, UserAgents, FINGERPRINT_PREFIX};
+use crate::marketplace::{
+    FingerprintKey, Provider, StoreCredentials, UserAgents, FINGERPRINT_PREFIX,
+};
 use crate::metrics::metrics;
 use crate::queue::{self, Outcome};
 
@@ -52,6 +54,9 @@ pub enum Gate {
 pub struct GateSettings<'a> {
     pub min_send_interval: Duration,
     pub user_agents: &'a UserAgents,
+    /// This install's fingerprint key ([`state::fingerprint_key`], read once by the caller:
+    /// it never changes, and the gates run before every cycle).
+    pub fingerprint_key: &'a FingerprintKey,
 }
 
 /// Checks a store's gates: closes the entries of a store that gets no requests, keeps a
@@ -73,7 +78,7 @@ pub async fn check(
     }
     let state = state::read(db, store_id, settings.min_send_interval).await?;
     let as_is = store.credentials_as_is(provider);
-    let fingerprint = as_is.fingerprint(&state::fingerprint_key(db).await?);
+    let fingerprint = as_is.fingerprint(settings.fingerprint_key);
     let seller = store.seller_id.clone().unwrap_or_default();
     let user_agent = settings.user_agents.for_store(provider, store_id, &seller);
     let mut probe = false;

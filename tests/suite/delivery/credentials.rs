@@ -68,9 +68,13 @@ async fn credential_fingerprints_are_keyed_and_old_ones_are_rewritten() {
         hepsiburada_default: Some("test_dev".into()),
         ..Default::default()
     };
+    let fingerprint_key = stocksync::stores::state::fingerprint_key(&client)
+        .await
+        .unwrap();
     let settings = gates::GateSettings {
         min_send_interval: Duration::ZERO,
         user_agents: &user_agents,
+        fingerprint_key: &fingerprint_key,
     };
     // An upgrade: the pause names today's credentials in the old form. It holds, and its
     // fingerprint is rewritten keyed.
@@ -102,6 +106,14 @@ async fn credential_fingerprints_are_keyed_and_old_ones_are_rewritten() {
         )
         .await
         .unwrap();
+    // Read as a process of that install would (the dispatcher reads it once).
+    let other_key = stocksync::stores::state::fingerprint_key(&client)
+        .await
+        .unwrap();
+    let settings = gates::GateSettings {
+        fingerprint_key: &other_key,
+        ..settings
+    };
     assert!(matches!(
         gates::check(&client, store, settings).await.unwrap(),
         Gate::Open(_)

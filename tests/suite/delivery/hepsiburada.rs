@@ -71,9 +71,13 @@ async fn the_batch_size_a_413_left_survives_an_unrelated_unpause() {
         hepsiburada_default: Some("test_dev".into()),
         ..Default::default()
     };
+    let fingerprint_key = stocksync::stores::state::fingerprint_key(&client)
+        .await
+        .unwrap();
     let settings = gates::GateSettings {
         min_send_interval: Duration::ZERO,
         user_agents: &user_agents,
+        fingerprint_key: &fingerprint_key,
     };
     // The credentials in `stores` differ from the refused ones: the pause lifts.
     let Gate::Open(open) = gates::check(&client, store, settings).await.unwrap() else {
